@@ -1,0 +1,1 @@
+"""Pure feature logic: image decoding, the MLSP model, the feature store and queries."""

@@ -1,0 +1,65 @@
+"""Shared CLI plumbing: logging set-up and turning job-level errors into exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from schemas.errors import MLSPError
+
+LOGGER = logging.getLogger(__name__)
+
+
+def configure_logging(verbose: bool = False) -> None:
+    """Log to stderr, INFO (or DEBUG) for this project and WARNING for noisy libraries."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "fsspec", "distributed", "numcodecs"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags every CLI shares."""
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def positive_int(name: str) -> Callable[[str], int]:
+    """argparse type for integers >= 1 whose error names the flag."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
+        return value
+
+    return parse
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:
+    """Run a CLI body; job-level errors become one 'error:' line and their exit code.
+
+    Args:
+        main: the CLI body, returning an exit code.
+        argv: arguments (None = sys.argv[1:]).
+
+    Returns:
+        The exit code.
+    """
+    try:
+        return main(argv)
+    except MLSPError as error:
+        LOGGER.debug("job failed", exc_info=True)
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; committed shards are kept and a re-run resumes", file=sys.stderr)
+        return 130

@@ -1,0 +1,143 @@
+"""Array backends holding one view's features [rows, variants, *feature_shape], behind one ABC."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from features.store import files
+from schemas.errors import StoreError
+
+
+@dataclass(frozen=True)
+class ArrayLayout:
+    """Shape and chunking of a features array.
+
+    Attributes:
+        rows: number of allocated rows.
+        variants: size of the variant axis.
+        feature_shape: shape of one variant's features.
+        dtype: storage dtype name.
+        shard_rows: rows per shard, the unit one worker writes in one go.
+    """
+
+    rows: int
+    variants: int
+    feature_shape: tuple[int, ...]
+    dtype: str
+    shard_rows: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Full array shape."""
+        return (self.rows, self.variants, *self.feature_shape)
+
+
+class FeatureArray(abc.ABC):
+    """A features array in some storage format; one writer per shard, many readers."""
+
+    format_name: ClassVar[str]
+    directory_name: ClassVar[str]
+
+    def __init__(self, view_path: str) -> None:
+        self.path = files.join(view_path, self.directory_name)
+
+    @abc.abstractmethod
+    def create(self, layout: ArrayLayout) -> None:
+        """Create an empty array (NaN-filled) with this layout, replacing nothing."""
+
+    @abc.abstractmethod
+    def layout(self) -> ArrayLayout:
+        """Layout of the existing array."""
+
+    @abc.abstractmethod
+    def write_shard(self, row_start: int, values: np.ndarray) -> None:
+        """Write one whole shard starting at a shard boundary, in a single write."""
+
+    @abc.abstractmethod
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Read arbitrary rows (sorted, unique) as [len(rows), variants, *feature_shape]."""
+
+    @abc.abstractmethod
+    def read_range(self, row_start: int, row_stop: int) -> np.ndarray:
+        """Read a contiguous block of rows."""
+
+    def exists(self) -> bool:
+        """Whether the array has been created."""
+        return files.exists(self.path)
+
+
+class ZarrFeatureArray(FeatureArray):
+    """Zarr v3 array using the sharding codec.
+
+    Outer chunks (zarr shards) are exactly one pipeline shard: shard_rows rows, all variants,
+    whole features, so one worker writes one object whole. Inner chunks are one row, so a point
+    lookup reads a single row's bytes through the shard index instead of the whole shard.
+    """
+
+    format_name = "zarr"
+    directory_name = "features.zarr"
+
+    def _open(self) -> Any:
+        import zarr
+
+        try:
+            return zarr.open_array(store=self.path, mode="r+" if files.is_local(self.path) else "a")
+        except (FileNotFoundError, ValueError) as error:
+            raise StoreError(f"{self.path}: not a readable Zarr features array ({error})") from error
+
+    def create(self, layout: ArrayLayout) -> None:
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        array = zarr.create_array(
+            store=self.path,
+            shape=layout.shape,
+            dtype=layout.dtype,
+            chunks=(1, layout.variants, *layout.feature_shape),
+            shards=(layout.shard_rows, layout.variants, *layout.feature_shape),
+            compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+            fill_value=float("nan"),
+            dimension_names=["row", "variant", *[f"f{i}" for i in range(len(layout.feature_shape))]],
+            attributes={"shard_rows": layout.shard_rows},
+        )
+        del array
+
+    def layout(self) -> ArrayLayout:
+        array = self._open()
+        shape = tuple(int(size) for size in array.shape)
+        return ArrayLayout(
+            rows=shape[0], variants=shape[1], feature_shape=shape[2:], dtype=str(array.dtype),
+            shard_rows=int(array.attrs["shard_rows"]),
+        )
+
+    def write_shard(self, row_start: int, values: np.ndarray) -> None:
+        self._open()[row_start : row_start + values.shape[0]] = values
+
+    def read_rows(self, rows: np.ndarray) -> np.ndarray:
+        if len(rows) == 0:
+            layout = self.layout()
+            return np.empty((0, layout.variants, *layout.feature_shape), dtype=layout.dtype)
+        return np.asarray(self._open().get_orthogonal_selection((rows,)))
+
+    def read_range(self, row_start: int, row_stop: int) -> np.ndarray:
+        return np.asarray(self._open()[row_start:row_stop])
+
+
+BACKENDS: dict[str, type[FeatureArray]] = {ZarrFeatureArray.format_name: ZarrFeatureArray}
+
+
+def backend_for(format_name: str, view_path: str) -> FeatureArray:
+    """Instantiate the registered backend for a format name.
+
+    Raises:
+        StoreError: unknown format.
+    """
+    try:
+        backend_class = BACKENDS[format_name]
+    except KeyError:
+        raise StoreError(f"unknown store format {format_name!r}; known: {sorted(BACKENDS)}") from None
+    return backend_class(view_path)

@@ -1,0 +1,279 @@
+"""One feature view on disk: spec, row allocation, features array, index parts and commit markers."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from features.store import files
+from features.store.backends import ArrayLayout, FeatureArray, backend_for
+from schemas.errors import SpecMismatchError, StoreError
+from schemas.tables import FEATURE_INDEX_SCHEMA, ROW_ALLOCATION_SCHEMA
+from schemas.view_spec import FeatureViewSpec
+
+LOGGER = logging.getLogger(__name__)
+VIEW_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """A contiguous, shard-aligned row range: the unit of work and of commit."""
+
+    index: int
+    row_start: int
+    row_stop: int
+
+    @property
+    def rows(self) -> int:
+        """Number of rows in the shard."""
+        return self.row_stop - self.row_start
+
+    @property
+    def name(self) -> str:
+        """File stem used for the shard's index part and commit marker."""
+        return f"shard-{self.index:06d}"
+
+
+@dataclass(frozen=True)
+class CommitMarker:
+    """Proof that a shard's features and index part are completely written."""
+
+    shard: int
+    row_start: int
+    row_stop: int
+    image_ids_sha256: str
+    spec_sha256: str
+    status_counts: Mapping[str, int]
+    run_id: str
+    images_forwarded: int
+    seconds: float
+    committed_at: str = field(
+        default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        data = asdict(self)
+        data["status_counts"] = dict(self.status_counts)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CommitMarker:
+        """Inverse of to_dict."""
+        return cls(**dict(data))
+
+
+def image_ids_digest(image_ids: Sequence[str]) -> str:
+    """Digest of an ordered list of image ids (ties a marker to the rows it covers)."""
+    return hashlib.sha256("\n".join(image_ids).encode("utf-8")).hexdigest()
+
+
+class FeatureView:
+    """A view of one store: create or open it, write shards, and read committed rows."""
+
+    def __init__(self, store_root: str, name: str) -> None:
+        self.store_root = store_root
+        self.name = name
+        self.path = files.join(store_root, name)
+        self._meta: dict[str, Any] | None = None
+        self._spec: FeatureViewSpec | None = None
+        self._allocation: pa.Table | None = None
+
+    # ---- paths -------------------------------------------------------------------------
+    def _file(self, *parts: str) -> str:
+        return files.join(self.path, *parts)
+
+    def index_part_path(self, shard: ShardSpec) -> str:
+        """Parquet index part of a shard."""
+        return self._file("index", f"{shard.name}.parquet")
+
+    def marker_path(self, shard: ShardSpec) -> str:
+        """Commit marker of a shard."""
+        return self._file("commits", f"{shard.name}.json")
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def exists(self) -> bool:
+        """A view exists once its view.json is written (the last step of creation)."""
+        return files.exists(self._file("view.json"))
+
+    def create(
+        self, spec: FeatureViewSpec, allocation: pa.Table, shard_rows: int, format_name: str
+    ) -> None:
+        """Create the view: features array, row allocation, spec, then view.json last.
+
+        A crash before view.json leaves a directory that the next create() overwrites.
+        """
+        if shard_rows < 1:
+            raise StoreError(f"shard_rows must be >= 1, got {shard_rows}")
+        allocation = allocation.cast(ROW_ALLOCATION_SCHEMA)
+        files.remove_tree(self.path)
+        files.makedirs(self.path)
+        layout = ArrayLayout(allocation.num_rows, len(spec.variants), spec.feature_shape,
+                             spec.storage_dtype, shard_rows)
+        backend_for(format_name, self.path).create(layout)
+        files.atomic_write_parquet(self._file("rows.parquet"), allocation)
+        files.atomic_write_text(self._file("spec.json"), spec.to_json())
+        meta = {
+            "format": format_name, "shard_rows": shard_rows, "rows": allocation.num_rows,
+            "format_version": VIEW_FORMAT_VERSION,
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        files.atomic_write_text(self._file("view.json"), json.dumps(meta, indent=2))
+        self._meta, self._spec, self._allocation = meta, spec, allocation
+        LOGGER.info("created view %s: %d rows, shards of %d, %s", self.path,
+                    allocation.num_rows, shard_rows, format_name)
+
+    def ensure(
+        self, spec: FeatureViewSpec, allocation: pa.Table, shard_rows: int | None, format_name: str
+    ) -> None:
+        """Create the view, or check that the existing one matches spec, rows and layout.
+
+        Raises:
+            SpecMismatchError: the existing view was made with another spec.
+            StoreError: its rows, shard size or format differ from what is asked.
+        """
+        if not self.exists():
+            self.create(spec, allocation, shard_rows or 64, format_name)
+            return
+        differences = self.spec.differences(spec)
+        if differences:
+            raise SpecMismatchError(
+                f"view {self.name!r} at {self.path} was created with a different spec "
+                f"(fields differ: {', '.join(differences)}); use a new view name"
+            )
+        if shard_rows is not None and shard_rows != self.shard_rows:
+            raise StoreError(f"view {self.name!r} has shards of {self.shard_rows} rows; "
+                             f"--shard-size {shard_rows} does not match (omit it to reuse)")
+        if format_name != self.format_name:
+            raise StoreError(f"view {self.name!r} is stored as {self.format_name}, not {format_name}")
+        stored_ids = self.allocation.column("image_id").to_pylist()
+        if stored_ids != allocation.column("image_id").to_pylist():
+            raise StoreError(
+                f"view {self.name!r} was allocated from a different manifest "
+                f"({len(stored_ids)} rows stored, {allocation.num_rows} in this manifest)"
+            )
+
+    # ---- metadata ----------------------------------------------------------------------
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Contents of view.json."""
+        if self._meta is None:
+            if not self.exists():
+                raise StoreError(f"no view {self.name!r} in store {self.store_root}")
+            self._meta = json.loads(files.read_bytes(self._file("view.json")))
+        return self._meta
+
+    @property
+    def spec(self) -> FeatureViewSpec:
+        """The view's spec."""
+        if self._spec is None:
+            self._spec = FeatureViewSpec.from_json(files.read_bytes(self._file("spec.json")).decode())
+        return self._spec
+
+    @property
+    def allocation(self) -> pa.Table:
+        """Row allocation table (row, image_id and manifest columns)."""
+        if self._allocation is None:
+            self._allocation = files.read_parquet(self._file("rows.parquet"))
+        return self._allocation
+
+    @property
+    def shard_rows(self) -> int:
+        """Rows per shard."""
+        return int(self.meta["shard_rows"])
+
+    @property
+    def format_name(self) -> str:
+        """Storage format of the features array."""
+        return str(self.meta["format"])
+
+    @property
+    def array(self) -> FeatureArray:
+        """Features array backend."""
+        return backend_for(self.format_name, self.path)
+
+    def shards(self) -> list[ShardSpec]:
+        """All shards of the view in row order."""
+        rows, size = int(self.meta["rows"]), self.shard_rows
+        return [ShardSpec(i, start, min(start + size, rows))
+                for i, start in enumerate(range(0, rows, size))]
+
+    def shard_image_ids(self, shard: ShardSpec) -> list[str]:
+        """Image ids of a shard's rows, in row order."""
+        column = self.allocation.column("image_id")
+        return [str(value) for value in column.slice(shard.row_start, shard.rows).to_pylist()]
+
+    # ---- writing -----------------------------------------------------------------------
+    def write_shard(
+        self, shard: ShardSpec, values: np.ndarray, index: pa.Table, marker: CommitMarker
+    ) -> None:
+        """Write a shard's features, then its index part, then its commit marker.
+
+        Readers trust only the marker, and it is written last and atomically, so a crash at any
+        point leaves either the previous committed state or the new one.
+        """
+        expected = (shard.rows, len(self.spec.variants), *self.spec.feature_shape)
+        if values.shape != expected:
+            raise StoreError(f"shard {shard.index}: features {values.shape} != expected {expected}")
+        if index.num_rows != shard.rows:
+            raise StoreError(f"shard {shard.index}: index has {index.num_rows} rows, not {shard.rows}")
+        self.array.write_shard(shard.row_start, values.astype(self.spec.storage_dtype, copy=False))
+        files.atomic_write_parquet(self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA))
+        files.atomic_write_text(self.marker_path(shard), json.dumps(marker.to_dict(), indent=2))
+
+    # ---- reading -----------------------------------------------------------------------
+    def committed(self) -> dict[int, CommitMarker]:
+        """Valid commit markers by shard index.
+
+        Raises:
+            StoreError: a marker disagrees with the view's shards or row allocation.
+        """
+        shards = {shard.name: shard for shard in self.shards()}
+        markers: dict[int, CommitMarker] = {}
+        for file_name in files.list_names(self._file("commits")):
+            stem = file_name.removesuffix(".json")
+            if not file_name.endswith(".json") or stem not in shards:
+                continue  # temp files of an interrupted write, or foreign files
+            shard = shards[stem]
+            marker = CommitMarker.from_dict(json.loads(files.read_bytes(self.marker_path(shard))))
+            self._check_marker(shard, marker)
+            markers[shard.index] = marker
+        return markers
+
+    def _check_marker(self, shard: ShardSpec, marker: CommitMarker) -> None:
+        if (marker.row_start, marker.row_stop) != (shard.row_start, shard.row_stop):
+            raise StoreError(f"{self.marker_path(shard)}: rows {marker.row_start}:{marker.row_stop}"
+                             f" do not match the shard {shard.row_start}:{shard.row_stop}")
+        if marker.image_ids_sha256 != image_ids_digest(self.shard_image_ids(shard)):
+            raise StoreError(f"{self.marker_path(shard)}: image-id digest does not match the rows")
+        if marker.spec_sha256 != self.spec.identity_sha256():
+            raise StoreError(f"{self.marker_path(shard)}: written under a different spec")
+
+    def committed_index(self) -> pa.Table:
+        """Index rows of committed shards only, ordered by row."""
+        markers = self.committed()
+        shards = [shard for shard in self.shards() if shard.index in markers]
+        parts = [files.read_parquet(self.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
+                 for shard in shards]
+        if not parts:
+            return FEATURE_INDEX_SCHEMA.empty_table()
+        return pa.concat_tables(parts)
+
+    def write_run_summary(self, run_id: str, summary: Mapping[str, Any]) -> str:
+        """Append a run's summary to the view's run history; returns its path."""
+        path = self._file("runs", f"{run_id}.json")
+        files.atomic_write_text(path, json.dumps(dict(summary), indent=2, sort_keys=True))
+        return path
+
+    def run_history(self) -> list[dict[str, Any]]:
+        """Summaries of earlier runs, oldest first."""
+        names = [name for name in files.list_names(self._file("runs")) if name.endswith(".json")]
+        return [json.loads(files.read_bytes(self._file("runs", name))) for name in names]

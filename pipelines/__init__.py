@@ -1,0 +1,1 @@
+"""Runner wiring (Apache Beam) and the command-line entry points around it."""

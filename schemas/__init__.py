@@ -1,0 +1,1 @@
+"""Declarations shared by every stage: Arrow schemas, view specs, statuses and errors."""

@@ -1,0 +1,45 @@
+"""Job-level exception hierarchy; row-level problems are data (status columns), not exceptions."""
+
+from __future__ import annotations
+
+
+class MLSPError(Exception):
+    """Base class for every job-level error this project raises on purpose.
+
+    CLIs turn these into a one-line message and a non-zero exit code instead of a traceback.
+    """
+
+    exit_code = 1
+
+
+class ConfigError(MLSPError):
+    """A configuration value or command-line argument is invalid; the message names it."""
+
+    exit_code = 2
+
+
+class ManifestError(MLSPError):
+    """The image manifest cannot be built or read (duplicate ids, bad columns, missing file)."""
+
+
+class WeightsUnavailableError(MLSPError):
+    """The requested backbone weights cannot be loaded; the message says where to put them."""
+
+
+class StoreError(MLSPError):
+    """The feature store is missing, corrupt or used inconsistently."""
+
+
+class SpecMismatchError(StoreError):
+    """A view exists with a different spec than the one requested."""
+
+
+class UnknownImageIdsError(StoreError, KeyError):
+    """A query asked for image ids that the view does not hold."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class PipelineError(MLSPError):
+    """The distributed pipeline failed as a whole."""
