@@ -1,0 +1,130 @@
+"""Plan an extraction run: row allocation, view creation or validation, pending shards, summary."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from importlib import metadata
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.store import files
+from features.store.view import FeatureView, ShardSpec
+from features.weights import file_sha256, imagenet_weights_path, parse_weights_id
+from schemas.errors import ConfigError
+from schemas.status import RowStatus
+from schemas.tables import ROW_ALLOCATION_SCHEMA
+from schemas.view_spec import PREDEFINED_VIEWS, FeatureViewSpec, InputPolicy
+
+LOGGER = logging.getLogger(__name__)
+STORE_MARKER = "store.json"
+
+
+def package_version() -> str:
+    """Installed version of this package, for lineage."""
+    try:
+        return metadata.version("mlsp-feature-store")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def allocate_rows(manifest: pa.Table) -> pa.Table:
+    """Row allocation: manifest rows sorted by image_id (independent of manifest order)."""
+    ordered = manifest.sort_by([("image_id", "ascending")])
+    table = ordered.append_column("row", pa.array(range(ordered.num_rows), pa.int64()))
+    return table.select(ROW_ALLOCATION_SCHEMA.names).cast(ROW_ALLOCATION_SCHEMA)
+
+
+def weights_sha256(weights_id: str, taps: Sequence[str]) -> str:
+    """Digest of the weights a worker will load, computed without running the network.
+
+    Files (including the cached ImageNet file) are hashed directly; random weights are built
+    once, which also warms this process's model cache for in-process runners.
+    """
+    source = parse_weights_id(weights_id)
+    if source.kind == "file":
+        assert source.path is not None
+        return file_sha256(source.path)
+    if source.kind == "imagenet":
+        return file_sha256(imagenet_weights_path())
+    from features.mlsp import ExtractorKey, get_extractor
+
+    return get_extractor(ExtractorKey(weights_id, tuple(taps), ())).weights_sha256
+
+
+def resolve_specs(view_names: Sequence[str], weights_id: str, input_policy: InputPolicy) -> list[FeatureViewSpec]:
+    """Specs of the requested predefined views with weights lineage filled in.
+
+    Raises:
+        ConfigError: an unknown view name.
+    """
+    unknown = [name for name in view_names if name not in PREDEFINED_VIEWS]
+    if unknown:
+        raise ConfigError(f"--view {unknown[0]!r}: choose from {', '.join(PREDEFINED_VIEWS)}")
+    specs = [replace(PREDEFINED_VIEWS[name], input_policy=input_policy,
+                     package_version=package_version()) for name in dict.fromkeys(view_names)]
+    digest = weights_sha256(weights_id, specs[0].taps)
+    return [spec.with_weights(weights_id, digest) for spec in specs]
+
+
+def ensure_store(store: str) -> None:
+    """Create the store root marker if absent."""
+    marker = files.join(store, STORE_MARKER)
+    if not files.exists(marker):
+        files.atomic_write_text(marker, json.dumps({"format": "mlsp-feature-store", "version": 1}))
+
+
+def prepare_views(
+    store: str, specs: Sequence[FeatureViewSpec], allocation: pa.Table, shard_rows: int | None,
+    format_name: str,
+) -> list[FeatureView]:
+    """Create or validate every view; they share one row allocation and shard size."""
+    ensure_store(store)
+    views = []
+    for spec in specs:
+        view = FeatureView(store, spec.name)
+        view.ensure(spec, allocation, shard_rows, format_name)
+        views.append(view)
+    if len({view.shard_rows for view in views}) > 1:
+        raise ConfigError("views extracted together must share a shard size; run them separately")
+    return views
+
+
+def pending_shards(views: Sequence[FeatureView]) -> list[ShardSpec]:
+    """Shards that at least one view has not committed, in row order."""
+    committed = [set(view.committed()) for view in views]
+    return [shard for shard in views[0].shards() if any(shard.index not in done for done in committed)]
+
+
+def summarize(views: Sequence[FeatureView], run_id: str, wall_seconds: float, runner: str) -> dict[str, Any]:
+    """Run summary from commit markers and the index (works on runners without metrics)."""
+    view = views[0]
+    markers = view.committed()
+    this_run = [marker for marker in markers.values() if marker.run_id == run_id]
+    processed_rows = sum(marker.row_stop - marker.row_start for marker in this_run)
+    index = view.committed_index()
+    statuses = Counter(index.column("status").to_pylist())
+    failed = index.filter(pc.not_equal(index.column("status"), RowStatus.OK.value))
+    return {
+        "run_id": run_id,
+        "runner": runner,
+        "views": [v.name for v in views],
+        "rows_total": int(view.meta["rows"]),
+        "rows_committed": index.num_rows,
+        "shards_total": len(view.shards()),
+        "shards_committed_this_run": len(this_run),
+        "images_processed_this_run": processed_rows,
+        "images_forwarded_this_run": sum(marker.images_forwarded for marker in this_run),
+        "wall_seconds": round(wall_seconds, 3),
+        "images_per_second": round(processed_rows / wall_seconds, 3) if wall_seconds > 0 else 0.0,
+        "status_counts": dict(sorted(statuses.items())),
+        "failures": [{"image_id": r["image_id"], "status": r["status"], "error": r["error"]}
+                     for r in failed.select(["image_id", "status", "error"]).to_pylist()[:50]],
+        "weights_id": view.spec.weights_id,
+        "weights_sha256": view.spec.weights_sha256,
+    }

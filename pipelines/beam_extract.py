@@ -1,0 +1,86 @@
+"""Beam wiring of extraction: Create(shards) -> Reshuffle -> ParDo(ExtractShard) -> summary."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+
+from features.extraction import ExtractionConfig, ShardExtractor
+from features.store.view import ShardSpec
+
+LOGGER = logging.getLogger(__name__)
+
+
+class ExtractShardFn(beam.DoFn):  # type: ignore[misc]
+    """Processes one whole shard per element inside process().
+
+    Nothing depends on finish_bundle, state, timers or BatchElements, which Beam's DaskRunner
+    drops; the model is loaded once per worker in setup() and cached per process.
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self._config = config
+        self._extractor: ShardExtractor | None = None
+
+    def setup(self) -> None:
+        """Open the views and load the model once per DoFn instance (cached per process)."""
+        self._extractor = ShardExtractor(ExtractionConfig.from_dict(self._config))
+        _ = self._extractor.model
+
+    def process(self, shard: dict[str, int]) -> Iterator[dict[str, Any]]:
+        """Extract, write and commit one shard; yields its small result record."""
+        assert self._extractor is not None
+        yield self._extractor.process(ShardSpec(**shard)).to_dict()
+
+
+class MergeResults(beam.CombineFn):  # type: ignore[misc]
+    """Totals shard results (counts by status, images forwarded, shards done and skipped)."""
+
+    def create_accumulator(self) -> dict[str, Any]:
+        return {"shards": 0, "skipped": 0, "images_forwarded": 0, "status_counts": {}}
+
+    def add_input(self, totals: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        totals["shards"] += 1
+        totals["skipped"] += int(result["skipped"])
+        totals["images_forwarded"] += result["images_forwarded"]
+        for status, count in result["status_counts"].items():
+            totals["status_counts"][status] = totals["status_counts"].get(status, 0) + count
+        return totals
+
+    def merge_accumulators(self, accumulators: Any) -> dict[str, Any]:
+        merged = self.create_accumulator()
+        for totals in accumulators:
+            merged["shards"] += totals["shards"]
+            merged["skipped"] += totals["skipped"]
+            merged["images_forwarded"] += totals["images_forwarded"]
+            for status, count in totals["status_counts"].items():
+                merged["status_counts"][status] = merged["status_counts"].get(status, 0) + count
+        return merged
+
+    def extract_output(self, totals: dict[str, Any]) -> dict[str, Any]:
+        return totals
+
+
+def _log_totals(totals: dict[str, Any]) -> dict[str, Any]:
+    LOGGER.info("pipeline totals: %s", totals)
+    return totals
+
+
+def build_extract_pipeline(
+    pipeline: beam.Pipeline, shards: Sequence[ShardSpec], config: ExtractionConfig
+) -> beam.PCollection:
+    """Add the extraction graph to a pipeline; returns the PCollection of worker totals."""
+    shard_records = [{"index": s.index, "row_start": s.row_start, "row_stop": s.row_stop} for s in shards]
+    return (
+        pipeline
+        | "ShardSpecs" >> beam.Create(shard_records)
+        # Reshuffle breaks fusion so shards spread over workers instead of riding one bundle.
+        | "Spread" >> beam.Reshuffle()
+        | "ExtractShard" >> beam.ParDo(ExtractShardFn(config.to_dict()))
+        | "Totals" >> beam.CombineGlobally(MergeResults())
+        | "LogTotals" >> beam.Map(_log_totals)
+    )
