@@ -43,3 +43,19 @@ class UnknownImageIdsError(StoreError, KeyError):
 
 class PipelineError(MLSPError):
     """The distributed pipeline failed as a whole."""
+
+
+class DownloadError(MLSPError):
+    """A dataset download cannot proceed as a whole (bad source, unusable list, bad archive)."""
+
+
+class ArchiveError(DownloadError):
+    """An archive is unsafe (zip slip, links, devices, bomb) or unreadable; nothing is extracted."""
+
+
+class LabelError(MLSPError):
+    """A label file is malformed or inconsistent; the message names the file and line."""
+
+
+class RecalibrationError(LabelError):
+    """A recalibration cannot be fitted or applied (too few rows, constant labels, no overlap)."""

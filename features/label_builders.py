@@ -1,0 +1,165 @@
+"""Per-dataset label builders (AVA, SCUT-FBP5500, folder CSV), selected through a registry."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from features import scut
+from features.labels import (
+    LabelReport,
+    SplitConfig,
+    assign_splits,
+    ava_frame,
+    drop_by_manifest,
+    drop_duplicates,
+    finalize_labels,
+    folder_frame,
+    parse_split_list,
+    sha256_bytes,
+    version_for,
+)
+from schemas.errors import LabelError
+from schemas.labels import FOLD_COLUMNS, SPLITS, DropReason
+
+LOGGER = logging.getLogger(__name__)
+AVA_FILE = "AVA.txt"
+AVA_TEST_LIST = "generic_test.jpgl"
+AVA_TRAIN_LIST = "generic_ls_train.jpgl"
+FOLDER_LABELS_FILE = "labels.csv"
+
+
+@dataclass(frozen=True)
+class LabelResult:
+    """A built label table and the report of what was kept and dropped."""
+
+    table: pa.Table
+    report: LabelReport
+
+
+LabelBuilder = Callable[[Path, "pa.Table | None", SplitConfig], LabelResult]
+
+
+def _required(raw_dir: Path, name: str) -> Path:
+    path = scut.find_file(raw_dir, name)
+    if path is None or not path.is_file():
+        raise LabelError(f"--raw {raw_dir}: no {name} found")
+    return path
+
+
+def build_ava(raw_dir: Path, manifest: pa.Table | None, config: SplitConfig) -> LabelResult:
+    """AVA labels: MOS/std/n_votes/distribution, tags, challenge, official or seeded splits.
+
+    Raises:
+        LabelError: AVA.txt missing or malformed.
+    """
+    report = LabelReport()
+    ava_path = _required(raw_dir, AVA_FILE)
+    inputs = {AVA_FILE: ava_path.read_bytes()}
+    frame = ava_frame(inputs[AVA_FILE].decode("utf-8"), str(ava_path), report)
+    lists: dict[str, frozenset[str]] = {}
+    for name in (AVA_TEST_LIST, AVA_TRAIN_LIST):
+        path = scut.find_file(raw_dir, name)
+        if path is not None and path.is_file():
+            inputs[name] = path.read_bytes()
+            lists[name] = parse_split_list(inputs[name].decode("utf-8"))
+    if AVA_TEST_LIST in lists and AVA_TRAIN_LIST in lists:
+        listed = lists[AVA_TEST_LIST] | lists[AVA_TRAIN_LIST]
+        outside = ~frame["image_id"].isin(listed)
+        report.drop(DropReason.NOT_IN_SPLIT_LISTS, frame.loc[outside, "image_id"])
+        frame = frame.loc[~outside]
+    frame = drop_by_manifest(frame, manifest, report)
+    splits = assign_splits(frame["image_id"], config, lists.get(AVA_TEST_LIST))
+    if AVA_TEST_LIST not in lists:
+        report.notes.append(f"no {AVA_TEST_LIST}: test split drawn by hash "
+                            f"(seed {config.seed}, fraction {config.test_fraction})")
+    version = version_for(inputs, "ava", config.to_dict())
+    report.kept = len(frame)
+    return LabelResult(finalize_labels(frame, "ava", splits, version), report)
+
+
+def build_folder(raw_dir: Path, manifest: pa.Table | None, config: SplitConfig) -> LabelResult:
+    """Folder labels from labels.csv (image_id,score[,split]); missing splits are drawn by hash.
+
+    Raises:
+        LabelError: labels.csv missing or malformed, or an unknown split name.
+    """
+    report = LabelReport()
+    path = _required(raw_dir, FOLDER_LABELS_FILE)
+    data = path.read_bytes()
+    frame = folder_frame(data.decode("utf-8"), str(path), report)
+    frame = drop_by_manifest(frame, manifest, report)
+    drawn = assign_splits(frame["image_id"], config)
+    given = dict(zip(frame["image_id"], frame["given_split"], strict=True))
+    unknown = sorted({split for split in given.values() if split not in (None, *SPLITS)})
+    if unknown:
+        raise LabelError(f"{path}: unknown split value(s) {unknown}; use train, val or test")
+    splits = {image_id: given[image_id] or drawn[image_id] for image_id in frame["image_id"]}
+    version = version_for({FOLDER_LABELS_FILE: data}, "folder", config.to_dict())
+    report.kept = len(frame)
+    return LabelResult(finalize_labels(frame, "folder", splits, version), report)
+
+
+def build_scut(raw_dir: Path, manifest: pa.Table | None, config: SplitConfig) -> LabelResult:
+    """SCUT-FBP5500 labels: rater-mean MOS, std, n_raters, subset, 60/40 split, folds 1..5.
+
+    Raises:
+        LabelError: All_Ratings.xlsx missing or malformed.
+    """
+    report = LabelReport()
+    ratings_path = _required(raw_dir, scut.RATINGS_FILE)
+    inputs = {scut.RATINGS_FILE: ratings_path.read_bytes()}
+    frame = scut.scores_from_ratings(scut.read_ratings(ratings_path))
+    frame = drop_duplicates(frame, report)
+    frame["subset"] = frame["image_id"].map(scut.subset_of)
+    reference_path = scut.find_file(raw_dir, scut.ALL_LABELS_FILE)
+    if reference_path is not None and reference_path.is_file():
+        inputs[scut.ALL_LABELS_FILE] = reference_path.read_bytes()
+        reference = scut.parse_score_lines(inputs[scut.ALL_LABELS_FILE].decode("utf-8"),
+                                           str(reference_path))
+        frame["reference_mos"] = frame["image_id"].map(reference)
+        report.notes.append(scut.agreement(frame, reference))
+    frame = drop_by_manifest(frame, manifest, report)
+    splits = _scut_splits(raw_dir, frame, config, report)
+    for fold, assignment in scut.read_folds(raw_dir).items():
+        frame[FOLD_COLUMNS[fold - 1]] = frame["image_id"].map(assignment)
+    parameters = {**config.to_dict(), "split_files": _split_file_digests(raw_dir)}
+    version = version_for(inputs, "scut-fbp5500", parameters)
+    report.kept = len(frame)
+    return LabelResult(finalize_labels(frame, "scut-fbp5500", splits, version), report)
+
+
+def _scut_splits(raw_dir: Path, frame: pd.DataFrame, config: SplitConfig,
+                 report: LabelReport) -> dict[str, str]:
+    official = scut.read_official_split(raw_dir)
+    if not official:
+        report.notes.append("no 60/40 split files: splits drawn by hash")
+        return assign_splits(frame["image_id"], config)
+    test_ids = frozenset(i for i, split in official.items() if split == "test")
+    splits = assign_splits(frame["image_id"], config, test_ids)
+    outside = sorted(set(frame["image_id"]) - set(official))
+    if outside:
+        report.notes.append(f"{len(outside)} id(s) in no 60/40 file were assigned to train/val")
+    return splits
+
+
+def _split_file_digests(raw_dir: Path) -> dict[str, str]:
+    found = {}
+    for name in (scut.SPLIT_DIR, scut.FOLDS_DIR):
+        directory = scut.find_file(raw_dir, name)
+        if directory is not None and directory.is_dir():
+            for path in sorted(directory.rglob("*.txt")):
+                found[str(path.relative_to(directory.parent))] = sha256_bytes(path.read_bytes())
+    return found
+
+
+LABEL_BUILDERS: dict[str, LabelBuilder] = {
+    "ava": build_ava,
+    "scut-fbp5500": build_scut,
+    "folder": build_folder,
+}

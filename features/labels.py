@@ -1,0 +1,282 @@
+"""Label cleaning shared by all datasets, plus AVA and folder-CSV parsing into the labels schema."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from schemas.errors import ConfigError, LabelError
+from schemas.labels import AVA_BINS, LABELS_SCHEMA, DropReason, label_version
+
+LOGGER = logging.getLogger(__name__)
+AVA_FIELDS = 2 + AVA_BINS + 3
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How splits are assigned when the dataset has no official list for them.
+
+    Attributes:
+        seed: salt of the per-id hash that decides the split (order independent).
+        test_fraction: share of ids sent to 'test' when no official test list is given.
+        val_fraction: share of the training ids carved out as 'val'.
+    """
+
+    seed: int = 0
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')}: must be in [0, 1), got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SplitConfig:
+        """Inverse of to_dict.
+
+        Raises:
+            ConfigError: an unknown field or an invalid value.
+        """
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"split config: unknown field(s) {unknown}")
+        return cls(**data)
+
+
+@dataclass
+class LabelReport:
+    """What happened to the input rows: kept count and drops by reason, with examples."""
+
+    kept: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def drop(self, reason: DropReason, image_ids: Iterable[str]) -> None:
+        """Count dropped ids under a reason, keeping up to five examples."""
+        image_ids = list(image_ids)
+        if image_ids:
+            self.dropped[reason.value] += len(image_ids)
+            self.examples.setdefault(reason.value, []).extend(image_ids[: 5])
+            self.examples[reason.value] = self.examples[reason.value][:5]
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of a byte string."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def unit_hash(seed: int, salt: str, image_id: str) -> float:
+    """Deterministic pseudo-uniform number in [0, 1) for one id (independent of row order)."""
+    digest = hashlib.sha256(f"{seed}:{salt}:{image_id}".encode()).hexdigest()
+    return int(digest[:16], 16) / float(1 << 64)
+
+
+def assign_splits(image_ids: Iterable[str], config: SplitConfig,
+                  test_ids: frozenset[str] | None = None) -> dict[str, str]:
+    """Split per id: the official test list when given, else a seeded hash; val carved from train.
+
+    Args:
+        image_ids: ids to assign.
+        config: seed and fractions.
+        test_ids: the official test list, or None to draw test ids by hash.
+
+    Returns:
+        image id -> 'train' | 'val' | 'test'.
+    """
+    splits = {}
+    for image_id in image_ids:
+        if test_ids is not None:
+            is_test = image_id in test_ids
+        else:
+            is_test = unit_hash(config.seed, "test", image_id) < config.test_fraction
+        if is_test:
+            splits[image_id] = "test"
+        elif unit_hash(config.seed, "val", image_id) < config.val_fraction:
+            splits[image_id] = "val"
+        else:
+            splits[image_id] = "train"
+    return splits
+
+
+def parse_ava_text(text: str, source: str) -> pd.DataFrame:
+    """Parse AVA.txt lines (index, id, 10 vote counts, 2 tags, challenge) into a frame.
+
+    Args:
+        text: file contents.
+        source: file name used in error messages.
+
+    Returns:
+        Frame with image_id, votes (an N x 10 int64 block as columns vote_1..vote_10),
+        semantic_tag_1, semantic_tag_2, challenge_id, and line (1-based line number).
+
+    Raises:
+        LabelError: a line with the wrong field count, a non-numeric or a negative count.
+    """
+    rows: list[list[int]] = []
+    ids: list[str] = []
+    lines: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != AVA_FIELDS:
+            raise LabelError(f"{source}:{number}: expected {AVA_FIELDS} fields, got {len(fields)}")
+        try:
+            values = [int(value) for value in fields[2:]]
+        except ValueError:
+            raise LabelError(f"{source}:{number}: non-numeric count or tag in {line.strip()!r}") \
+                from None
+        if min(values) < 0:
+            raise LabelError(f"{source}:{number}: negative count or tag in {line.strip()!r}")
+        rows.append(values)
+        ids.append(fields[1])
+        lines.append(number)
+    block = np.asarray(rows, dtype=np.int64).reshape(len(rows), AVA_BINS + 3)
+    frame = pd.DataFrame(block[:, :AVA_BINS], columns=[f"vote_{i}" for i in range(1, 11)])
+    frame.insert(0, "image_id", ids)
+    frame["semantic_tag_1"] = block[:, AVA_BINS]
+    frame["semantic_tag_2"] = block[:, AVA_BINS + 1]
+    frame["challenge_id"] = block[:, AVA_BINS + 2]
+    frame["line"] = lines
+    return frame
+
+
+def ava_scores(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MOS = sum(i * n_i) / sum(n_i), population std, vote counts and normalised distributions.
+
+    Rows with zero votes get NaN scores and distributions (callers drop them).
+    """
+    votes = np.asarray(votes, dtype=np.float64)
+    totals = votes.sum(axis=1)
+    scale = np.arange(1, votes.shape[1] + 1, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        distribution = votes / totals[:, None]
+        mos = distribution @ scale
+        variance = distribution @ (scale**2) - mos**2
+    return mos, np.sqrt(np.clip(variance, 0.0, None)), totals.astype(np.int64), distribution
+
+
+def parse_split_list(text: str) -> frozenset[str]:
+    """Ids of a .jpgl split file (one id per line, blank lines ignored)."""
+    return frozenset(line.strip() for line in text.splitlines() if line.strip())
+
+
+def drop_duplicates(frame: pd.DataFrame, report: LabelReport) -> pd.DataFrame:
+    """Drop every row whose image_id occurs more than once (ambiguous labels)."""
+    repeated = frame["image_id"].duplicated(keep=False)
+    report.drop(DropReason.DUPLICATE_ID, sorted(set(frame.loc[repeated, "image_id"])))
+    return frame.loc[~repeated]
+
+
+def drop_by_manifest(frame: pd.DataFrame, manifest: pa.Table | None,
+                     report: LabelReport) -> pd.DataFrame:
+    """Drop ids missing from the manifest, and those whose image header could not be read."""
+    if manifest is None:
+        return frame
+    present = manifest.column("image_id").to_pylist()
+    widths = manifest.column("width").to_pylist()
+    undecodable = {image_id for image_id, width in zip(present, widths, strict=True)
+                   if width is None}
+    missing = ~frame["image_id"].isin(set(present))
+    report.drop(DropReason.MISSING_IMAGE, frame.loc[missing, "image_id"])
+    frame = frame.loc[~missing]
+    broken = frame["image_id"].isin(undecodable)
+    report.drop(DropReason.UNDECODABLE_IMAGE, frame.loc[broken, "image_id"])
+    return frame.loc[~broken]
+
+
+def ava_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
+    """AVA.txt contents -> label columns (before manifest checks and splits)."""
+    raw = parse_ava_text(text, source)
+    raw = drop_duplicates(raw, report)
+    votes = raw[[f"vote_{i}" for i in range(1, 11)]].to_numpy()
+    mos, std, totals, distribution = ava_scores(votes)
+    zero = totals == 0
+    report.drop(DropReason.ZERO_VOTES, raw.loc[zero, "image_id"])
+    keep = ~zero
+    return pd.DataFrame({
+        "image_id": raw["image_id"].to_numpy()[keep],
+        "mos": mos[keep], "std": std[keep], "n_votes": totals[keep],
+        "distribution": list(distribution[keep].astype(np.float32)),
+        "semantic_tag_1": raw["semantic_tag_1"].to_numpy()[keep],
+        "semantic_tag_2": raw["semantic_tag_2"].to_numpy()[keep],
+        "challenge_id": raw["challenge_id"].to_numpy()[keep],
+    })
+
+
+def folder_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
+    """CSV 'image_id,score[,split]' -> label columns; a given split column is kept.
+
+    Raises:
+        LabelError: missing columns, an empty id, or a non-numeric score (naming the line).
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not {"image_id", "score"} <= set(reader.fieldnames):
+        raise LabelError(f"{source}: needs columns image_id,score[,split] "
+                         f"(found {reader.fieldnames})")
+    ids, scores, splits = [], [], []
+    for number, record in enumerate(reader, start=2):
+        image_id = (record.get("image_id") or "").strip()
+        if not image_id:
+            raise LabelError(f"{source}:{number}: empty image_id")
+        try:
+            score = float(record.get("score") or "")
+        except ValueError:
+            raise LabelError(f"{source}:{number}: non-numeric score {record.get('score')!r}") \
+                from None
+        if not np.isfinite(score):
+            raise LabelError(f"{source}:{number}: score is not finite")
+        ids.append(image_id)
+        scores.append(score)
+        splits.append((record.get("split") or "").strip() or None)
+    frame = pd.DataFrame({"image_id": ids, "mos": scores, "given_split": splits})
+    return drop_duplicates(frame, report)
+
+
+def finalize_labels(frame: pd.DataFrame, dataset: str, splits: Mapping[str, str],
+                    version: str) -> pa.Table:
+    """Assemble a LABELS_SCHEMA table ordered by image_id, filling absent columns with nulls."""
+    frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
+    count = len(frame)
+    columns: dict[str, Any] = {}
+    for schema_field in LABELS_SCHEMA:
+        name = schema_field.name
+        if name == "dataset":
+            columns[name] = [dataset] * count
+        elif name == "split":
+            columns[name] = [splits[image_id] for image_id in frame["image_id"]]
+        elif name == "label_version":
+            columns[name] = [version] * count
+        elif name in frame.columns:
+            columns[name] = [None if _is_null(value) else value for value in frame[name]]
+        else:
+            columns[name] = [None] * count
+    return pa.table(columns, schema=LABELS_SCHEMA)
+
+
+def _is_null(value: Any) -> bool:
+    return not isinstance(value, (list, np.ndarray)) and pd.isna(value)
+
+
+def version_for(inputs: Mapping[str, bytes], dataset: str, parameters: Mapping[str, Any]) -> str:
+    """label_version of a table built from these raw inputs and parameters."""
+    digests = {name: sha256_bytes(data) for name, data in sorted(inputs.items())}
+    return label_version(digests, {"dataset": dataset, **parameters})
+
