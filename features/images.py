@@ -94,6 +94,8 @@ def decode_image_bytes(
                 image = ImageOps.exif_transpose(opened) or opened
                 image = _resize_to_policy(image.convert("RGB"), policy)
                 pixels = np.asarray(image, dtype=np.uint8)
+    except Image.UnidentifiedImageError:
+        return None, RowStatus.DECODE_ERROR, f"{name}: decode_error: not a recognised image format"
     except Exception as error:  # Pillow raises many unrelated types for bad files
         status = _classify_decode_error(error)
         return None, status, f"{name}: {status.value}: {type(error).__name__}: {error}"

@@ -11,11 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from features.weights import WeightsSource, load_weights_into, parse_weights_id
+from features.weights import load_weights_into, parse_weights_id
 from schemas.view_spec import PoolingSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 LOGGER = logging.getLogger(__name__)
+_CACHE_LOCK = threading.RLock()
 
 
 def build_backbone() -> Any:
@@ -52,6 +53,39 @@ def pool_taps(tap_outputs: Sequence[Any], pooling: PoolingSpec) -> Any:
     )
 
 
+def _build_tap_model(weights_id: str, taps: tuple[str, ...], compute_dtype: str) -> tuple[Any, str]:
+    import keras
+
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(compute_dtype)
+    try:
+        backbone = build_backbone()
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    digest = load_weights_into(backbone, parse_weights_id(weights_id))
+    layers = tap_layers(backbone, taps)
+    return keras.Model(backbone.input, [layer.output for layer in layers]), digest
+
+
+_BACKBONES: dict[tuple[str, tuple[str, ...], str], tuple[Any, str]] = {}
+
+
+def _backbone_taps(weights_id: str, taps: tuple[str, ...], compute_dtype: str) -> tuple[Any, str]:
+    """(tap model, weights sha256), built once per process and shared by every extractor."""
+    key = (weights_id, taps, compute_dtype)
+    if key not in _BACKBONES:
+        LOGGER.info("loading InceptionResNetV2 backbone (%s, %s, %d taps)", weights_id,
+                    compute_dtype, len(taps))
+        _BACKBONES[key] = _build_tap_model(weights_id, taps, compute_dtype)
+    return _BACKBONES[key]
+
+
+def backbone_weights_sha256(weights_id: str, taps: tuple[str, ...], compute_dtype: str = "float32") -> str:
+    """Digest of the weights loaded for this backbone (loads it if needed)."""
+    with _CACHE_LOCK:
+        return _backbone_taps(weights_id, taps, compute_dtype)[1]
+
+
 @dataclass(frozen=True)
 class ExtractorKey:
     """What makes two extractors interchangeable (the per-process cache key)."""
@@ -70,20 +104,11 @@ class MLSPExtractor:
     """
 
     def __init__(self, key: ExtractorKey) -> None:
-        import keras
         import tensorflow as tf
 
         self.key = key
-        self.weights: WeightsSource = parse_weights_id(key.weights_id)
-        previous_policy = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(key.compute_dtype)
-        try:
-            backbone = build_backbone()
-        finally:
-            keras.config.set_dtype_policy(previous_policy)
-        self.weights_sha256 = load_weights_into(backbone, self.weights)
-        layers = tap_layers(backbone, key.taps)
-        self._tap_model = keras.Model(backbone.input, [layer.output for layer in layers])
+        tap_model, self.weights_sha256 = _backbone_taps(key.weights_id, key.taps, key.compute_dtype)
+        self._tap_model = tap_model
         self.images_forwarded = 0
         self._lock = threading.Lock()
         poolings = dict(key.poolings)
@@ -117,7 +142,6 @@ class MLSPExtractor:
 
 
 _CACHE: dict[ExtractorKey, MLSPExtractor] = {}
-_CACHE_LOCK = threading.Lock()
 
 
 def get_extractor(key: ExtractorKey) -> MLSPExtractor:
@@ -125,8 +149,6 @@ def get_extractor(key: ExtractorKey) -> MLSPExtractor:
     with _CACHE_LOCK:
         extractor = _CACHE.get(key)
         if extractor is None:
-            LOGGER.info("building MLSP extractor (%s, %d taps, views %s)", key.weights_id,
-                        len(key.taps), [name for name, _ in key.poolings])
             extractor = MLSPExtractor(key)
             _CACHE[key] = extractor
         return extractor

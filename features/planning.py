@@ -52,9 +52,9 @@ def weights_sha256(weights_id: str, taps: Sequence[str]) -> str:
         return file_sha256(source.path)
     if source.kind == "imagenet":
         return file_sha256(imagenet_weights_path())
-    from features.mlsp import ExtractorKey, get_extractor
+    from features.mlsp import backbone_weights_sha256
 
-    return get_extractor(ExtractorKey(weights_id, tuple(taps), ())).weights_sha256
+    return backbone_weights_sha256(weights_id, tuple(taps))
 
 
 def resolve_specs(view_names: Sequence[str], weights_id: str, input_policy: InputPolicy) -> list[FeatureViewSpec]:

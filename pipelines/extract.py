@@ -84,7 +84,8 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     configure_logging(args.verbose)
-    unexpected = [arg for arg in beam_args if not arg.startswith("--")]
+    unexpected = [arg for position, arg in enumerate(beam_args) if not arg.startswith("--") and (
+        position == 0 or not beam_args[position - 1].startswith("--") or "=" in beam_args[position - 1])]
     if unexpected:
         parser.error(f"unrecognized arguments: {' '.join(unexpected)}")
     run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
