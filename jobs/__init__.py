@@ -1,0 +1,1 @@
+"""Batch jobs that run on finished tables (recalibration)."""
