@@ -20,7 +20,15 @@ def configure_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
-    for noisy in ("apache_beam", "absl", "tensorflow", "h5py", "fsspec", "distributed", "numcodecs"):
+    for noisy in (
+        "apache_beam",
+        "absl",
+        "tensorflow",
+        "h5py",
+        "fsspec",
+        "distributed",
+        "numcodecs",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

@@ -47,8 +47,11 @@ class ExtractionConfig:
     def __post_init__(self) -> None:
         if not self.views:
             raise ConfigError("at least one view is needed")
-        for name, value in (("max_pixels", self.max_pixels), ("max_batch_pixels", self.max_batch_pixels),
-                            ("decode_threads", self.decode_threads)):
+        for name, value in (
+            ("max_pixels", self.max_pixels),
+            ("max_batch_pixels", self.max_batch_pixels),
+            ("decode_threads", self.decode_threads),
+        ):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
 
@@ -86,12 +89,22 @@ def extractor_key(views: Sequence[FeatureView]) -> ExtractorKey:
     for view in views[1:]:
         spec = view.spec
         if (spec.taps, spec.weights_id, spec.compute_dtype, spec.input_policy, spec.variants) != (
-            first.taps, first.weights_id, first.compute_dtype, first.input_policy, first.variants
+            first.taps,
+            first.weights_id,
+            first.compute_dtype,
+            first.input_policy,
+            first.variants,
         ):
-            raise ConfigError(f"views {first.name!r} and {spec.name!r} cannot share a forward pass "
-                              "(taps, weights, precision, input policy or variants differ)")
-    return ExtractorKey(first.weights_id, first.taps,
-                        tuple((view.name, view.spec.pooling) for view in views), first.compute_dtype)
+            raise ConfigError(
+                f"views {first.name!r} and {spec.name!r} cannot share a forward pass "
+                "(taps, weights, precision, input policy or variants differ)"
+            )
+    return ExtractorKey(
+        first.weights_id,
+        first.taps,
+        tuple((view.name, view.spec.pooling) for view in views),
+        first.compute_dtype,
+    )
 
 
 def _size_batches(
@@ -124,8 +137,9 @@ class ShardExtractor:
             for view in self.views:
                 if view.spec.weights_sha256 and view.spec.weights_sha256 != model.weights_sha256:
                     raise StoreError(
-                        f"view {view.name!r} records weights sha256 {view.spec.weights_sha256[:12]}…"
-                        f" but this worker loaded {model.weights_sha256[:12]}… for "
+                        f"view {view.name!r} records weights sha256 "
+                        f"{view.spec.weights_sha256[:12]}… but this worker loaded "
+                        f"{model.weights_sha256[:12]}… for "
                         f"{view.spec.weights_id!r}; refusing to mix features from different weights"
                     )
             self._model = model
@@ -148,15 +162,26 @@ class ShardExtractor:
         seconds = time.perf_counter() - started
         for view in pending:
             marker = CommitMarker(
-                shard=shard.index, row_start=shard.row_start, row_stop=shard.row_stop,
+                shard=shard.index,
+                row_start=shard.row_start,
+                row_stop=shard.row_stop,
                 image_ids_sha256=image_ids_digest([row["image_id"] for row in rows]),
-                spec_sha256=view.spec.identity_sha256(), status_counts=dict(counts),
-                run_id=self.config.run_id, images_forwarded=forwarded, seconds=round(seconds, 3),
+                spec_sha256=view.spec.identity_sha256(),
+                status_counts=dict(counts),
+                run_id=self.config.run_id,
+                images_forwarded=forwarded,
+                seconds=round(seconds, 3),
             )
             view.write_shard(shard, features[view.name], index, marker)
-        LOGGER.info("shard %d rows %d:%d committed to %s: %s, %.2f images/s", shard.index,
-                    shard.row_start, shard.row_stop, [view.name for view in pending], dict(counts),
-                    shard.rows / max(seconds, 1e-9))
+        LOGGER.info(
+            "shard %d rows %d:%d committed to %s: %s, %.2f images/s",
+            shard.index,
+            shard.row_start,
+            shard.row_stop,
+            [view.name for view in pending],
+            dict(counts),
+            shard.rows / max(seconds, 1e-9),
+        )
         return ShardResult(shard.index, shard.rows, False, dict(counts), forwarded, seconds)
 
     def _decode(self, rows: list[dict[str, Any]]) -> list[DecodedImage]:
@@ -177,8 +202,10 @@ class ShardExtractor:
         smallest = min(min(variant_size(height, width, name)) for name in variants)
         if smallest >= policy.min_side:
             return image
-        message = (f"{uri}: {width}x{height} px gives {smallest} px crops, smaller than the "
-                   f"network minimum {policy.min_side} px")
+        message = (
+            f"{uri}: {width}x{height} px gives {smallest} px crops, smaller than the "
+            f"network minimum {policy.min_side} px"
+        )
         return DecodedImage(None, RowStatus.TOO_SMALL, message, image.read_ms, image.decode_ms)
 
     def _forward(
@@ -186,38 +213,61 @@ class ShardExtractor:
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         spec = views[0].spec
         variants = spec.variants
-        features = {view.name: np.full((len(decoded), len(variants), *view.spec.feature_shape),
-                                       np.nan, dtype=view.spec.storage_dtype) for view in views}
+        features = {
+            view.name: np.full(
+                (len(decoded), len(variants), *view.spec.feature_shape),
+                np.nan,
+                dtype=view.spec.storage_dtype,
+            )
+            for view in views
+        }
         model_ms = np.zeros(len(decoded), dtype=np.float32)
-        sizes = {i: image.pixels.shape[:2] for i, image in enumerate(decoded) if image.pixels is not None}
+        sizes = {
+            i: image.pixels.shape[:2] for i, image in enumerate(decoded) if image.pixels is not None
+        }
         for positions in _size_batches(sizes, self.config.max_batch_pixels, len(variants)):
-            batch = np.concatenate([stack_variants(decoded[i].pixels, variants)  # type: ignore[arg-type]
-                                    for i in positions])
+            batch = np.concatenate(
+                [
+                    stack_variants(decoded[i].pixels, variants)  # type: ignore[arg-type]
+                    for i in positions
+                ]
+            )
             started = time.perf_counter()
             outputs = self.model.extract(batch)
             elapsed = (time.perf_counter() - started) * 1000.0
             model_ms[positions] = elapsed / len(positions)
             for view in views:
-                values = outputs[view.name].reshape(len(positions), len(variants), *view.spec.feature_shape)
+                values = outputs[view.name].reshape(
+                    len(positions), len(variants), *view.spec.feature_shape
+                )
                 features[view.name][positions] = values
         return features, model_ms
 
     @staticmethod
-    def _index_table(rows: list[dict[str, Any]], decoded: list[DecodedImage], model_ms: np.ndarray) -> pa.Table:
-        heights = [image.pixels.shape[0] if image.pixels is not None else row["height"]
-                   for row, image in zip(rows, decoded, strict=True)]
-        widths = [image.pixels.shape[1] if image.pixels is not None else row["width"]
-                  for row, image in zip(rows, decoded, strict=True)]
-        return pa.table({
-            "image_id": [row["image_id"] for row in rows],
-            "row": [row["row"] for row in rows],
-            "status": [image.status.value for image in decoded],
-            "error": [image.error for image in decoded],
-            "dataset": [row["dataset"] for row in rows],
-            "split": [row["split"] for row in rows],
-            "width": widths,
-            "height": heights,
-            "read_ms": [image.read_ms for image in decoded],
-            "decode_ms": [image.decode_ms for image in decoded],
-            "model_ms": model_ms,
-        }, schema=FEATURE_INDEX_SCHEMA)
+    def _index_table(
+        rows: list[dict[str, Any]], decoded: list[DecodedImage], model_ms: np.ndarray
+    ) -> pa.Table:
+        heights = [
+            image.pixels.shape[0] if image.pixels is not None else row["height"]
+            for row, image in zip(rows, decoded, strict=True)
+        ]
+        widths = [
+            image.pixels.shape[1] if image.pixels is not None else row["width"]
+            for row, image in zip(rows, decoded, strict=True)
+        ]
+        return pa.table(
+            {
+                "image_id": [row["image_id"] for row in rows],
+                "row": [row["row"] for row in rows],
+                "status": [image.status.value for image in decoded],
+                "error": [image.error for image in decoded],
+                "dataset": [row["dataset"] for row in rows],
+                "split": [row["split"] for row in rows],
+                "width": widths,
+                "height": heights,
+                "read_ms": [image.read_ms for image in decoded],
+                "decode_ms": [image.decode_ms for image in decoded],
+                "model_ms": model_ms,
+            },
+            schema=FEATURE_INDEX_SCHEMA,
+        )

@@ -1,4 +1,4 @@
-"""Parse a small, safe filter language ("split == 'test' and width >= 300") into Arrow expressions."""
+"""Parse a small, safe filter language ("split == 'test' and width > 9") into Arrow expressions."""
 
 from __future__ import annotations
 
@@ -25,14 +25,20 @@ def _literal(node: ast.expr, text: str) -> Any:
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise ConfigError(f"--where {text!r}: expected a literal, got {ast.unparse(node)!r}") from None
+        raise ConfigError(
+            f"--where {text!r}: expected a literal, got {ast.unparse(node)!r}"
+        ) from None
 
 
 def _field(node: ast.expr, columns: set[str], text: str) -> pc.Expression:
     if not isinstance(node, ast.Name):
-        raise ConfigError(f"--where {text!r}: left side must be a column name, got {ast.unparse(node)!r}")
+        raise ConfigError(
+            f"--where {text!r}: left side must be a column name, got {ast.unparse(node)!r}"
+        )
     if node.id not in columns:
-        raise ConfigError(f"--where {text!r}: unknown column {node.id!r}; columns: {sorted(columns)}")
+        raise ConfigError(
+            f"--where {text!r}: unknown column {node.id!r}; columns: {sorted(columns)}"
+        )
     return pc.field(node.id)
 
 

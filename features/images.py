@@ -103,7 +103,9 @@ def decode_image_bytes(
         Image.MAX_IMAGE_PIXELS = previous_limit
     height, width = pixels.shape[:2]
     if min(height, width) < policy.min_side:
-        message = f"{name}: {width}x{height} px is smaller than the network minimum {policy.min_side} px"
+        message = (
+            f"{name}: {width}x{height} px is smaller than the network minimum {policy.min_side} px"
+        )
         return None, RowStatus.TOO_SMALL, message
     return pixels, RowStatus.OK, None
 
@@ -137,8 +139,8 @@ def load_image(
         message = f"{uri}: content sha256 differs from the manifest (file changed after indexing)"
         return DecodedImage(None, RowStatus.CHECKSUM_MISMATCH, message, read_ms, 0.0)
     started = time.perf_counter()
-    pixels, status, error = decode_image_bytes(data, uri, policy, max_pixels)
-    return DecodedImage(pixels, status, error, read_ms, _ms(started))
+    pixels, status, decode_error = decode_image_bytes(data, uri, policy, max_pixels)
+    return DecodedImage(pixels, status, decode_error, read_ms, _ms(started))
 
 
 def _ms(started: float) -> float:

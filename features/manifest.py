@@ -36,8 +36,12 @@ def scan_images(directory: Path) -> list[Path]:
     """Image files under a directory (recursive), sorted for determinism."""
     if not directory.is_dir():
         raise ManifestError(f"--images {directory}: not a directory")
-    found = [Path(root) / name for root, _, names in os.walk(directory) for name in names
-             if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    found = [
+        Path(root) / name
+        for root, _, names in os.walk(directory)
+        for name in names
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES
+    ]
     return sorted(found)
 
 
@@ -57,10 +61,12 @@ def entries_from_csv(directory: Path, labels_csv: Path) -> list[ImageEntry]:
     with labels_csv.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or "filename" not in reader.fieldnames:
-            raise ManifestError(f"--labels {labels_csv}: needs a 'filename' column "
-                                f"(found {reader.fieldnames})")
+            raise ManifestError(
+                f"--labels {labels_csv}: needs a 'filename' column (found {reader.fieldnames})"
+            )
         entries = []
-        for line_number, record in enumerate(reader, start=2):
+        for record in reader:
+            line_number = reader.line_num  # physical line: DictReader skips blank lines
             filename = (record.get("filename") or "").strip()
             if not filename:
                 raise ManifestError(f"--labels {labels_csv}:{line_number}: empty filename")
@@ -78,7 +84,8 @@ def check_unique_ids(entries: Iterable[ImageEntry]) -> None:
     if duplicates:
         details = "; ".join(
             f"{image_id}: " + ", ".join(str(e.path) for e in entries if e.image_id == image_id)
-            for image_id in duplicates[:10])
+            for image_id in duplicates[:10]
+        )
         raise ManifestError(f"duplicate image id(s) {duplicates[:10]} ({details})")
 
 

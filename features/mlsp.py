@@ -48,9 +48,7 @@ def pool_taps(tap_outputs: Sequence[Any], pooling: PoolingSpec) -> Any:
     if pooling.kind == "gap":
         return tf.concat([tf.reduce_mean(tap, axis=[1, 2]) for tap in tap_outputs], axis=-1)
     grid = pooling.grid
-    return tf.concat(
-        [tf.image.resize(tap, grid, method="area") for tap in tap_outputs], axis=-1
-    )
+    return tf.concat([tf.image.resize(tap, grid, method="area") for tap in tap_outputs], axis=-1)
 
 
 def _build_tap_model(weights_id: str, taps: tuple[str, ...], compute_dtype: str) -> tuple[Any, str]:
@@ -74,13 +72,19 @@ def _backbone_taps(weights_id: str, taps: tuple[str, ...], compute_dtype: str) -
     """(tap model, weights sha256), built once per process and shared by every extractor."""
     key = (weights_id, taps, compute_dtype)
     if key not in _BACKBONES:
-        LOGGER.info("loading InceptionResNetV2 backbone (%s, %s, %d taps)", weights_id,
-                    compute_dtype, len(taps))
+        LOGGER.info(
+            "loading InceptionResNetV2 backbone (%s, %s, %d taps)",
+            weights_id,
+            compute_dtype,
+            len(taps),
+        )
         _BACKBONES[key] = _build_tap_model(weights_id, taps, compute_dtype)
     return _BACKBONES[key]
 
 
-def backbone_weights_sha256(weights_id: str, taps: tuple[str, ...], compute_dtype: str = "float32") -> str:
+def backbone_weights_sha256(
+    weights_id: str, taps: tuple[str, ...], compute_dtype: str = "float32"
+) -> str:
     """Digest of the weights loaded for this backbone (loads it if needed)."""
     with _CACHE_LOCK:
         return _backbone_taps(weights_id, taps, compute_dtype)[1]
@@ -115,7 +119,9 @@ class MLSPExtractor:
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
         def forward(images: Any) -> dict[str, Any]:
-            scaled = tf.cast(images, tf.float32) / 127.5 - 1.0  # inception_resnet_v2.preprocess_input
+            scaled = (
+                tf.cast(images, tf.float32) / 127.5 - 1.0
+            )  # inception_resnet_v2.preprocess_input
             taps = self._tap_model(scaled, training=False)
             taps = [tf.cast(tap, tf.float32) for tap in taps]
             return {name: pool_taps(taps, pooling) for name, pooling in poolings.items()}

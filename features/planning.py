@@ -57,7 +57,9 @@ def weights_sha256(weights_id: str, taps: Sequence[str]) -> str:
     return backbone_weights_sha256(weights_id, tuple(taps))
 
 
-def resolve_specs(view_names: Sequence[str], weights_id: str, input_policy: InputPolicy) -> list[FeatureViewSpec]:
+def resolve_specs(
+    view_names: Sequence[str], weights_id: str, input_policy: InputPolicy
+) -> list[FeatureViewSpec]:
     """Specs of the requested predefined views with weights lineage filled in.
 
     Raises:
@@ -66,8 +68,12 @@ def resolve_specs(view_names: Sequence[str], weights_id: str, input_policy: Inpu
     unknown = [name for name in view_names if name not in PREDEFINED_VIEWS]
     if unknown:
         raise ConfigError(f"--view {unknown[0]!r}: choose from {', '.join(PREDEFINED_VIEWS)}")
-    specs = [replace(PREDEFINED_VIEWS[name], input_policy=input_policy,
-                     package_version=package_version()) for name in dict.fromkeys(view_names)]
+    specs = [
+        replace(
+            PREDEFINED_VIEWS[name], input_policy=input_policy, package_version=package_version()
+        )
+        for name in dict.fromkeys(view_names)
+    ]
     digest = weights_sha256(weights_id, specs[0].taps)
     return [spec.with_weights(weights_id, digest) for spec in specs]
 
@@ -80,7 +86,10 @@ def ensure_store(store: str) -> None:
 
 
 def prepare_views(
-    store: str, specs: Sequence[FeatureViewSpec], allocation: pa.Table, shard_rows: int | None,
+    store: str,
+    specs: Sequence[FeatureViewSpec],
+    allocation: pa.Table,
+    shard_rows: int | None,
     format_name: str,
 ) -> list[FeatureView]:
     """Create or validate every view; they share one row allocation and shard size."""
@@ -98,10 +107,14 @@ def prepare_views(
 def pending_shards(views: Sequence[FeatureView]) -> list[ShardSpec]:
     """Shards that at least one view has not committed, in row order."""
     committed = [set(view.committed()) for view in views]
-    return [shard for shard in views[0].shards() if any(shard.index not in done for done in committed)]
+    return [
+        shard for shard in views[0].shards() if any(shard.index not in done for done in committed)
+    ]
 
 
-def summarize(views: Sequence[FeatureView], run_id: str, wall_seconds: float, runner: str) -> dict[str, Any]:
+def summarize(
+    views: Sequence[FeatureView], run_id: str, wall_seconds: float, runner: str
+) -> dict[str, Any]:
     """Run summary from commit markers and the index (works on runners without metrics)."""
     view = views[0]
     markers = view.committed()
@@ -123,8 +136,10 @@ def summarize(views: Sequence[FeatureView], run_id: str, wall_seconds: float, ru
         "wall_seconds": round(wall_seconds, 3),
         "images_per_second": round(processed_rows / wall_seconds, 3) if wall_seconds > 0 else 0.0,
         "status_counts": dict(sorted(statuses.items())),
-        "failures": [{"image_id": r["image_id"], "status": r["status"], "error": r["error"]}
-                     for r in failed.select(["image_id", "status", "error"]).to_pylist()[:50]],
+        "failures": [
+            {"image_id": r["image_id"], "status": r["status"], "error": r["error"]}
+            for r in failed.select(["image_id", "status", "error"]).to_pylist()[:50]
+        ],
         "weights_id": view.spec.weights_id,
         "weights_sha256": view.spec.weights_sha256,
     }

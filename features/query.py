@@ -74,8 +74,11 @@ class FeatureStore:
 
     def views(self) -> list[str]:
         """Names of the views in the store."""
-        return [name for name in files.list_names(self.path)
-                if files.exists(files.join(self.path, name, "view.json"))]
+        return [
+            name
+            for name in files.list_names(self.path)
+            if files.exists(files.join(self.path, name, "view.json"))
+        ]
 
     def view(self, name: str) -> FeatureView:
         """A view by name.
@@ -93,7 +96,9 @@ class FeatureStore:
         index = self.view(view).committed_index()
         if filter is None:
             return index
-        expression = parse_where(filter, set(index.column_names)) if isinstance(filter, str) else filter
+        expression = (
+            parse_where(filter, set(index.column_names)) if isinstance(filter, str) else filter
+        )
         return index.filter(expression)
 
     def table(
@@ -137,13 +142,17 @@ class FeatureStore:
     @staticmethod
     def _select_ids(index: pa.Table, ids: list[str], view: str) -> pa.Table:
         positions = pc.index_in(pa.array(ids, pa.string()), index.column("image_id"))
-        missing = [image_id for image_id, position in zip(ids, positions.to_pylist(), strict=True)
-                   if position is None]
+        missing = [
+            image_id
+            for image_id, position in zip(ids, positions.to_pylist(), strict=True)
+            if position is None
+        ]
         if missing:
             shown = ", ".join(missing[:20]) + (" …" if len(missing) > 20 else "")
             raise UnknownImageIdsError(
                 f"{len(missing)} image id(s) not among the committed rows of view {view!r} "
-                f"(after any filter): {shown}")
+                f"(after any filter): {shown}"
+            )
         return index.take(positions)
 
     def iter_blocks(self, view: str, block_rows: int | None = None) -> Iterator[pa.Table]:
@@ -160,8 +169,9 @@ class FeatureStore:
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the query CLI."""
-    parser = argparse.ArgumentParser(prog="python -m features.query",
-                                     description="Print committed rows of a feature view.")
+    parser = argparse.ArgumentParser(
+        prog="python -m features.query", description="Print committed rows of a feature view."
+    )
     parser.add_argument("--store", required=True, help="store root (path or URL)")
     parser.add_argument("--view", help="view name (omit to list views)")
     parser.add_argument("--ids", nargs="+", help="image ids to fetch")
@@ -178,8 +188,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.view is None:
         for name in store.views():
             view = store.view(name)
-            print(f"{name}: {view.meta['rows']} rows, shape {list(view.spec.feature_shape)}, "
-                  f"variants {list(view.spec.variants)}, weights {view.spec.weights_id}")
+            print(
+                f"{name}: {view.meta['rows']} rows, shape {list(view.spec.feature_shape)}, "
+                f"variants {list(view.spec.variants)}, weights {view.spec.weights_id}"
+            )
         return 0
     index = store.index(args.view, args.where)
     if args.ids is None:
@@ -189,8 +201,10 @@ def _main(argv: Sequence[str] | None) -> int:
     shown = table.drop_columns(["features"]).to_pandas()
     features = table.column("features")
     print(shown.to_string(index=False, max_colwidth=60))
-    print(f"\n{table.num_rows} row(s); features: {features.type.storage_type.value_type} tensor "
-          f"of shape {list(features.type.shape)} per row ({features.nbytes / 1e6:.2f} MB)")
+    print(
+        f"\n{table.num_rows} row(s); features: {features.type.storage_type.value_type} tensor "
+        f"of shape {list(features.type.shape)} per row ({features.nbytes / 1e6:.2f} MB)"
+    )
     return 0
 
 

@@ -16,7 +16,7 @@ _VARIANT_PATTERN = re.compile(r"^(0|0\.5|1)_(0|0\.5|1)_([01])$")
 
 def variant_name(row_position: float, column_position: float, flip: int) -> str:
     """Reference naming: '%g_%g_%d' % (i, j, flip)."""
-    return "%g_%g_%d" % (row_position, column_position, flip)
+    return "%g_%g_%d" % (row_position, column_position, flip)  # noqa: UP031 (reference naming)
 
 
 VARIANT_SETS: dict[str, tuple[str, ...]] = {
@@ -37,8 +37,10 @@ def parse_variants(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     for name in names:
         if name != ORIGINAL and not _VARIANT_PATTERN.match(name):
-            raise ConfigError(f"--variants: unknown variant {name!r} (use orig, train8, tta18, or"
-                              " names like 0_0.5_1 = row position, column position, flip)")
+            raise ConfigError(
+                f"--variants: unknown variant {name!r} (use orig, train8, tta18, or"
+                " names like 0_0.5_1 = row position, column position, flip)"
+            )
     if not names:
         raise ConfigError("--variants: empty list")
     return names
@@ -62,7 +64,11 @@ def apply_variant(pixels: np.ndarray, name: str) -> np.ndarray:
     match = _VARIANT_PATTERN.match(name)
     if match is None:
         raise ConfigError(f"unknown variant {name!r}")
-    row_position, column_position, flip = float(match.group(1)), float(match.group(2)), int(match.group(3))
+    row_position, column_position, flip = (
+        float(match.group(1)),
+        float(match.group(2)),
+        int(match.group(3)),
+    )
     height, width = pixels.shape[:2]
     crop_height, crop_width = variant_size(height, width, name)
     top = int(np.floor(row_position * (height - crop_height) + 0.5))
@@ -76,6 +82,8 @@ def stack_variants(pixels: np.ndarray, names: Sequence[str]) -> np.ndarray:
     outputs = [apply_variant(pixels, name) for name in names]
     sizes = {output.shape for output in outputs}
     if len(sizes) != 1:
-        raise ConfigError(f"variants {list(names)} give different sizes {sorted(sizes)}; "
-                          "mix 'orig' with crops in separate views")
+        raise ConfigError(
+            f"variants {list(names)} give different sizes {sorted(sizes)}; "
+            "mix 'orig' with crops in separate views"
+        )
     return np.ascontiguousarray(np.stack(outputs))

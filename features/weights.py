@@ -18,7 +18,8 @@ LOGGER = logging.getLogger(__name__)
 
 IMAGENET_FILE = "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/" + IMAGENET_FILE
+    "https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/"
+    + IMAGENET_FILE
 )
 IMAGENET_MD5 = "d19885ff4a710c122648d3b5c3b684e4"
 _RANDOM_PATTERN = re.compile(r"^random:(\d+)$")
@@ -89,8 +90,9 @@ def imagenet_weights_path(download: bool = True) -> Path:
     try:
         import keras
 
-        fetched = keras.utils.get_file(IMAGENET_FILE, IMAGENET_URL, cache_subdir="models",
-                                       file_hash=IMAGENET_MD5)
+        fetched = keras.utils.get_file(
+            IMAGENET_FILE, IMAGENET_URL, cache_subdir="models", file_hash=IMAGENET_MD5
+        )
     except Exception as error:  # network errors come in many types; all mean the same here
         raise WeightsUnavailableError(f"{hint} (download failed: {error})") from error
     return Path(fetched)
@@ -141,12 +143,16 @@ def load_weights_into(model: Any, source: WeightsSource) -> str:
     """
     if source.kind == "random":
         assert source.seed is not None
-        shapes = [(variable.path.split("/")[-1], tuple(variable.shape)) for variable in model.weights]
+        shapes = [
+            (variable.path.split("/")[-1], tuple(variable.shape)) for variable in model.weights
+        ]
         arrays = random_weight_arrays(shapes, source.seed)
         for variable, array in zip(model.weights, arrays, strict=True):
             variable.assign(array)
-        LOGGER.warning("backbone uses RANDOM weights (%s): features are not ImageNet features",
-                       source.weights_id)
+        LOGGER.warning(
+            "backbone uses RANDOM weights (%s): features are not ImageNet features",
+            source.weights_id,
+        )
         return arrays_sha256(arrays)
     path = imagenet_weights_path() if source.kind == "imagenet" else source.path
     assert path is not None

@@ -74,7 +74,9 @@ def build_extract_pipeline(
     pipeline: beam.Pipeline, shards: Sequence[ShardSpec], config: ExtractionConfig
 ) -> beam.PCollection:
     """Add the extraction graph to a pipeline; returns the PCollection of worker totals."""
-    shard_records = [{"index": s.index, "row_start": s.row_start, "row_stop": s.row_stop} for s in shards]
+    shard_records = [
+        {"index": s.index, "row_start": s.row_start, "row_stop": s.row_stop} for s in shards
+    ]
     return (
         pipeline
         | "ShardSpecs" >> beam.Create(shard_records)

@@ -33,24 +33,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--manifest", required=True, help="manifest.parquet (path or URL)")
     parser.add_argument("--store", required=True, help="feature store root (path or URL)")
-    parser.add_argument("--view", action="append", required=True, choices=sorted(PREDEFINED_VIEWS),
-                        help="view to fill; repeat to fill several from one forward pass")
-    parser.add_argument("--weights", default="imagenet",
-                        help="'imagenet' (Keras cache), a .h5 weights file, or 'random:SEED'")
-    parser.add_argument("--shard-size", type=positive_int("--shard-size"), default=None,
-                        help="rows per shard for a new view (default 64; an existing view keeps its own)")
-    parser.add_argument("--max-side", type=positive_int("--max-side"), default=None,
-                        help="downscale images whose longest side exceeds this (default: original size)")
-    parser.add_argument("--max-pixels", type=positive_int("--max-pixels"), default=DEFAULT_MAX_PIXELS,
-                        help="images with more pixels are refused as decompression bombs")
-    parser.add_argument("--max-batch-pixels", type=positive_int("--max-batch-pixels"), default=2_000_000,
-                        help="pixel cap of one forward batch of same-size images")
-    parser.add_argument("--decode-threads", type=positive_int("--decode-threads"), default=2,
-                        help="threads reading and decoding images per worker")
+    parser.add_argument(
+        "--view",
+        action="append",
+        required=True,
+        choices=sorted(PREDEFINED_VIEWS),
+        help="view to fill; repeat to fill several from one forward pass",
+    )
+    parser.add_argument(
+        "--weights",
+        default="imagenet",
+        help="'imagenet' (Keras cache), a .h5 weights file, or 'random:SEED'",
+    )
+    parser.add_argument(
+        "--shard-size",
+        type=positive_int("--shard-size"),
+        default=None,
+        help="rows per shard for a new view (default 64; an existing view keeps its own)",
+    )
+    parser.add_argument(
+        "--max-side",
+        type=positive_int("--max-side"),
+        default=None,
+        help="downscale images whose longest side exceeds this (default: original size)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int("--max-pixels"),
+        default=DEFAULT_MAX_PIXELS,
+        help="images with more pixels are refused as decompression bombs",
+    )
+    parser.add_argument(
+        "--max-batch-pixels",
+        type=positive_int("--max-batch-pixels"),
+        default=2_000_000,
+        help="pixel cap of one forward batch of same-size images",
+    )
+    parser.add_argument(
+        "--decode-threads",
+        type=positive_int("--decode-threads"),
+        default=2,
+        help="threads reading and decoding images per worker",
+    )
     parser.add_argument("--format", default="zarr", choices=["zarr"], help="features array format")
     parser.add_argument("--runner", default="direct", choices=sorted(RUNNERS), help="Beam runner")
-    parser.add_argument("--fail-on-errors", action="store_true",
-                        help=f"exit {EXIT_ROW_FAILURES} when any row has a status other than ok")
+    parser.add_argument(
+        "--fail-on-errors",
+        action="store_true",
+        help=f"exit {EXIT_ROW_FAILURES} when any row has a status other than ok",
+    )
     parser.add_argument("--summary-json", help="also write the run summary to this file")
     add_common_arguments(parser)
     return parser
@@ -65,7 +96,9 @@ def _input_policy(max_side: int | None) -> InputPolicy:
         raise ConfigError(f"--max-side {max_side}: {error}") from None
 
 
-def _run_pipeline(runner_name: str, beam_args: list[str], shards: list, config: ExtractionConfig) -> None:
+def _run_pipeline(
+    runner_name: str, beam_args: list[str], shards: list, config: ExtractionConfig
+) -> None:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -76,27 +109,44 @@ def _run_pipeline(runner_name: str, beam_args: list[str], shards: list, config: 
         with beam.Pipeline(runner=runner_entry(runner_name).build(), options=options) as pipeline:
             build_extract_pipeline(pipeline, shards, config)
     except Exception as error:  # Beam wraps worker errors in runner-specific types
-        raise PipelineError(f"pipeline failed on runner {runner_name!r}: {error}. Committed shards "
-                            "are kept; re-run the same command to resume.") from error
+        raise PipelineError(
+            f"pipeline failed on runner {runner_name!r}: {error}. Committed shards "
+            "are kept; re-run the same command to resume."
+        ) from error
 
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, beam_args = parser.parse_known_args(argv)
     configure_logging(args.verbose)
-    unexpected = [arg for position, arg in enumerate(beam_args) if not arg.startswith("--") and (
-        position == 0 or not beam_args[position - 1].startswith("--") or "=" in beam_args[position - 1])]
+    unexpected = [
+        arg
+        for position, arg in enumerate(beam_args)
+        if not arg.startswith("--")
+        and (
+            position == 0
+            or not beam_args[position - 1].startswith("--")
+            or "=" in beam_args[position - 1]
+        )
+    ]
     if unexpected:
         parser.error(f"unrecognized arguments: {' '.join(unexpected)}")
-    run_id = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = (
+        datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    )
     allocation = allocate_rows(read_manifest(args.manifest))
     specs = resolve_specs(args.view, args.weights, _input_policy(args.max_side))
     views = prepare_views(args.store, specs, allocation, args.shard_size, args.format)
     shards = pending_shards(views)
     LOGGER.info("%d of %d shards to extract for %s", len(shards), len(views[0].shards()), args.view)
-    config = ExtractionConfig(store=args.store, views=tuple(view.name for view in views), run_id=run_id,
-                              max_pixels=args.max_pixels, max_batch_pixels=args.max_batch_pixels,
-                              decode_threads=args.decode_threads)
+    config = ExtractionConfig(
+        store=args.store,
+        views=tuple(view.name for view in views),
+        run_id=run_id,
+        max_pixels=args.max_pixels,
+        max_batch_pixels=args.max_batch_pixels,
+        decode_threads=args.decode_threads,
+    )
     started = time.perf_counter()
     if shards:
         with CommitProgress(views[0], shards):
@@ -105,8 +155,9 @@ def _main(argv: Sequence[str] | None) -> int:
     for view in views:
         view.write_run_summary(run_id, summary)
     if args.summary_json:
-        from features.store import files
         import json
+
+        from features.store import files
 
         files.atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print(format_summary(summary))

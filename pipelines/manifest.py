@@ -23,12 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Index images (bytes, size, sha256, stable ids) into a manifest Parquet file.",
     )
     parser.add_argument("--images", required=True, type=Path, help="folder of images (recursive)")
-    parser.add_argument("--labels", type=Path,
-                        help="CSV with columns filename[,image_id][,split]; lists the images to index")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        help="CSV with columns filename[,image_id][,split]; lists the images to index",
+    )
     parser.add_argument("--dataset", help="dataset name (default: the folder's name)")
     parser.add_argument("--out", required=True, help="output manifest.parquet (path or URL)")
-    parser.add_argument("--threads", type=positive_int("--threads"), default=4,
-                        help="files hashed in parallel (default 4)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int("--threads"),
+        default=4,
+        help="files hashed in parallel (default 4)",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -38,14 +45,19 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logging(args.verbose)
     if args.labels is not None and not args.labels.is_file():
         build_parser().error(f"argument --labels: no such file {args.labels}")
-    entries = (entries_from_csv(args.images, args.labels) if args.labels
-               else entries_from_folder(args.images))
+    entries = (
+        entries_from_csv(args.images, args.labels)
+        if args.labels
+        else entries_from_folder(args.images)
+    )
     table = build_manifest(entries, args.dataset or args.images.resolve().name, args.threads)
     files.atomic_write_parquet(args.out, table)
     unreadable = table.column("width").null_count
     splits = Counter(table.column("split").to_pylist())
-    print(f"manifest: {table.num_rows} images, {sum(table.column('bytes').to_pylist()) / 1e6:.1f} MB,"
-          f" {unreadable} with unreadable headers, splits {dict(splits)} -> {args.out}")
+    print(
+        f"manifest: {table.num_rows} images, {sum(table.column('bytes').to_pylist()) / 1e6:.1f} MB,"
+        f" {unreadable} with unreadable headers, splits {dict(splits)} -> {args.out}"
+    )
     return 0
 
 

@@ -16,20 +16,28 @@ from features.store.view import FeatureView, ShardSpec
 class CommitProgress:
     """Context manager: a tqdm bar over images, advanced as shard commit markers appear."""
 
-    def __init__(self, view: FeatureView, shards: Sequence[ShardSpec], interval: float = 1.0) -> None:
+    def __init__(
+        self, view: FeatureView, shards: Sequence[ShardSpec], interval: float = 1.0
+    ) -> None:
         self._view = view
         self._pending = {f"{shard.name}.json": shard.rows for shard in shards}
         self._interval = interval
         self._stop = threading.Event()
-        self._bar = tqdm(total=sum(self._pending.values()), unit="img", desc="extract", disable=None)
+        self._bar = tqdm(
+            total=sum(self._pending.values()), unit="img", desc="extract", disable=None
+        )
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
     def __enter__(self) -> CommitProgress:
         self._thread.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self._stop.set()
         self._thread.join()
         self._advance()
@@ -49,12 +57,14 @@ class CommitProgress:
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable run summary for the CLI."""
     lines = [
-        f"extraction run {summary['run_id']} on {summary['runner']}: views {', '.join(summary['views'])}",
+        f"extraction run {summary['run_id']} on {summary['runner']}: "
+        f"views {', '.join(summary['views'])}",
         f"  weights: {summary['weights_id']} (sha256 {summary['weights_sha256'][:16]}…)",
         f"  shards: {summary['shards_committed_this_run']} written this run, "
         f"{summary['shards_total']} in view",
-        f"  images: {summary['images_processed_this_run']} processed in {summary['wall_seconds']:.1f} s "
-        f"({summary['images_per_second']:.2f} images/s); {summary['rows_committed']}/"
+        f"  images: {summary['images_processed_this_run']} processed in "
+        f"{summary['wall_seconds']:.1f} s ({summary['images_per_second']:.2f} images/s); "
+        f"{summary['rows_committed']}/"
         f"{summary['rows_total']} rows committed",
         "  status counts (all committed rows):",
     ]

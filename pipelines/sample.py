@@ -1,4 +1,4 @@
-"""CLI: generate a learnable sample dataset (JPEGs + AVA-format votes), optionally with broken files."""
+"""CLI: generate a learnable sample dataset (JPEGs + AVA-format votes), optionally broken files."""
 
 from __future__ import annotations
 
@@ -31,11 +31,21 @@ class SampleImage:
     @property
     def quality(self) -> float:
         """Latent score in about [-1, 1]: bright, colourful, smooth images score high."""
-        return 0.9 * (self.brightness - 0.5) * 2 + 0.6 * (self.colourfulness - 0.5) * 2 - 0.5 * (self.texture - 0.5) * 2
+        return (
+            0.9 * (self.brightness - 0.5) * 2
+            + 0.6 * (self.colourfulness - 0.5) * 2
+            - 0.5 * (self.texture - 0.5) * 2
+        )
 
 
-def _render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, float, float, float]:
-    brightness, colourfulness, texture = rng.uniform(0.15, 0.85), rng.uniform(0.0, 1.0), rng.uniform(0.0, 1.0)
+def _render(
+    rng: np.random.Generator, height: int, width: int
+) -> tuple[np.ndarray, float, float, float]:
+    brightness, colourfulness, texture = (
+        rng.uniform(0.15, 0.85),
+        rng.uniform(0.0, 1.0),
+        rng.uniform(0.0, 1.0),
+    )
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     hue = rng.uniform(0, 1, 3).astype(np.float32)
     gradient = (rows / height)[..., None] * hue + (cols / width)[..., None] * (1 - hue)
@@ -43,7 +53,11 @@ def _render(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarr
     grey = base.mean(axis=-1, keepdims=True)
     image = grey + colourfulness * (base - grey)
     for _ in range(int(rng.integers(1, 5))):  # a few discs, so images have objects and edges
-        centre_r, centre_c, radius = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(0.08, 0.3) * min(height, width)
+        centre_r, centre_c, radius = (
+            rng.uniform(0, height),
+            rng.uniform(0, width),
+            rng.uniform(0.08, 0.3) * min(height, width),
+        )
         mask = ((rows - centre_r) ** 2 + (cols - centre_c) ** 2) < radius**2
         image[mask] = image[mask] * 0.6 + 0.4 * rng.uniform(0, 1, 3).astype(np.float32)
     image += texture * 0.25 * rng.standard_normal((height, width, 1)).astype(np.float32)
@@ -56,17 +70,23 @@ def generate_images(n: int, seed: int, min_side: int, max_side: int) -> list[Sam
     images = []
     for index in range(n):
         long_side = int(rng.integers(max(min_side, int(max_side * 0.6)), max_side + 1))
-        short_side = int(np.clip(round(long_side * rng.choice([0.75, 0.667, 1.0, 0.5625])), min_side, max_side))
+        short_side = int(
+            np.clip(round(long_side * rng.choice([0.75, 0.667, 1.0, 0.5625])), min_side, max_side)
+        )
         height, width = (short_side, long_side) if rng.uniform() < 0.7 else (long_side, short_side)
         pixels, brightness, colourfulness, texture = _render(rng, height, width)
-        images.append(SampleImage(str(FIRST_IMAGE_ID + index), pixels, brightness, colourfulness, texture))
+        images.append(
+            SampleImage(str(FIRST_IMAGE_ID + index), pixels, brightness, colourfulness, texture)
+        )
     return images
 
 
 def votes_for(quality: float, rng: np.random.Generator) -> np.ndarray:
     """AVA-style histogram of 1..10 votes centred on a mean opinion score derived from quality."""
     mean_score = float(np.clip(5.4 + 1.6 * quality, 1.5, 9.5))
-    scores = np.clip(np.rint(rng.normal(mean_score, 1.3, int(rng.integers(80, 240)))), 1, 10).astype(int)
+    scores = np.clip(
+        np.rint(rng.normal(mean_score, 1.3, int(rng.integers(80, 240)))), 1, 10
+    ).astype(int)
     return np.bincount(scores, minlength=11)[1:]
 
 
@@ -81,7 +101,9 @@ def _save(image: SampleImage, path: Path, index: int) -> None:
         # Stored sideways with an EXIF 'rotate 90 CW' tag: decoders must apply it.
         exif = Image.Exif()
         exif[0x0112] = 6
-        picture.transpose(Image.Transpose.ROTATE_90).save(path, format="JPEG", quality=92, exif=exif)
+        picture.transpose(Image.Transpose.ROTATE_90).save(
+            path, format="JPEG", quality=92, exif=exif
+        )
     else:
         picture.save(path, format="JPEG", quality=92)
 
@@ -106,7 +128,9 @@ def broken_files(seed: int) -> dict[str, bytes]:
     }
 
 
-def write_sample(out: Path, n: int, seed: int, broken: bool, min_side: int = 80, max_side: int = 320) -> Path:
+def write_sample(
+    out: Path, n: int, seed: int, broken: bool, min_side: int = 80, max_side: int = 320
+) -> Path:
     """Write images/ and AVA.txt under out; returns the image folder."""
     images_dir = out / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
@@ -116,27 +140,40 @@ def write_sample(out: Path, n: int, seed: int, broken: bool, min_side: int = 80,
         _save(image, images_dir / f"{image.image_id}.jpg", index)
         votes = votes_for(image.quality, rng)
         tags = rng.integers(0, 60, 2)
-        lines.append([index + 1, image.image_id, *votes.tolist(), *tags.tolist(), int(rng.integers(1, 1400))])
+        lines.append(
+            [index + 1, image.image_id, *votes.tolist(), *tags.tolist(), int(rng.integers(1, 1400))]
+        )
     if broken:
         for name, data in broken_files(seed).items():
             (images_dir / name).write_bytes(data)
             votes = votes_for(0.0, rng)
             lines.append([len(lines) + 1, Path(name).stem, *votes.tolist(), 0, 0, 1])
-    (out / AVA_LABEL_FILE).write_text("".join(" ".join(str(v) for v in line) + "\n" for line in lines))
+    (out / AVA_LABEL_FILE).write_text(
+        "".join(" ".join(str(v) for v in line) + "\n" for line in lines)
+    )
     return images_dir
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the sample CLI."""
-    parser = argparse.ArgumentParser(prog="python -m pipelines.sample",
-                                     description="Generate a small learnable AVA-format sample.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.sample",
+        description="Generate a small learnable AVA-format sample.",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--n", type=positive_int("--n"), default=24, help="number of good images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--min-side", type=positive_int("--min-side"), default=80, help="smallest side, px")
-    parser.add_argument("--max-side", type=positive_int("--max-side"), default=320, help="largest side, px")
-    parser.add_argument("--broken", action="store_true",
-                        help="also write broken files (empty, truncated, garbage, too small, bomb)")
+    parser.add_argument(
+        "--min-side", type=positive_int("--min-side"), default=80, help="smallest side, px"
+    )
+    parser.add_argument(
+        "--max-side", type=positive_int("--max-side"), default=320, help="largest side, px"
+    )
+    parser.add_argument(
+        "--broken",
+        action="store_true",
+        help="also write broken files (empty, truncated, garbage, too small, bomb)",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -147,9 +184,13 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logging(args.verbose)
     if args.min_side > args.max_side:
         parser.error("argument --min-side: must not exceed --max-side")
-    images_dir = write_sample(args.out, args.n, args.seed, args.broken, args.min_side, args.max_side)
-    print(f"sample: {args.n} images{' + 5 broken files' if args.broken else ''} in {images_dir}, "
-          f"labels in {args.out / AVA_LABEL_FILE}")
+    images_dir = write_sample(
+        args.out, args.n, args.seed, args.broken, args.min_side, args.max_side
+    )
+    print(
+        f"sample: {args.n} images{' + 5 broken files' if args.broken else ''} in {images_dir}, "
+        f"labels in {args.out / AVA_LABEL_FILE}"
+    )
     return 0
 
 

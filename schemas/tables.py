@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pyarrow as pa
 
 from schemas.errors import ManifestError
@@ -78,7 +80,7 @@ def conform_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
         raise ManifestError(f"{source}: cannot cast to the manifest schema: {error}") from error
     ids = table.column("image_id").to_pylist()
     if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        duplicates = sorted({image_id for image_id in ids if image_id in seen or seen.add(image_id)})
+        counts = Counter(ids)
+        duplicates = sorted(image_id for image_id, count in counts.items() if count > 1)
         raise ManifestError(f"{source}: duplicate image_id(s): {', '.join(duplicates[:20])}")
     return table

@@ -45,7 +45,9 @@ class PoolingSpec:
     grid: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        _require(self.kind in POOLING_KINDS, "pooling.kind", f"{self.kind!r} not in {POOLING_KINDS}")
+        _require(
+            self.kind in POOLING_KINDS, "pooling.kind", f"{self.kind!r} not in {POOLING_KINDS}"
+        )
         if self.kind == "grid":
             _require(
                 self.grid is not None and len(self.grid) == 2 and all(s >= 1 for s in self.grid),
@@ -67,7 +69,9 @@ class InputPolicy:
 
     def __post_init__(self) -> None:
         _require(
-            self.kind in INPUT_POLICY_KINDS, "input_policy.kind", f"{self.kind!r} not in {INPUT_POLICY_KINDS}"
+            self.kind in INPUT_POLICY_KINDS,
+            "input_policy.kind",
+            f"{self.kind!r} not in {INPUT_POLICY_KINDS}",
         )
         if self.kind == "max_side":
             _require(
@@ -76,8 +80,12 @@ class InputPolicy:
                 f"must be an integer >= {self.min_side}, got {self.max_side!r}",
             )
         else:
-            _require(self.max_side is None, "input_policy.max_side", "only 'max_side' takes max_side")
-        _require(self.min_side >= MINIMUM_INPUT_SIDE, "input_policy.min_side", f">= {MINIMUM_INPUT_SIDE}")
+            _require(
+                self.max_side is None, "input_policy.max_side", "only 'max_side' takes max_side"
+            )
+        _require(
+            self.min_side >= MINIMUM_INPUT_SIDE, "input_policy.min_side", f">= {MINIMUM_INPUT_SIDE}"
+        )
 
 
 @dataclass(frozen=True)
@@ -111,10 +119,16 @@ class FeatureViewSpec:
     package_version: str = "0+unknown"
 
     def __post_init__(self) -> None:
-        _require(bool(self.name) and self.name.replace("_", "").replace("-", "").isalnum(),
-                 "name", f"must be letters, digits, '_' or '-', got {self.name!r}")
-        _require(self.backbone == BACKBONE_INCEPTION_RESNET_V2, "backbone",
-                 f"only {BACKBONE_INCEPTION_RESNET_V2!r} is supported, got {self.backbone!r}")
+        _require(
+            bool(self.name) and self.name.replace("_", "").replace("-", "").isalnum(),
+            "name",
+            f"must be letters, digits, '_' or '-', got {self.name!r}",
+        )
+        _require(
+            self.backbone == BACKBONE_INCEPTION_RESNET_V2,
+            "backbone",
+            f"only {BACKBONE_INCEPTION_RESNET_V2!r} is supported, got {self.backbone!r}",
+        )
         object.__setattr__(self, "taps", tuple(self.taps))
         object.__setattr__(self, "variants", tuple(self.variants))
         _require(len(self.taps) > 0, "taps", "at least one tap is needed")

@@ -87,7 +87,9 @@ class ZarrFeatureArray(FeatureArray):
         try:
             return zarr.open_array(store=self.path, mode="r+" if files.is_local(self.path) else "a")
         except (FileNotFoundError, ValueError) as error:
-            raise StoreError(f"{self.path}: not a readable Zarr features array ({error})") from error
+            raise StoreError(
+                f"{self.path}: not a readable Zarr features array ({error})"
+            ) from error
 
     def create(self, layout: ArrayLayout) -> None:
         import zarr
@@ -101,7 +103,11 @@ class ZarrFeatureArray(FeatureArray):
             shards=(layout.shard_rows, layout.variants, *layout.feature_shape),
             compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
             fill_value=float("nan"),
-            dimension_names=["row", "variant", *[f"f{i}" for i in range(len(layout.feature_shape))]],
+            dimension_names=[
+                "row",
+                "variant",
+                *[f"f{i}" for i in range(len(layout.feature_shape))],
+            ],
             attributes={"shard_rows": layout.shard_rows},
         )
         del array
@@ -110,7 +116,10 @@ class ZarrFeatureArray(FeatureArray):
         array = self._open()
         shape = tuple(int(size) for size in array.shape)
         return ArrayLayout(
-            rows=shape[0], variants=shape[1], feature_shape=shape[2:], dtype=str(array.dtype),
+            rows=shape[0],
+            variants=shape[1],
+            feature_shape=shape[2:],
+            dtype=str(array.dtype),
             shard_rows=int(array.attrs["shard_rows"]),
         )
 
@@ -139,5 +148,7 @@ def backend_for(format_name: str, view_path: str) -> FeatureArray:
     try:
         backend_class = BACKENDS[format_name]
     except KeyError:
-        raise StoreError(f"unknown store format {format_name!r}; known: {sorted(BACKENDS)}") from None
+        raise StoreError(
+            f"unknown store format {format_name!r}; known: {sorted(BACKENDS)}"
+        ) from None
     return backend_class(view_path)

@@ -24,7 +24,7 @@ def is_local(path: str) -> bool:
 
 
 def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
+    return path[len("file://") :] if path.startswith("file://") else path
 
 
 def filesystem(path: str) -> tuple[Any, str]:
@@ -83,7 +83,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     target = _local(path)
     directory = os.path.dirname(target) or "."
     os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=directory)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(target)}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=directory
+    )
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

@@ -1,4 +1,4 @@
-"""One feature view on disk: spec, row allocation, features array, index parts and commit markers."""
+"""One feature view on disk: spec, row allocation, features array, index parts, commit markers."""
 
 from __future__ import annotations
 
@@ -116,20 +116,32 @@ class FeatureView:
         allocation = allocation.cast(ROW_ALLOCATION_SCHEMA)
         files.remove_tree(self.path)
         files.makedirs(self.path)
-        layout = ArrayLayout(allocation.num_rows, len(spec.variants), spec.feature_shape,
-                             spec.storage_dtype, shard_rows)
+        layout = ArrayLayout(
+            allocation.num_rows,
+            len(spec.variants),
+            spec.feature_shape,
+            spec.storage_dtype,
+            shard_rows,
+        )
         backend_for(format_name, self.path).create(layout)
         files.atomic_write_parquet(self._file("rows.parquet"), allocation)
         files.atomic_write_text(self._file("spec.json"), spec.to_json())
         meta = {
-            "format": format_name, "shard_rows": shard_rows, "rows": allocation.num_rows,
+            "format": format_name,
+            "shard_rows": shard_rows,
+            "rows": allocation.num_rows,
             "format_version": VIEW_FORMAT_VERSION,
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         files.atomic_write_text(self._file("view.json"), json.dumps(meta, indent=2))
         self._meta, self._spec, self._allocation = meta, spec, allocation
-        LOGGER.info("created view %s: %d rows, shards of %d, %s", self.path,
-                    allocation.num_rows, shard_rows, format_name)
+        LOGGER.info(
+            "created view %s: %d rows, shards of %d, %s",
+            self.path,
+            allocation.num_rows,
+            shard_rows,
+            format_name,
+        )
 
     def ensure(
         self, spec: FeatureViewSpec, allocation: pa.Table, shard_rows: int | None, format_name: str
@@ -150,10 +162,14 @@ class FeatureView:
                 f"(fields differ: {', '.join(differences)}); use a new view name"
             )
         if shard_rows is not None and shard_rows != self.shard_rows:
-            raise StoreError(f"view {self.name!r} has shards of {self.shard_rows} rows; "
-                             f"--shard-size {shard_rows} does not match (omit it to reuse)")
+            raise StoreError(
+                f"view {self.name!r} has shards of {self.shard_rows} rows; "
+                f"--shard-size {shard_rows} does not match (omit it to reuse)"
+            )
         if format_name != self.format_name:
-            raise StoreError(f"view {self.name!r} is stored as {self.format_name}, not {format_name}")
+            raise StoreError(
+                f"view {self.name!r} is stored as {self.format_name}, not {format_name}"
+            )
         stored_ids = self.allocation.column("image_id").to_pylist()
         if stored_ids != allocation.column("image_id").to_pylist():
             raise StoreError(
@@ -175,7 +191,9 @@ class FeatureView:
     def spec(self) -> FeatureViewSpec:
         """The view's spec."""
         if self._spec is None:
-            self._spec = FeatureViewSpec.from_json(files.read_bytes(self._file("spec.json")).decode())
+            self._spec = FeatureViewSpec.from_json(
+                files.read_bytes(self._file("spec.json")).decode()
+            )
         return self._spec
 
     @property
@@ -203,8 +221,10 @@ class FeatureView:
     def shards(self) -> list[ShardSpec]:
         """All shards of the view in row order."""
         rows, size = int(self.meta["rows"]), self.shard_rows
-        return [ShardSpec(i, start, min(start + size, rows))
-                for i, start in enumerate(range(0, rows, size))]
+        return [
+            ShardSpec(i, start, min(start + size, rows))
+            for i, start in enumerate(range(0, rows, size))
+        ]
 
     def shard_image_ids(self, shard: ShardSpec) -> list[str]:
         """Image ids of a shard's rows, in row order."""
@@ -224,7 +244,9 @@ class FeatureView:
         if values.shape != expected:
             raise StoreError(f"shard {shard.index}: features {values.shape} != expected {expected}")
         if index.num_rows != shard.rows:
-            raise StoreError(f"shard {shard.index}: index has {index.num_rows} rows, not {shard.rows}")
+            raise StoreError(
+                f"shard {shard.index}: index has {index.num_rows} rows, not {shard.rows}"
+            )
         self.array.write_shard(shard.row_start, values.astype(self.spec.storage_dtype, copy=False))
         files.atomic_write_parquet(self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA))
         files.atomic_write_text(self.marker_path(shard), json.dumps(marker.to_dict(), indent=2))
@@ -250,8 +272,10 @@ class FeatureView:
 
     def _check_marker(self, shard: ShardSpec, marker: CommitMarker) -> None:
         if (marker.row_start, marker.row_stop) != (shard.row_start, shard.row_stop):
-            raise StoreError(f"{self.marker_path(shard)}: rows {marker.row_start}:{marker.row_stop}"
-                             f" do not match the shard {shard.row_start}:{shard.row_stop}")
+            raise StoreError(
+                f"{self.marker_path(shard)}: rows {marker.row_start}:{marker.row_stop}"
+                f" do not match the shard {shard.row_start}:{shard.row_stop}"
+            )
         if marker.image_ids_sha256 != image_ids_digest(self.shard_image_ids(shard)):
             raise StoreError(f"{self.marker_path(shard)}: image-id digest does not match the rows")
         if marker.spec_sha256 != self.spec.identity_sha256():
@@ -261,8 +285,10 @@ class FeatureView:
         """Index rows of committed shards only, ordered by row."""
         markers = self.committed()
         shards = [shard for shard in self.shards() if shard.index in markers]
-        parts = [files.read_parquet(self.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
-                 for shard in shards]
+        parts = [
+            files.read_parquet(self.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
+            for shard in shards
+        ]
         if not parts:
             return FEATURE_INDEX_SCHEMA.empty_table()
         return pa.concat_tables(parts)

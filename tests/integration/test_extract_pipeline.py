@@ -40,8 +40,20 @@ def extracted(sample_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     altered = work / "images" / "100011.jpg"
     altered.write_bytes(altered.read_bytes()[:-10] + b"0123456789")
     store = str(work / "store")
-    argv = ["--manifest", str(work / "manifest.parquet"), "--store", store, "--view", NARROW,
-            "--view", WIDE, "--weights", RANDOM_WEIGHTS, "--shard-size", "4"]
+    argv = [
+        "--manifest",
+        str(work / "manifest.parquet"),
+        "--store",
+        store,
+        "--view",
+        NARROW,
+        "--view",
+        WIDE,
+        "--weights",
+        RANDOM_WEIGHTS,
+        "--shard-size",
+        "4",
+    ]
     code = extract.run(argv)
     return {"work": work, "store": store, "argv": argv, "code": code}
 
@@ -57,12 +69,16 @@ def test_run_completes_and_reports_every_row(extracted) -> None:
 
 def test_bad_files_get_the_right_status_and_null_features(extracted) -> None:
     table = FeatureStore(extracted["store"]).table(NARROW)
-    statuses = dict(zip(table.column("image_id").to_pylist(), table.column("status").to_pylist(), strict=True))
+    statuses = dict(
+        zip(table.column("image_id").to_pylist(), table.column("status").to_pylist(), strict=True)
+    )
     expected = {**EXPECTED_BROKEN, "100012": "missing", "100011": "checksum_mismatch"}
     for image_id, status in expected.items():
         assert statuses[image_id] == status, image_id
     assert sum(status == "ok" for status in statuses.values()) == 10
-    errors = dict(zip(table.column("image_id").to_pylist(), table.column("error").to_pylist(), strict=True))
+    errors = dict(
+        zip(table.column("image_id").to_pylist(), table.column("error").to_pylist(), strict=True)
+    )
     assert "900004.jpg" in errors["900004"] and "75 px" in errors["900004"]
     features = table.column("features")
     for position, image_id in enumerate(table.column("image_id").to_pylist()):
@@ -79,8 +95,13 @@ def test_every_good_row_equals_a_direct_model_call(extracted, view_name) -> None
     for position, image_id in enumerate(table.column("image_id").to_pylist()):
         pixels = decode_reference(str(extracted["work"] / "images" / f"{image_id}.jpg"))
         direct = model.extract(pixels[None])["x"][0]
-        np.testing.assert_allclose(stored[position, 0].astype(np.float32), direct,
-                                   rtol=2.0**-10, atol=1e-6, err_msg=image_id)
+        np.testing.assert_allclose(
+            stored[position, 0].astype(np.float32),
+            direct,
+            rtol=2.0**-10,
+            atol=1e-6,
+            err_msg=image_id,
+        )
 
 
 def test_lineage_records_the_weights_that_produced_the_features(extracted) -> None:
@@ -99,14 +120,20 @@ def test_lineage_records_the_weights_that_produced_the_features(extracted) -> No
 def test_index_parts_are_plain_parquet(extracted) -> None:
     part = pq.read_table(Path(extracted["store"]) / NARROW / "index" / "shard-000000.parquet")
     assert part.column("row").to_pylist() == [0, 1, 2, 3]
-    marker = json.loads((Path(extracted["store"]) / NARROW / "commits" / "shard-000000.json").read_text())
+    marker = json.loads(
+        (Path(extracted["store"]) / NARROW / "commits" / "shard-000000.json").read_text()
+    )
     assert marker["row_start"] == 0 and marker["row_stop"] == 4
 
 
 def test_rerun_skips_everything_and_fail_on_errors_exits_3(extracted, capsys) -> None:
-    model = get_extractor(ExtractorKey(RANDOM_WEIGHTS, PREDEFINED_VIEWS[NARROW].taps,
-                                       ((NARROW, PREDEFINED_VIEWS[NARROW].pooling),
-                                        (WIDE, PREDEFINED_VIEWS[WIDE].pooling))))
+    model = get_extractor(
+        ExtractorKey(
+            RANDOM_WEIGHTS,
+            PREDEFINED_VIEWS[NARROW].taps,
+            ((NARROW, PREDEFINED_VIEWS[NARROW].pooling), (WIDE, PREDEFINED_VIEWS[WIDE].pooling)),
+        )
+    )
     before = model.images_forwarded
     assert extract.run([*extracted["argv"], "--fail-on-errors"]) == 3
     assert model.images_forwarded == before

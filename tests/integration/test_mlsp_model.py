@@ -1,4 +1,4 @@
-"""The MLSP model against an independent per-tap computation (real Keras backbone, random weights)."""
+"""The MLSP model against an independent per-tap computation (real Keras backbone)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from features.mlsp import ExtractorKey, build_backbone, get_extractor, tap_layers
-from schemas.view_spec import PREDEFINED_VIEWS, INCEPTION_RESNET_V2_TAPS
+from schemas.view_spec import INCEPTION_RESNET_V2_TAPS, PREDEFINED_VIEWS
 from tests.conftest import RANDOM_WEIGHTS
 from tests.reference import reference_pool
 
@@ -16,7 +16,9 @@ WIDE = PREDEFINED_VIEWS["irnv2_mlsp_wide"]
 
 @pytest.fixture(scope="module")
 def extractor():
-    key = ExtractorKey(RANDOM_WEIGHTS, NARROW.taps, (("narrow", NARROW.pooling), ("wide", WIDE.pooling)))
+    key = ExtractorKey(
+        RANDOM_WEIGHTS, NARROW.taps, (("narrow", NARROW.pooling), ("wide", WIDE.pooling))
+    )
     return get_extractor(key)
 
 

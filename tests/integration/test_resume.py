@@ -1,4 +1,4 @@
-"""A crash mid-shard: readers see only committed rows, and a re-run finishes identically to a clean run."""
+"""A crash mid-shard: readers see only committed rows; a re-run ends identical to a clean run."""
 
 from __future__ import annotations
 
@@ -19,8 +19,20 @@ TIMING_COLUMNS = ["read_ms", "decode_ms", "model_ms"]
 
 
 def _argv(manifest: Path, store: Path) -> list[str]:
-    return ["--manifest", str(manifest), "--store", str(store), "--view", VIEW,
-            "--weights", RANDOM_WEIGHTS, "--shard-size", "4", "--direct_num_workers", "1"]
+    return [
+        "--manifest",
+        str(manifest),
+        "--store",
+        str(store),
+        "--view",
+        VIEW,
+        "--weights",
+        RANDOM_WEIGHTS,
+        "--shard-size",
+        "4",
+        "--direct_num_workers",
+        "1",
+    ]
 
 
 def _forward_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -36,7 +48,9 @@ def _forward_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return counts
 
 
-def test_crash_mid_shard_then_resume_equals_clean_run(sample_manifest, tmp_path, monkeypatch, capsys) -> None:
+def test_crash_mid_shard_then_resume_equals_clean_run(
+    sample_manifest, tmp_path, monkeypatch, capsys
+) -> None:
     clean, resumed = tmp_path / "clean", tmp_path / "resumed"
     assert extract.run(_argv(sample_manifest, clean)) == 0
 
@@ -71,7 +85,8 @@ def test_crash_mid_shard_then_resume_equals_clean_run(sample_manifest, tmp_path,
     clean_index = FeatureStore(str(clean)).index(VIEW)
     expected_forwarded = sum(
         clean_index.slice(shard.row_start, shard.rows).column("status").to_pylist().count("ok")
-        for shard in pending)
+        for shard in pending
+    )
     assert sum(counts) == expected_forwarded
     assert len(counts) == len(pending)
     committed_second = view.committed()

@@ -1,0 +1,235 @@
+"""Store behaviour, run against every registered backend (one shared suite, feast style)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from features.planning import allocate_rows, ensure_store
+from features.query import FeatureStore, tensor_array
+from features.store import BACKENDS, files
+from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
+from schemas.errors import SpecMismatchError, StoreError, UnknownImageIdsError
+from schemas.tables import MANIFEST_SCHEMA
+from schemas.view_spec import FeatureViewSpec, PoolingSpec
+
+SMALL_NARROW = FeatureViewSpec(name="narrow", taps=("mixed_5b",), weights_id="random:1")
+SMALL_WIDE = FeatureViewSpec(
+    name="wide", taps=("mixed_5b",), pooling=PoolingSpec("grid", (2, 2)), weights_id="random:1"
+)
+
+
+def manifest(n: int) -> pa.Table:
+    ids = [f"img{i:04d}" for i in range(n)]
+    return pa.table(
+        {
+            "dataset": ["t"] * n,
+            "image_id": ids[::-1],
+            "uri": [f"/x/{i}.jpg" for i in ids[::-1]],
+            "bytes": [10] * n,
+            "width": [100] * n,
+            "height": [80] * n,
+            "sha256": ["0" * 64] * n,
+            "split": (["train", "test"] * n)[:n],
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def index_for(view: FeatureView, shard: ShardSpec, statuses: list[str]) -> pa.Table:
+    rows = view.allocation.slice(shard.row_start, shard.rows).to_pylist()
+    return pa.table(
+        {
+            "image_id": [r["image_id"] for r in rows],
+            "row": [r["row"] for r in rows],
+            "status": statuses,
+            "error": [None if s == "ok" else f"{s}!" for s in statuses],
+            "dataset": [r["dataset"] for r in rows],
+            "split": [r["split"] for r in rows],
+            "width": [r["width"] for r in rows],
+            "height": [r["height"] for r in rows],
+            "read_ms": [1.0] * shard.rows,
+            "decode_ms": [1.0] * shard.rows,
+            "model_ms": [1.0] * shard.rows,
+        }
+    )
+
+
+def commit(view: FeatureView, shard: ShardSpec, values: np.ndarray, statuses: list[str]) -> None:
+    marker = CommitMarker(
+        shard.index,
+        shard.row_start,
+        shard.row_stop,
+        image_ids_digest(view.shard_image_ids(shard)),
+        view.spec.identity_sha256(),
+        dict(Counter(statuses)),
+        "run-1",
+        shard.rows,
+        0.1,
+    )
+    view.write_shard(shard, values, index_for(view, shard, statuses), marker)
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request) -> str:
+    return request.param
+
+
+def new_view(
+    root: str, backend: str, spec: FeatureViewSpec, n: int, shard_rows: int
+) -> FeatureView:
+    ensure_store(root)
+    view = FeatureView(root, spec.name)
+    view.ensure(spec, allocate_rows(manifest(n)), shard_rows, backend)
+    return view
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 11), shard_rows=st.integers(1, 4), wide=st.booleans(), seed=st.integers(0, 99)
+)
+def test_round_trip_through_store_and_arrow(
+    tmp_path_factory, backend, n, shard_rows, wide, seed
+) -> None:
+    root = str(tmp_path_factory.mktemp("store"))
+    spec = SMALL_WIDE if wide else SMALL_NARROW
+    view = new_view(root, backend, spec, n, shard_rows)
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((n, 1, *spec.feature_shape)).astype(np.float16)
+    statuses = [("ok" if rng.uniform() < 0.8 else "decode_error") for _ in range(n)]
+    for shard in view.shards():
+        commit(
+            view,
+            shard,
+            values[shard.row_start : shard.row_stop],
+            statuses[shard.row_start : shard.row_stop],
+        )
+    table = FeatureStore(root).table(spec.name)
+    assert table.column("image_id").to_pylist() == sorted(f"img{i:04d}" for i in range(n))
+    stored = table.column("features").combine_chunks()
+    for row in range(n):
+        if statuses[row] == "ok":
+            np.testing.assert_array_equal(stored[row].to_numpy(), values[row])
+        else:
+            assert not stored[row].is_valid
+    wanted = [f"img{i:04d}" for i in rng.permutation(n)[: max(1, n // 2)]]
+    picked = FeatureStore(root).table(spec.name, ids=wanted)
+    assert picked.column("image_id").to_pylist() == wanted
+
+
+@given(st.lists(st.floats(-1e4, 1e4, width=16), min_size=6, max_size=6), st.integers(1, 4))
+def test_arrow_tensor_round_trip(values, rows) -> None:
+    array = np.array(values * rows, dtype=np.float16).reshape(rows, 1, 2, 3)
+    tensors = tensor_array(array)
+    assert tensors.type.shape == [1, 2, 3]
+    np.testing.assert_array_equal(tensors.to_numpy_ndarray(), array)
+
+
+def test_uncommitted_rows_are_invisible(tmp_path, backend) -> None:
+    view = new_view(str(tmp_path), backend, SMALL_NARROW, 6, 3)
+    first, second = view.shards()
+    commit(view, first, np.ones((3, 1, 320), np.float16), ["ok"] * 3)
+    view.array.write_shard(second.row_start, np.full((3, 1, 320), 7, np.float16))  # no marker
+    store = FeatureStore(str(tmp_path))
+    assert store.index("narrow").column("row").to_pylist() == [0, 1, 2]
+    with pytest.raises(UnknownImageIdsError, match="img0003"):
+        store.table("narrow", ids=["img0003"])
+
+
+def test_markers_that_do_not_match_the_rows_are_rejected(tmp_path, backend) -> None:
+    view = new_view(str(tmp_path), backend, SMALL_NARROW, 4, 2)
+    shard = view.shards()[0]
+    bad = CommitMarker(
+        0, 0, 2, image_ids_digest(["x", "y"]), view.spec.identity_sha256(), {}, "r", 2, 0.1
+    )
+    view.write_shard(
+        shard, np.zeros((2, 1, 320), np.float16), index_for(view, shard, ["ok", "ok"]), bad
+    )
+    with pytest.raises(StoreError, match="image-id digest"):
+        view.committed()
+
+
+def test_existing_view_refuses_other_spec_or_manifest(tmp_path, backend) -> None:
+    new_view(str(tmp_path), backend, SMALL_NARROW, 4, 2)
+    view = FeatureView(str(tmp_path), "narrow")
+    with pytest.raises(SpecMismatchError, match="weights_id"):
+        view.ensure(
+            SMALL_NARROW.with_weights("random:2", ""), allocate_rows(manifest(4)), None, backend
+        )
+    with pytest.raises(StoreError, match="different manifest"):
+        view.ensure(SMALL_NARROW, allocate_rows(manifest(5)), None, backend)
+    with pytest.raises(StoreError, match="--shard-size 3"):
+        view.ensure(SMALL_NARROW, allocate_rows(manifest(4)), 3, backend)
+
+
+def test_failed_write_then_retry_is_exact(tmp_path, backend, monkeypatch) -> None:
+    view = new_view(str(tmp_path), backend, SMALL_WIDE, 4, 4)
+    shard = view.shards()[0]
+    values = (
+        np.arange(4 * 2 * 2 * 320, dtype=np.float32).reshape(4, 1, 2, 2, 320).astype(np.float16)
+    )
+    real_replace = os.replace
+    failures: list[str] = []
+
+    def flaky_replace(source, target):
+        if not failures and str(target).endswith(".json"):
+            failures.append(str(target))
+            raise OSError("disk full (injected)")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    with pytest.raises(OSError, match="injected"):
+        commit(view, shard, values, ["ok"] * 4)
+    assert failures and failures[0].endswith("shard-000000.json")
+    assert FeatureStore(str(tmp_path)).index("wide").num_rows == 0
+    assert not [n for n in files.list_names(files.join(view.path, "commits")) if n.endswith(".tmp")]
+    commit(view, shard, values, ["ok"] * 4)
+    table = FeatureStore(str(tmp_path)).table("wide")
+    np.testing.assert_array_equal(
+        table.column("features").combine_chunks().to_numpy_ndarray(), values
+    )
+
+
+def _probe_zarr_reads(monkeypatch) -> list[int]:
+    """Record the size of every buffer zarr's LocalStore returns."""
+    from zarr.storage import LocalStore
+
+    sizes: list[int] = []
+    real_get = LocalStore.get
+
+    async def counting_get(self, key, prototype=None, byte_range=None):
+        buffer = await real_get(self, key, prototype, byte_range)
+        if buffer is not None and not key.endswith("zarr.json"):
+            sizes.append(len(buffer))
+        return buffer
+
+    monkeypatch.setattr(LocalStore, "get", counting_get)
+    return sizes
+
+
+BYTES_READ_PROBES = {"zarr": _probe_zarr_reads}
+
+
+def test_point_lookup_reads_a_fraction_of_the_shard(tmp_path, backend, monkeypatch) -> None:
+    view = new_view(str(tmp_path), backend, SMALL_WIDE, 32, 32)
+    rng = np.random.default_rng(0)
+    commit(
+        view,
+        view.shards()[0],
+        rng.standard_normal((32, 1, 2, 2, 320)).astype(np.float16),
+        ["ok"] * 32,
+    )
+    shard_bytes = sum(
+        os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(view.array.path) for f in fs
+    )
+    read_sizes = BYTES_READ_PROBES[backend](monkeypatch)
+    FeatureStore(str(tmp_path)).table("wide", ids=["img0017"])
+    assert 0 < sum(read_sizes) < shard_bytes / 4, (read_sizes, shard_bytes)
