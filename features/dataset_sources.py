@@ -1,0 +1,179 @@
+"""Turn a dataset's official files and an image source into download items and raw label files."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from features.archives import safe_extract
+from features.download import DownloadItem
+from features.fetch import FetchConfig, fetch, scheme_of
+from features.labels import parse_ava_text, parse_split_list
+from features.manifest import scan_images
+from features.scut import read_official_split
+from features.store import files
+from schemas.errors import DownloadError
+
+LOGGER = logging.getLogger(__name__)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+RAW_DIR = "raw"
+
+
+@dataclass(frozen=True)
+class SourceRequest:
+    """What the user asked for on the command line."""
+
+    dest: Path
+    source: str
+    list_uri: str | None
+    split_files: tuple[str, ...]
+    sha256: str | None
+    config: FetchConfig
+
+
+def is_local(uri: str) -> bool:
+    """Plain paths and file:// URLs."""
+    return scheme_of(uri) in ("", "file")
+
+
+def read_input(uri: str, config: FetchConfig, what: str) -> bytes:
+    """Read a list or split file from a local path or an allowed URL (with retries).
+
+    Raises:
+        DownloadError: it cannot be read.
+    """
+    outcome = fetch(uri, config, allow_local=True)
+    if outcome.data is None:
+        raise DownloadError(f"{what} {uri}: {outcome.status} ({outcome.error})")
+    return outcome.data
+
+
+def save_raw(request: SourceRequest, name: str, data: bytes) -> Path:
+    """Keep an official input under DEST/raw for the labels step."""
+    path = request.dest / RAW_DIR / name
+    files.atomic_write_bytes(str(path), data)
+    return path
+
+
+def _local_index(directory: Path) -> dict[str, Path]:
+    return {path.stem: path for path in scan_images(directory)}
+
+
+def image_locator(request: SourceRequest) -> Callable[[str], tuple[str, str] | None]:
+    """image id -> (uri, filename), from a URL template, an fsspec prefix, a folder or archives.
+
+    Raises:
+        DownloadError: a local source that does not exist.
+    """
+    source = request.source
+    if "{image_id}" in source:
+        suffix = Path(source.split("?")[0]).suffix or ".jpg"
+        return lambda image_id: (source.format(image_id=image_id), f"{image_id}{suffix}")
+    parts = [part for part in source.split(",") if part]
+    if all(part.lower().endswith(ARCHIVE_SUFFIXES) for part in parts) and all(map(is_local, parts)):
+        index: dict[str, Path] = {}
+        for part in parts:
+            target = request.dest / RAW_DIR / "extracted" / Path(part).name.split(".")[0]
+            safe_extract(Path(part), target)
+            index.update(_local_index(target))
+        return lambda image_id: ((str(index[image_id]), index[image_id].name)
+                                 if image_id in index else None)
+    if is_local(source):
+        directory = Path(source[len("file://"):] if source.startswith("file://") else source)
+        if not directory.is_dir():
+            raise DownloadError(f"--source {source}: not a directory, archive or URL template")
+        local = _local_index(directory)
+        return lambda image_id: ((str(local[image_id]), local[image_id].name)
+                                 if image_id in local else None)
+    prefix = source.rstrip("/")
+    return lambda image_id: (f"{prefix}/{image_id}.jpg", f"{image_id}.jpg")
+
+
+def _items(request: SourceRequest, ids: list[str], splits: dict[str, str],
+           extra: dict[str, dict[str, str]] | None = None) -> list[DownloadItem]:
+    locate = image_locator(request)
+    items, missing = [], []
+    for image_id in ids:
+        found = locate(image_id)
+        if found is None:
+            missing.append(image_id)
+            found = (f"{request.source.rstrip('/')}/{image_id}", f"{image_id}.jpg")
+        details = (extra or {}).get(image_id, {})
+        items.append(DownloadItem(image_id, details.get("uri") or found[0], found[1],
+                                  sha256=details.get("sha256") or None, split=splits.get(image_id),
+                                  allow_local=details.get("allow_local", "1") == "1"))
+    if missing:
+        LOGGER.warning("%d id(s) not found in the local source, e.g. %s", len(missing), missing[:5])
+    return items
+
+
+def ava_items(request: SourceRequest) -> list[DownloadItem]:
+    """AVA: ids from AVA.txt (--list), splits from the .jpgl files, images from --source.
+
+    Raises:
+        DownloadError: no --list given.
+    """
+    if not request.list_uri:
+        raise DownloadError("--list: AVA needs the official AVA.txt")
+    text = read_input(request.list_uri, request.config, "--list").decode("utf-8")
+    save_raw(request, "AVA.txt", text.encode())
+    ids = list(dict.fromkeys(parse_ava_text(text, request.list_uri)["image_id"]))
+    splits: dict[str, str] = {}
+    for uri in request.split_files:
+        data = read_input(uri, request.config, "--split-file")
+        name = Path(uri.split("?")[0]).name
+        save_raw(request, name, data)
+        split = "test" if "test" in name else "train"
+        splits.update(dict.fromkeys(parse_split_list(data.decode("utf-8")), split))
+    return _items(request, ids, splits)
+
+
+def folder_items(request: SourceRequest) -> list[DownloadItem]:
+    """Folder: ids (and optional split, uri, sha256) from a CSV image_id,score[,split].
+
+    Raises:
+        DownloadError: no --list, or a CSV without image_id.
+    """
+    if not request.list_uri:
+        raise DownloadError("--list: the folder dataset needs a CSV image_id,score[,split]")
+    data = read_input(request.list_uri, request.config, "--list")
+    save_raw(request, "labels.csv", data)
+    rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
+    if not rows or "image_id" not in rows[0]:
+        raise DownloadError(f"--list {request.list_uri}: needs an image_id column")
+    remote_list = not is_local(request.list_uri)
+    extra = {row["image_id"]: {"uri": (row.get("uri") or "").strip(),
+                               "sha256": (row.get("sha256") or "").strip(),
+                               "allow_local": "0" if remote_list else "1"} for row in rows}
+    splits = {row["image_id"]: row["split"] for row in rows if row.get("split")}
+    return _items(request, list(extra), splits, extra)
+
+
+def scut_items(request: SourceRequest) -> list[DownloadItem]:
+    """SCUT-FBP5500: fetch the release zip (sha256 checked), extract it safely, list Images/.
+
+    Raises:
+        DownloadError: the zip cannot be fetched or its digest differs.
+    """
+    data = read_input(request.source, request.config, "--source")
+    if request.sha256 and hashlib.sha256(data).hexdigest() != request.sha256.lower():
+        raise DownloadError(f"--source {request.source}: sha256 differs from --sha256")
+    archive = save_raw(request, Path(request.source.split("?")[0]).name or "scut.zip", data)
+    release = request.dest / RAW_DIR / "scut"
+    safe_extract(archive, release)
+    images = scan_images(release)
+    official = read_official_split(release)
+    return [DownloadItem(path.stem, str(path), path.name, split=official.get(path.stem))
+            for path in images]
+
+
+SOURCES: dict[str, Callable[[SourceRequest], list[DownloadItem]]] = {
+    "ava": ava_items,
+    "scut-fbp5500": scut_items,
+    "folder": folder_items,
+}

@@ -1,0 +1,188 @@
+"""CLI: fetch a dataset's images (with retries and resume) into DEST and write its manifest."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.dataset_sources import SOURCES, SourceRequest
+from features.download import (
+    IMAGES_DIR,
+    STATUS_FILE,
+    DownloadItem,
+    plan,
+    process_shard,
+    read_status,
+    shards_of,
+    status_table,
+)
+from features.fetch import FetchConfig
+from features.manifest import ImageEntry, build_manifest
+from features.store import files
+from pipelines.runners import RUNNERS
+from schemas.labels import SUCCESS_STATUSES
+
+LOGGER = logging.getLogger(__name__)
+LOCAL_RUNNER = "local"
+MANIFEST_FILE = "manifest.parquet"
+
+
+def non_negative_int(name: str) -> Callable[[str], int]:
+    """argparse type for integers >= 0 whose error names the flag."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit():
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 0, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def positive_float(name: str) -> Callable[[str], float]:
+    """argparse type for numbers > 0 whose error names the flag."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the download CLI."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.download",
+        description="Download a dataset's images with retries and resume; write the status "
+                    "table DEST/downloads.parquet, raw label files DEST/raw/ and "
+                    "DEST/manifest.parquet.")
+    parser.add_argument("--dataset", required=True, choices=sorted(SOURCES), help="dataset")
+    parser.add_argument("--dest", required=True, type=Path, help="output folder")
+    parser.add_argument("--source", required=True,
+                        help="image source: URL template with {image_id}, URL prefix, folder, "
+                             "comma-separated archives; for scut-fbp5500 the release zip")
+    parser.add_argument("--list", dest="list_uri",
+                        help="AVA.txt (ava) or CSV image_id,score[,split][,uri][,sha256] (folder)")
+    parser.add_argument("--split-file", action="append", default=[],
+                        help="official split list, e.g. generic_test.jpgl (repeatable)")
+    parser.add_argument("--sha256", help="expected sha256 of the scut-fbp5500 zip")
+    parser.add_argument("--workers", type=positive_int("--workers"), default=16,
+                        help="concurrent fetches (default 16)")
+    parser.add_argument("--retries", type=non_negative_int("--retries"), default=3,
+                        help="retries of transient failures (default 3)")
+    parser.add_argument("--timeout", type=positive_float("--timeout"), default=20.0,
+                        help="seconds per socket operation (default 20)")
+    parser.add_argument("--deadline", type=positive_float("--deadline"), default=120.0,
+                        help="seconds one attempt may take in all (default 120)")
+    parser.add_argument("--backoff", type=positive_float("--backoff"), default=0.5,
+                        help="base backoff delay in seconds (default 0.5)")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="only re-fetch the items whose previous status was a failure")
+    parser.add_argument("--runner", choices=[LOCAL_RUNNER, *RUNNERS], default=LOCAL_RUNNER,
+                        help="local thread pool (default) or a Beam runner")
+    parser.add_argument("--shard-size", type=positive_int("--shard-size"), default=256,
+                        help="items per Beam work unit (default 256)")
+    add_common_arguments(parser)
+    return parser
+
+
+def run_local(shards: Sequence[Sequence[DownloadItem]], dest: Path, config: FetchConfig,
+              workers: int, options: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """All shards in this process on one bounded thread pool, with a progress bar."""
+    items = [item for shard in shards for item in shard]
+    lock = threading.Lock()
+    with tqdm(total=len(items), unit="img", desc="download", disable=None) as bar:
+        def advance(_: dict[str, Any]) -> None:
+            with lock:
+                bar.update(1)
+
+        return process_shard(items, dest / IMAGES_DIR, config, workers, on_done=advance)
+
+
+def _beam(runner: str) -> Callable[..., list[dict[str, Any]]]:
+    def execute(shards: Sequence[Sequence[DownloadItem]], dest: Path, config: FetchConfig,
+                workers: int, options: Sequence[str] = ()) -> list[dict[str, Any]]:
+        from pipelines.beam_download import run_beam
+
+        return run_beam(runner, shards, dest, config, workers, options)
+
+    return execute
+
+
+EXECUTORS: dict[str, Callable[..., list[dict[str, Any]]]] = {
+    LOCAL_RUNNER: run_local, **{name: _beam(name) for name in RUNNERS}}
+
+
+def write_manifest(dest: Path, dataset: str, items: Sequence[DownloadItem],
+                   records: Sequence[dict[str, Any]]) -> int:
+    """Manifest (skeleton schema) of every item whose file is on disk and verified."""
+    good = {row["image_id"] for row in records if row["status"] in SUCCESS_STATUSES}
+    entries = [ImageEntry(item.image_id, dest / IMAGES_DIR / item.filename, item.split)
+               for item in items if item.image_id in good]
+    table = build_manifest(entries, dataset)
+    files.atomic_write_parquet(str(dest / MANIFEST_FILE), table)
+    return table.num_rows
+
+
+def summary(records: Sequence[dict[str, Any]], fetched: int, dest: Path, rows: int) -> str:
+    """Final summary by status, with a few failures."""
+    counts = Counter(row["status"] for row in records)
+    lines = [f"download: {fetched} item(s) processed this run; {rows} image(s) in "
+             f"{dest / MANIFEST_FILE}; status table {dest / STATUS_FILE}"]
+    lines += [f"  {status:<18} {count:>8}" for status, count in sorted(counts.items())]
+    failures = [row for row in records if row["status"] not in SUCCESS_STATUSES]
+    lines += [f"  ! {row['image_id']}: {row['status']} ({row['error']})" for row in failures[:10]]
+    if failures:
+        lines.append("  re-run with --retry-failed to fetch only the failures")
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args, beam_options = parser.parse_known_args(argv)
+    if beam_options and args.runner == LOCAL_RUNNER:
+        parser.error(f"unrecognized arguments: {' '.join(beam_options)}")
+    configure_logging(args.verbose)
+    config = FetchConfig(timeout=args.timeout, deadline=args.deadline, retries=args.retries,
+                         backoff=args.backoff)
+    request = SourceRequest(args.dest, args.source, args.list_uri, tuple(args.split_file),
+                            args.sha256, config)
+    args.dest.mkdir(parents=True, exist_ok=True)
+    items = SOURCES[args.dataset](request)
+    todo, kept = plan(items, read_status(args.dest), args.retry_failed)
+    LOGGER.info("%d item(s) listed, %d to process, %d kept from the previous run",
+                len(items), len(todo), len(kept))
+    records = EXECUTORS[args.runner](shards_of(todo, args.shard_size), args.dest, config,
+                                     args.workers, beam_options)
+    all_records = kept + records
+    files.atomic_write_parquet(str(args.dest / STATUS_FILE), status_table(all_records))
+    rows = write_manifest(args.dest, args.dataset, items, all_records)
+    print(summary(all_records, len(records), args.dest, rows))
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    return run_cli(_main, argv)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
