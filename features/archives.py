@@ -63,7 +63,7 @@ def _zip_members(archive: Path, handle: zipfile.ZipFile) -> Iterator[Member]:
         name = safe_name(info.filename, archive)
         if stat.S_ISLNK(mode):
             raise ArchiveError(f"{archive}: member {info.filename!r} is a symbolic link")
-        if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        if stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
             raise ArchiveError(f"{archive}: member {info.filename!r} is not a regular file")
         if info.is_dir():
             continue

@@ -109,7 +109,11 @@ def process_item(item: DownloadItem, images_dir: Path, config: FetchConfig,
     if status is not DownloadStatus.OK:
         return record(item, status, outcome.attempts, http_status=outcome.http_status,
                       error=error, size=len(outcome.data))
-    files.atomic_write_bytes(str(target), outcome.data)
+    try:
+        files.atomic_write_bytes(str(target), outcome.data)
+    except OSError as error:  # disk full, permissions: the item fails, the run goes on
+        return record(item, DownloadStatus.WRITE_ERROR, outcome.attempts,
+                      http_status=outcome.http_status, error=f"write failed: {error}")
     return record(item, DownloadStatus.OK, outcome.attempts, http_status=outcome.http_status,
                   size=len(outcome.data), digest=hashlib.sha256(outcome.data).hexdigest())
 

@@ -72,6 +72,7 @@ class DownloadStatus(StrEnum):
     CHECKSUM_MISMATCH = "checksum_mismatch"
     DECODE_ERROR = "decode_error"
     REFUSED = "refused"
+    WRITE_ERROR = "write_error"
 
 
 SUCCESS_STATUSES = frozenset({DownloadStatus.OK, DownloadStatus.PRESENT})

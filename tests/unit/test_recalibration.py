@@ -148,3 +148,33 @@ def test_job_bad_range_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         run(["--labels", "l.parquet", "--range", "5,1"])
     assert exit_info.value.code == 2
     assert "--range" in capsys.readouterr().err
+
+
+def test_failed_calibration_write_leaves_nothing_and_rerun_is_exact(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from features.store import files
+
+    write_shifted_variant(tmp_path, n=60, seed=1)
+    rows = [line.split(",") for line in (tmp_path / "labels.csv").read_text().split()[1:]]
+    pq.write_table(_labels_table([r[0] for r in rows], [float(r[1]) for r in rows]),
+                   tmp_path / "labels.parquet")
+    argv = ["--labels", str(tmp_path / "labels.parquet"), "--predictions",
+            str(tmp_path / "predictions.parquet"), "--bootstrap", "20"]
+    assert run([*argv, "--out", str(tmp_path / "ref")]) == 0
+    real_replace, failed = os.replace, []
+
+    def flaky(source: object, target: object) -> None:
+        if str(target).endswith("calibration.json") and not failed:
+            failed.append(target)
+            raise OSError("injected")
+        real_replace(source, target)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "replace", flaky)
+    with pytest.raises(OSError, match="injected"):
+        run([*argv, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out" / "calibration.json").exists()
+    assert run([*argv, "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "calibration.json").read_text() == \
+        (tmp_path / "ref" / "calibration.json").read_text()
