@@ -1,0 +1,101 @@
+"""Benchmark: download images/s and MB/s from a local HTTP server at several pool sizes."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.download import DownloadItem, process_shard
+from features.fetch import FetchConfig
+from tests.helpers.fault_server import FaultServer, Route
+
+LOGGER = logging.getLogger(__name__)
+
+
+def make_jpegs(n: int, side: int, seed: int) -> list[bytes]:
+    """n distinct JPEGs (smooth gradients plus noise, about 10-20 KB at 256 px)."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    images = []
+    for _ in range(n):
+        colour = rng.uniform(0, 1, 3).astype(np.float32)
+        pixels = (rows[..., None] * colour + cols[..., None] * (1 - colour)) * 200
+        pixels += rng.normal(0, 12, (side, side, 1)).astype(np.float32)
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=85)
+        images.append(buffer.getvalue())
+    return images
+
+
+def measure(server: FaultServer, names: list[str], workers: int) -> tuple[float, int, Counter[str]]:
+    """(seconds, bytes, status counts) of one full download into a fresh folder."""
+    items = [DownloadItem(name, server.url(f"{name}.jpg"), f"{name}.jpg") for name in names]
+    config = FetchConfig(timeout=10, retries=1, backoff=0.05)
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        records = process_shard(items, Path(folder), config, workers)
+        elapsed = time.perf_counter() - started
+    return elapsed, sum(row["bytes"] or 0 for row in records), Counter(r["status"] for r in records)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.download_throughput",
+                                     description="Download throughput against 127.0.0.1.")
+    parser.add_argument("--n", type=positive_int("--n"), default=2000, help="images (2000)")
+    parser.add_argument("--side", type=positive_int("--side"), default=256, help="px (256)")
+    parser.add_argument("--workers", default="1,4,16,32",
+                        help="comma-separated pool sizes (default 1,4,16,32)")
+    add_common_arguments(parser)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    try:
+        pools = [int(part) for part in args.workers.split(",")]
+    except ValueError:
+        parser.error(f"argument --workers: expected integers, got {args.workers!r}")
+    if min(pools) < 1:
+        parser.error("argument --workers: pool sizes must be >= 1")
+    bodies = make_jpegs(args.n, args.side, seed=0)
+    names = [f"{index:06d}" for index in range(args.n)]
+    lines = [f"{args.n} JPEGs of {args.side}x{args.side} px, mean "
+             f"{np.mean([len(b) for b in bodies]) / 1024:.1f} KiB, served from 127.0.0.1", "",
+             "| workers | seconds | images/s | MB/s | statuses |", "|---:|---:|---:|---:|---|"]
+    with FaultServer() as server:
+        for name, body in zip(names, bodies, strict=True):
+            server.routes[f"{name}.jpg"] = Route(body)
+        for workers in pools:
+            elapsed, size, statuses = measure(server, names, workers)
+            lines.append(f"| {workers} | {elapsed:.2f} | {args.n / elapsed:.0f} | "
+                         f"{size / elapsed / 1e6:.1f} | {dict(statuses)} |")
+    print("\n".join(lines))
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    return run_cli(_main, argv)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
