@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write broken files (empty, truncated, garbage, too small, bomb)",
     )
+    parser.add_argument(
+        "--datasets",
+        action="store_true",
+        help="also write AVA .jpgl splits, a SCUT-FBP5500 zip and a scale-shifted variant",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -191,6 +196,10 @@ def _main(argv: Sequence[str] | None) -> int:
         f"sample: {args.n} images{' + 5 broken files' if args.broken else ''} in {images_dir}, "
         f"labels in {args.out / AVA_LABEL_FILE}"
     )
+    if args.datasets:
+        from pipelines.sample_datasets import write_extra_datasets
+
+        print(f"sample: {write_extra_datasets(args.out, args.seed)}")
     return 0
 
 

@@ -119,3 +119,18 @@ def write_shifted_variant(out: Path, n: int = 200, seed: int = 0, noise: float =
     truth = {"k": SHIFT_K, "b": SHIFT_B, "range": list(SHIFT_RANGE), "noise": noise}
     files.atomic_write_text(str(out / "truth.json"), json.dumps(truth, indent=2) + "\n")
     return out
+
+
+def write_extra_datasets(out: Path, seed: int) -> str:
+    """AVA split lists beside out/AVA.txt, out/scut/SCUT-FBP5500_v2.zip and out/shifted/.
+
+    Returns:
+        One line describing what was written (for the sample CLI).
+    """
+    ava_lines = (out / "AVA.txt").read_text().splitlines()
+    write_ava_split_lists(out, [line.split()[1] for line in ava_lines if line.strip()], seed)
+    (out / "scut").mkdir(parents=True, exist_ok=True)
+    archive = write_scut_zip(out / "scut", seed=seed)
+    write_shifted_variant(out / "shifted", seed=seed)
+    return (f"AVA split lists in {out}, SCUT release {archive}, scale-shifted variant "
+            f"(k={SHIFT_K}, b={SHIFT_B}) in {out / 'shifted'}")

@@ -45,3 +45,16 @@ def test_bad_arguments_exit_2_naming_the_flag(tmp_path: Path, flag: str, value: 
         run(["--dataset", "ava", "--raw", str(tmp_path), "--out", "x.parquet", flag, value])
     assert exit_info.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_sample_cli_writes_extra_datasets(tmp_path: Path) -> None:
+    from pipelines.sample import run as sample_run
+
+    assert sample_run(["--out", str(tmp_path), "--n", "4", "--min-side", "40", "--max-side", "48",
+                       "--datasets"]) == 0
+    for name in ("generic_test.jpgl", "generic_ls_train.jpgl", "scut/SCUT-FBP5500_v2.zip",
+                 "shifted/labels.csv", "shifted/predictions.parquet", "shifted/truth.json"):
+        assert (tmp_path / name).is_file(), name
+    out = tmp_path / "shifted.parquet"
+    assert run(["--dataset", "folder", "--raw", str(tmp_path / "shifted"), "--out", str(out)]) == 0
+    assert pq.read_table(out).num_rows == 200
