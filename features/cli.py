@@ -12,6 +12,13 @@ from schemas.errors import MLSPError
 LOGGER = logging.getLogger(__name__)
 
 
+class _DropKnownNoise(logging.Filter):
+    """Drops Beam's import-time 'apitools not found' warning, which is irrelevant off GCP."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("apitools not found")
+
+
 def configure_logging(verbose: bool = False) -> None:
     """Log to stderr, INFO (or DEBUG) for this project and WARNING for noisy libraries."""
     logging.basicConfig(
@@ -20,6 +27,8 @@ def configure_logging(verbose: bool = False) -> None:
         stream=sys.stderr,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropKnownNoise())
     for noisy in (
         "apache_beam",
         "absl",

@@ -22,6 +22,9 @@ from schemas.status import RowStatus
 from schemas.tables import FEATURE_INDEX_SCHEMA
 
 LOGGER = logging.getLogger(__name__)
+# On CPU one AVA-sized image (500x375 = 187,500 px) per forward is fastest (measured: batch 1
+# 1.55 images/s vs 1.41 for ~10-image batches on 2 cores); small images still batch up.
+DEFAULT_MAX_BATCH_PIXELS = 250_000
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ExtractionConfig:
     views: tuple[str, ...]
     run_id: str
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_batch_pixels: int = 2_000_000
+    max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
     decode_threads: int = 2
 
     def __post_init__(self) -> None:

@@ -198,7 +198,8 @@ def _main(argv: Sequence[str] | None) -> int:
         index = index.slice(0, args.limit)
     ids = args.ids if args.ids is not None else index.column("image_id").to_pylist()
     table = store.table(args.view, ids=ids, filter=args.where)
-    shown = table.drop_columns(["features"]).to_pandas()
+    shown = table.drop_columns(["features"]).to_pandas().astype(object)
+    shown = shown.where(shown.notna(), "")
     features = table.column("features")
     print(shown.to_string(index=False, max_colwidth=60))
     print(

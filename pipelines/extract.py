@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.extraction import ExtractionConfig
+from features.extraction import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
 from features.images import DEFAULT_MAX_PIXELS
 from features.manifest import read_manifest
 from features.planning import allocate_rows, pending_shards, prepare_views, resolve_specs, summarize
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-batch-pixels",
         type=positive_int("--max-batch-pixels"),
-        default=2_000_000,
+        default=DEFAULT_MAX_BATCH_PIXELS,
         help="pixel cap of one forward batch of same-size images",
     )
     parser.add_argument(
