@@ -1,0 +1,88 @@
+"""Keras pieces of head training: NIMA's EMD loss and an exact streaming PLCC metric."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+SCORE_READERS = ("value", "distribution")
+
+
+@keras.saving.register_keras_serializable(package="mlsp", name="earth_movers_distance")
+def earth_movers_distance(y_true: Any, y_pred: Any) -> Any:
+    """Per-item EMD with r=2 between [N, bins] distributions (NIMA), via their CDFs."""
+    cdf_true = ops.cumsum(ops.cast(y_true, y_pred.dtype), axis=-1)
+    cdf_pred = ops.cumsum(y_pred, axis=-1)
+    return ops.sqrt(ops.mean(ops.square(cdf_true - cdf_pred), axis=-1))
+
+
+def expected_score(distribution: Any) -> Any:
+    """sum(i * p_i) over bins 1..B of [N, B] distributions, as [N]."""
+    bins = ops.shape(distribution)[-1]
+    scores = ops.cast(ops.arange(1, bins + 1), distribution.dtype)
+    return ops.sum(distribution * scores, axis=-1) / ops.sum(distribution, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="mlsp", name="StreamingPLCC")
+class StreamingPLCC(keras.metrics.Metric):
+    """Pearson correlation over a whole epoch from running float64 sums (exact, not batch-mean).
+
+    With score_reader='distribution', both truth and prediction are [N, bins] distributions and
+    the correlation is taken between their expected scores.
+    """
+
+    def __init__(self, name: str = "plcc", score_reader: str = "value", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        if score_reader not in SCORE_READERS:
+            raise ValueError(f"score_reader must be one of {SCORE_READERS}, got {score_reader!r}")
+        self.score_reader = score_reader
+        self._sums = [
+            self.add_variable(shape=(), initializer="zeros", dtype="float64", name=part)
+            for part in ("n", "x", "y", "xx", "yy", "xy")
+        ]
+
+    def _scores(self, values: Any) -> Any:
+        values = ops.cast(values, "float64")
+        if self.score_reader == "distribution":
+            return expected_score(values)
+        return ops.reshape(values, (-1,))
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        """Add a batch to the running sums (sample_weight is not supported and ignored)."""
+        x, y = self._scores(y_true), self._scores(y_pred)
+        increments = (
+            ops.cast(ops.shape(x)[0], "float64"),
+            ops.sum(x),
+            ops.sum(y),
+            ops.sum(x * x),
+            ops.sum(y * y),
+            ops.sum(x * y),
+        )
+        for variable, increment in zip(self._sums, increments, strict=True):
+            variable.assign_add(increment)
+
+    def result(self) -> Any:
+        """PLCC of everything seen since the last reset (0 when undefined)."""
+        n, x, y, xx, yy, xy = self._sums
+        covariance = xy - x * y / ops.maximum(n, 1.0)
+        variance_x = xx - x * x / ops.maximum(n, 1.0)
+        variance_y = yy - y * y / ops.maximum(n, 1.0)
+        denominator = ops.sqrt(ops.maximum(variance_x * variance_y, 0.0))
+        return ops.where(denominator > 0, covariance / ops.maximum(denominator, 1e-300), 0.0)
+
+    def reset_state(self) -> None:
+        """Zero the sums."""
+        for variable in self._sums:
+            variable.assign(0.0)
+
+    def get_config(self) -> dict[str, Any]:
+        """Serialisable config."""
+        return {**super().get_config(), "score_reader": self.score_reader}
+
+
+LOSSES: dict[str, Any] = {
+    "mean_squared_error": "mean_squared_error",
+    "earth_movers_distance": earth_movers_distance,
+}

@@ -1,0 +1,284 @@
+"""Streaming tf.data input from a feature view: block shuffle, shuffle buffer, random variants."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from features.query import read_feature_rows
+from features.store.view import FeatureView
+from features.training_labels import TrainingLabels
+from schemas.errors import ConfigError
+from schemas.status import RowStatus
+
+LOGGER = logging.getLogger(__name__)
+VARIANT_MODES = ("random", "fixed")
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How samples are delivered.
+
+    Attributes:
+        batch_size: samples per batch.
+        shuffle: block-shuffle plus buffer-shuffle (training) or row order (evaluation).
+        seed: seed of the block order, within-block order, variants and label noise.
+        shuffle_buffer: shuffle-buffer capacity in samples (capped by shuffle_buffer_mb).
+        shuffle_buffer_mb: memory cap of the shuffle buffer.
+        blocks_per_read: store shards (chunk-aligned row blocks) read as one block.
+        variant_mode: 'random' (one variant per sample per epoch) or 'fixed'.
+        variant: variant index used when variant_mode is 'fixed'.
+        label_noise: standard deviation of Gaussian noise added to scalar targets.
+        read_threads: blocks read concurrently ahead of the consumer.
+    """
+
+    batch_size: int = 256
+    shuffle: bool = True
+    seed: int = 0
+    shuffle_buffer: int = 4096
+    shuffle_buffer_mb: int = 256
+    blocks_per_read: int = 1
+    variant_mode: str = "random"
+    variant: int = 0
+    label_noise: float = 0.0
+    read_threads: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "shuffle_buffer", "shuffle_buffer_mb", "blocks_per_read"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.read_threads < 1:
+            raise ConfigError("--read-threads must be >= 1")
+        if self.variant_mode not in VARIANT_MODES:
+            raise ConfigError(f"variant_mode {self.variant_mode!r} not in {VARIANT_MODES}")
+        if self.variant < 0:
+            raise ConfigError("--variant must be >= 0")
+        if not self.label_noise >= 0.0:
+            raise ConfigError(f"--label-noise must be >= 0, got {self.label_noise}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InputConfig:
+        """Inverse of to_dict.
+
+        Raises:
+            ConfigError: unknown fields or invalid values.
+        """
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"input config: unknown field(s) {unknown}")
+        return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class RowSelection:
+    """Store rows usable for one split, sorted by row, with their targets.
+
+    Attributes:
+        rows: [n] store rows, ascending.
+        image_ids: [n] image ids.
+        targets: [n, units] float32 targets.
+        skipped: reason -> count of rows of this split left out (status, missing label...).
+    """
+
+    rows: np.ndarray
+    image_ids: np.ndarray
+    targets: np.ndarray
+    skipped: Mapping[str, int]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _targets(labels: TrainingLabels, label_column: str) -> np.ndarray:
+    if label_column == "distribution":
+        return labels.distributions.astype(np.float32)
+    return labels.scores.astype(np.float32).reshape(-1, 1)
+
+
+def select_rows(
+    index: pa.Table, labels: TrainingLabels, split: str | None, label_column: str = "mos"
+) -> RowSelection:
+    """Join a view's committed index with labels: rows with status ok and a finite target.
+
+    Args:
+        index: the view's committed index (image_id, row, status).
+        labels: training labels.
+        split: keep labels of this split only (None keeps every split).
+        label_column: 'mos' (scores) or 'distribution'.
+
+    Returns:
+        The selection, with counts of what was skipped and why.
+    """
+    targets = _targets(labels, label_column)
+    in_split = np.ones(len(labels), bool) if split is None else labels.splits == split
+    wanted = {str(labels.image_ids[i]): i for i in np.flatnonzero(in_split)}
+    skipped: Counter[str] = Counter()
+    keep_rows, keep_ids, keep_positions = [], [], []
+    for image_id, row, status in zip(
+        index.column("image_id").to_pylist(),
+        index.column("row").to_pylist(),
+        index.column("status").to_pylist(),
+        strict=True,
+    ):
+        position = wanted.pop(image_id, None)
+        if position is None:
+            continue
+        if status != RowStatus.OK:
+            skipped[f"status_{status}"] += 1
+        elif not np.all(np.isfinite(targets[position])):
+            skipped["no_target"] += 1
+        else:
+            keep_rows.append(row)
+            keep_ids.append(image_id)
+            keep_positions.append(position)
+    skipped["not_in_store"] += len(wanted)
+    order = np.argsort(np.asarray(keep_rows, dtype=np.int64), kind="stable")
+    return RowSelection(
+        rows=np.asarray(keep_rows, dtype=np.int64)[order],
+        image_ids=np.asarray(keep_ids, dtype=object)[order],
+        targets=targets[np.asarray(keep_positions, dtype=np.int64)[order]].reshape(len(order), -1),
+        skipped={reason: count for reason, count in sorted(skipped.items()) if count},
+    )
+
+
+def plan_blocks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
+    """Group positions of sorted rows by chunk-aligned block (row // block_rows)."""
+    if len(rows) == 0:
+        return []
+    block_ids = rows // block_rows
+    breaks = np.flatnonzero(np.diff(block_ids)) + 1
+    return np.split(np.arange(len(rows)), breaks)
+
+
+class BlockReader:
+    """Reads a selection block by block, choosing variants; the generator behind the dataset."""
+
+    def __init__(self, view: FeatureView, selection: RowSelection, config: InputConfig) -> None:
+        self.view = view
+        self.selection = selection
+        self.config = config
+        self.variants = len(view.spec.variants)
+        if config.variant >= self.variants:
+            raise ConfigError(
+                f"--variant {config.variant}: view {view.name!r} has {self.variants} variant(s)"
+            )
+        self.blocks = plan_blocks(selection.rows, view.shard_rows * config.blocks_per_read)
+        self.epoch = 0
+
+    def _read(self, positions: np.ndarray) -> np.ndarray:
+        return read_feature_rows(self.view, self.selection.rows[positions])
+
+    def _prefetched(self, order: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(positions, values) per block in order, reading up to read_threads blocks ahead."""
+        with ThreadPoolExecutor(self.config.read_threads) as pool:
+            pending: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
+            for positions in order:
+                pending.append((positions, pool.submit(self._read, positions)))
+                if len(pending) > self.config.read_threads:
+                    head, future = pending.popleft()
+                    yield head, future.result()
+            while pending:
+                head, future = pending.popleft()
+                yield head, future.result()
+
+    def epoch_blocks(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One epoch as blocks of (features [n, *shape], targets [n, units], positions [n]).
+
+        Shuffled epochs permute the block order and the samples within each block; each sample
+        gets a variant drawn uniformly per epoch (or the fixed variant).
+        """
+        config = self.config
+        rng = np.random.default_rng([config.seed, epoch])
+        order = (
+            [self.blocks[i] for i in rng.permutation(len(self.blocks))]
+            if config.shuffle
+            else list(self.blocks)
+        )
+        for positions, values in self._prefetched(order):
+            inner = rng.permutation(len(positions)) if config.shuffle else np.arange(len(positions))
+            positions, values = positions[inner], values[inner]
+            if config.variant_mode == "random":
+                chosen = rng.integers(0, self.variants, size=len(positions))
+            else:
+                chosen = np.full(len(positions), config.variant)
+            features = values[np.arange(len(positions)), chosen]
+            targets = self.selection.targets[positions]
+            if config.label_noise > 0:
+                noise = rng.normal(0.0, config.label_noise, targets.shape)
+                targets = (targets + noise).astype(np.float32)
+            yield features, targets, positions.astype(np.int64)
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Generator of the next epoch (tf.data calls this once per iteration)."""
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        yield from self.epoch_blocks(epoch)
+
+
+def shuffle_capacity(config: InputConfig, sample_bytes: int) -> int:
+    """Shuffle-buffer size in samples: the configured size, capped by the memory budget."""
+    by_memory = max(1, config.shuffle_buffer_mb * 2**20 // max(1, sample_bytes))
+    return max(1, min(config.shuffle_buffer, by_memory))
+
+
+def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
+    """tf.data pipeline: blocks -> unbatch -> shuffle buffer -> batch -> float32 -> prefetch.
+
+    Args:
+        reader: the block reader (its config decides shuffling and batching).
+        with_positions: also yield each sample's position in the selection (for tests).
+
+    Returns:
+        A tf.data.Dataset of (features, targets[, positions]) batches.
+    """
+    import tensorflow as tf
+
+    spec = reader.view.spec
+    units = reader.selection.targets.shape[1]
+    signature = (
+        tf.TensorSpec([None, *spec.feature_shape], tf.as_dtype(spec.storage_dtype)),
+        tf.TensorSpec([None, units], tf.float32),
+        tf.TensorSpec([None], tf.int64),
+    )
+    dataset = tf.data.Dataset.from_generator(reader, output_signature=signature).unbatch()
+    config = reader.config
+    if config.shuffle:
+        sample_bytes = int(np.prod(spec.feature_shape)) * np.dtype(spec.storage_dtype).itemsize
+        capacity = shuffle_capacity(config, sample_bytes)
+        dataset = dataset.shuffle(capacity, seed=config.seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(config.batch_size)
+
+    def to_model(features: Any, targets: Any, positions: Any) -> Any:
+        features = tf.cast(features, tf.float32)
+        return (features, targets, positions) if with_positions else (features, targets)
+
+    dataset = dataset.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def iter_all_variants(
+    view: FeatureView, selection: RowSelection, batch_size: int, variants: list[int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Row-ordered batches of (features [n, len(variants), *shape], positions [n]) for evaluation.
+
+    Raises:
+        ConfigError: a variant index outside the view's variants.
+    """
+    count = len(view.spec.variants)
+    bad = [v for v in variants if not 0 <= v < count]
+    if bad:
+        raise ConfigError(f"variant index(es) {bad} outside the view's {count} variant(s)")
+    for start in range(0, len(selection), batch_size):
+        positions = np.arange(start, min(start + batch_size, len(selection)))
+        values = read_feature_rows(view, selection.rows[positions])
+        yield values[:, variants], positions
