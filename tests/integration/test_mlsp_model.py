@@ -64,3 +64,55 @@ def test_random_weights_are_deterministic_and_recorded(extractor) -> None:
     shapes = [(v.path.split("/")[-1], tuple(v.shape)) for v in backbone.weights]
     assert arrays_sha256(random_weight_arrays(shapes, 0)) == extractor.weights_sha256
     assert arrays_sha256(random_weight_arrays(shapes, 1)) != extractor.weights_sha256
+
+
+def _random_backbone():
+    from features.weights import load_weights_into, parse_weights_id
+
+    backbone = build_backbone()
+    load_weights_into(backbone, parse_weights_id(RANDOM_WEIGHTS))
+    return backbone
+
+
+def _save_legacy_h5(backbone, path) -> None:
+    """The format of the original *_notop.h5 ImageNet file (Keras 2 HDF5 weights)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, backbone)
+
+
+@pytest.mark.parametrize("file_name", ["irnv2.weights.h5", "irnv2_notop_legacy.h5"])
+def test_weights_files_load_and_lineage_hashes_the_file(extractor, tmp_path, file_name) -> None:
+    from features.weights import file_sha256
+
+    backbone = _random_backbone()
+    path = tmp_path / file_name
+    if file_name.endswith(".weights.h5"):
+        backbone.save_weights(str(path))
+    else:
+        _save_legacy_h5(backbone, path)
+    from_file = get_extractor(ExtractorKey(str(path), NARROW.taps, extractor.key.poolings))
+    assert from_file.weights_sha256 == file_sha256(path)
+    images = np.random.default_rng(5).integers(0, 256, (1, 90, 100, 3), dtype=np.uint8)
+    expected, got = extractor.extract(images), from_file.extract(images)
+    np.testing.assert_array_equal(got["narrow"], expected["narrow"])
+
+
+def test_imagenet_offline_fails_saying_where_to_put_the_file(tmp_path, monkeypatch) -> None:
+    import keras
+
+    from features.weights import IMAGENET_FILE, imagenet_weights_path
+    from schemas.errors import WeightsUnavailableError
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailableError) as error:
+        imagenet_weights_path()
+    assert str(tmp_path / "models" / IMAGENET_FILE) in str(error.value)
+    assert "random:SEED" in str(error.value)
