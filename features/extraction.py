@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from features.devices import configure_device
 from features.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image
 from features.mlsp import ExtractorKey, MLSPExtractor, get_extractor
 from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
@@ -46,6 +47,7 @@ class ExtractionConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
     decode_threads: int = 2
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -131,11 +133,13 @@ class ShardExtractor:
         self.views = [FeatureView(config.store, name) for name in config.views]
         self._key = extractor_key(self.views)
         self._model: MLSPExtractor | None = None
+        self.device_description = ""
 
     @property
     def model(self) -> MLSPExtractor:
         """The process-wide model, loaded on first use and checked against the views' lineage."""
         if self._model is None:
+            self.device_description = configure_device(self.config.device)
             model = get_extractor(self._key)
             for view in self.views:
                 if view.spec.weights_sha256 and view.spec.weights_sha256 != model.weights_sha256:
@@ -174,6 +178,7 @@ class ShardExtractor:
                 run_id=self.config.run_id,
                 images_forwarded=forwarded,
                 seconds=round(seconds, 3),
+                device=self.device_description,
             )
             view.write_shard(shard, features[view.name], index, marker)
         LOGGER.info(

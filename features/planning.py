@@ -40,7 +40,7 @@ def allocate_rows(manifest: pa.Table) -> pa.Table:
     return table.select(ROW_ALLOCATION_SCHEMA.names).cast(ROW_ALLOCATION_SCHEMA)
 
 
-def weights_sha256(weights_id: str, taps: Sequence[str]) -> str:
+def weights_sha256(weights_id: str, taps: Sequence[str], compute_dtype: str = "float32") -> str:
     """Digest of the weights a worker will load, computed without running the network.
 
     Files (including the cached ImageNet file) are hashed directly; random weights are built
@@ -54,27 +54,53 @@ def weights_sha256(weights_id: str, taps: Sequence[str]) -> str:
         return file_sha256(imagenet_weights_path())
     from features.mlsp import backbone_weights_sha256
 
-    return backbone_weights_sha256(weights_id, tuple(taps))
+    return backbone_weights_sha256(weights_id, tuple(taps), compute_dtype)
 
 
 def resolve_specs(
-    view_names: Sequence[str], weights_id: str, input_policy: InputPolicy
+    view_names: Sequence[str],
+    weights_id: str,
+    input_policy: InputPolicy,
+    variants: tuple[str, ...] = ("orig",),
+    compute_dtype: str = "float32",
+    names: Sequence[str] = (),
 ) -> list[FeatureViewSpec]:
     """Specs of the requested predefined views with weights lineage filled in.
 
+    Args:
+        view_names: predefined view kinds (irnv2_mlsp_narrow, irnv2_mlsp_wide).
+        weights_id: weights to record and check.
+        input_policy: image sizing policy.
+        variants: augmentation variants (all of one size: 'orig' or crops, not both).
+        compute_dtype: Keras precision policy.
+        names: store names for the first len(names) views (default: the kind's name).
+
     Raises:
-        ConfigError: an unknown view name.
+        ConfigError: an unknown view kind, repeated names, or variants of mixed sizes.
     """
     unknown = [name for name in view_names if name not in PREDEFINED_VIEWS]
     if unknown:
         raise ConfigError(f"--view {unknown[0]!r}: choose from {', '.join(PREDEFINED_VIEWS)}")
+    if "orig" in variants and len(variants) > 1:
+        raise ConfigError(
+            "--variants: 'orig' and crops have different sizes and cannot share a forward "
+            "batch; extract them into separate views (--view-name)"
+        )
+    store_names = [*names, *view_names[len(names) :]]
+    if len(set(store_names)) != len(store_names):
+        raise ConfigError(f"--view/--view-name: view names repeat: {store_names}")
     specs = [
         replace(
-            PREDEFINED_VIEWS[name], input_policy=input_policy, package_version=package_version()
+            PREDEFINED_VIEWS[kind],
+            name=name,
+            input_policy=input_policy,
+            variants=tuple(variants),
+            compute_dtype=compute_dtype,
+            package_version=package_version(),
         )
-        for name in dict.fromkeys(view_names)
+        for kind, name in zip(view_names, store_names, strict=True)
     ]
-    digest = weights_sha256(weights_id, specs[0].taps)
+    digest = weights_sha256(weights_id, specs[0].taps, compute_dtype)
     return [spec.with_weights(weights_id, digest) for spec in specs]
 
 

@@ -4,21 +4,36 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import logging
 import sys
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.devices import DEVICES
 from features.extraction import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
 from features.images import DEFAULT_MAX_PIXELS
 from features.manifest import read_manifest
 from features.planning import allocate_rows, pending_shards, prepare_views, resolve_specs, summarize
+from features.store import BACKENDS, files
+from features.store.lease import ViewLease
+from features.store.view import FeatureView, ShardSpec
+from features.variants import parse_variants
 from pipelines.progress import CommitProgress, format_summary
-from pipelines.runners import RUNNERS, runner_entry
+from pipelines.runners import (
+    RunnerSettings,
+    add_runner_arguments,
+    check_paths_reachable,
+    runner_entry,
+    runner_environment,
+    runner_options,
+    settings_from_args,
+)
 from schemas.errors import ConfigError, PipelineError
-from schemas.view_spec import PREDEFINED_VIEWS, InputPolicy
+from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, InputPolicy
 
 LOGGER = logging.getLogger(__name__)
 EXIT_ROW_FAILURES = 3
@@ -41,9 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="view to fill; repeat to fill several from one forward pass",
     )
     parser.add_argument(
+        "--view-name",
+        action="append",
+        help="store the i-th --view under this name (needed for a second spec)",
+    )
+    parser.add_argument(
         "--weights",
         default="imagenet",
         help="'imagenet' (Keras cache), a .h5 weights file, or 'random:SEED'",
+    )
+    parser.add_argument(
+        "--variants",
+        default="orig",
+        help="orig (default), train8, tta18, or names like 0_0_0,1_1_1",
+    )
+    parser.add_argument(
+        "--precision",
+        default="float32",
+        choices=COMPUTE_DTYPES,
+        help="Keras compute precision (recorded in the spec)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=sorted(DEVICES),
+        help="compute device; gpu/npu fail if absent, never falling back to CPU",
     )
     parser.add_argument(
         "--shard-size",
@@ -67,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch-pixels",
         type=positive_int("--max-batch-pixels"),
         default=DEFAULT_MAX_BATCH_PIXELS,
-        help="pixel cap of one forward batch of same-size images",
+        help="pixel cap of one forward batch of same-size images (raise it on GPUs)",
     )
     parser.add_argument(
         "--decode-threads",
@@ -75,16 +112,43 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="threads reading and decoding images per worker",
     )
-    parser.add_argument("--format", default="zarr", choices=["zarr"], help="features array format")
-    parser.add_argument("--runner", default="direct", choices=sorted(RUNNERS), help="Beam runner")
+    parser.add_argument(
+        "--format",
+        default="zarr",
+        choices=sorted(BACKENDS),
+        help="features array format of a new view (default zarr)",
+    )
     parser.add_argument(
         "--fail-on-errors",
         action="store_true",
         help=f"exit {EXIT_ROW_FAILURES} when any row has a status other than ok",
     )
     parser.add_argument("--summary-json", help="also write the run summary to this file")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and print the Beam options and graph; write nothing",
+    )
+    add_runner_arguments(parser)
     add_common_arguments(parser)
     return parser
+
+
+def _beam_arguments(parser: argparse.ArgumentParser, beam_args: list[str]) -> list[str]:
+    """Unknown flags go to Beam; a stray positional is a mistake, named by argparse."""
+    stray = [
+        arg
+        for position, arg in enumerate(beam_args)
+        if not arg.startswith("--")
+        and (
+            position == 0
+            or not beam_args[position - 1].startswith("--")
+            or "=" in beam_args[position - 1]
+        )
+    ]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    return beam_args
 
 
 def _input_policy(max_side: int | None) -> InputPolicy:
@@ -96,49 +160,91 @@ def _input_policy(max_side: int | None) -> InputPolicy:
         raise ConfigError(f"--max-side {max_side}: {error}") from None
 
 
-def _run_pipeline(
-    runner_name: str, beam_args: list[str], shards: list, config: ExtractionConfig
-) -> None:
+def _build_pipeline(
+    runner_name: str, beam_args: list[str], shards: list[ShardSpec], config: ExtractionConfig
+) -> Any:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines.beam_extract import build_extract_pipeline
 
     options = PipelineOptions(beam_args, save_main_session=False)
-    try:
-        with beam.Pipeline(runner=runner_entry(runner_name).build(), options=options) as pipeline:
-            build_extract_pipeline(pipeline, shards, config)
-    except Exception as error:  # Beam wraps worker errors in runner-specific types
-        raise PipelineError(
-            f"pipeline failed on runner {runner_name!r}: {error}. Committed shards "
-            "are kept; re-run the same command to resume."
-        ) from error
+    pipeline = beam.Pipeline(runner=runner_entry(runner_name).build(), options=options)
+    build_extract_pipeline(pipeline, shards, config)
+    return pipeline
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args, beam_args = parser.parse_known_args(argv)
-    configure_logging(args.verbose)
-    unexpected = [
-        arg
-        for position, arg in enumerate(beam_args)
-        if not arg.startswith("--")
-        and (
-            position == 0
-            or not beam_args[position - 1].startswith("--")
-            or "=" in beam_args[position - 1]
-        )
-    ]
-    if unexpected:
-        parser.error(f"unrecognized arguments: {' '.join(unexpected)}")
-    run_id = (
-        datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+def _run_pipeline(
+    settings: RunnerSettings,
+    beam_args: list[str],
+    shards: list[ShardSpec],
+    config: ExtractionConfig,
+) -> None:
+    with runner_environment(settings) as runner_options:
+        pipeline = _build_pipeline(settings.runner, [*runner_options, *beam_args], shards, config)
+        try:
+            pipeline.run().wait_until_finish()
+        except Exception as error:  # Beam wraps worker errors in runner-specific types
+            raise PipelineError(
+                f"pipeline failed on runner {settings.runner!r}: {error}. Committed "
+                "shards are kept; re-run the same command to resume."
+            ) from error
+
+
+def _dry_run(args: argparse.Namespace, settings: RunnerSettings, beam_args: list[str]) -> int:
+    """Validate options and print them with the graph; reads nothing remote, writes nothing."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    all_options = [*runner_options(settings), *beam_args]
+    config = ExtractionConfig(
+        store=args.store, views=tuple(args.view), run_id="dry-run", device=args.device
+    )
+    pipeline = _build_pipeline("direct", [], [], config)  # the graph only; never run
+    labels = [node.full_label for node in pipeline._current_transform().parts]
+    shown = PipelineOptions(all_options).get_all_options(
+        drop_default=True, retain_unknown_options=True
+    )
+    print(f"dry run: runner {settings.runner} ({runner_entry(settings.runner).beam_name})")
+    print(
+        "beam options:\n" + "\n".join(f"  {key} = {value}" for key, value in sorted(shown.items()))
+    )
+    print("graph: " + " -> ".join(labels))
+    print(
+        f"views: {', '.join(args.view)}; manifest {args.manifest}; store {args.store}; nothing submitted"
+    )
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> list[FeatureView]:
+    names = args.view_name or []
+    if len(names) > len(args.view):
+        raise ConfigError("--view-name is given more often than --view")
+    specs = resolve_specs(
+        args.view,
+        args.weights,
+        _input_policy(args.max_side),
+        variants=parse_variants(args.variants),
+        compute_dtype=args.precision,
+        names=names,
     )
     allocation = allocate_rows(read_manifest(args.manifest))
-    specs = resolve_specs(args.view, args.weights, _input_policy(args.max_side))
-    views = prepare_views(args.store, specs, allocation, args.shard_size, args.format)
+    return prepare_views(args.store, specs, allocation, args.shard_size, args.format)
+
+
+def _execute(
+    args: argparse.Namespace,
+    settings: RunnerSettings,
+    beam_args: list[str],
+    views: list[FeatureView],
+    run_id: str,
+) -> dict[str, Any]:
     shards = pending_shards(views)
-    LOGGER.info("%d of %d shards to extract for %s", len(shards), len(views[0].shards()), args.view)
+    LOGGER.info(
+        "%d of %d shards to extract for %s",
+        len(shards),
+        len(views[0].shards()),
+        [view.name for view in views],
+    )
     config = ExtractionConfig(
         store=args.store,
         views=tuple(view.name for view in views),
@@ -146,19 +252,48 @@ def _main(argv: Sequence[str] | None) -> int:
         max_pixels=args.max_pixels,
         max_batch_pixels=args.max_batch_pixels,
         decode_threads=args.decode_threads,
+        device=args.device,
     )
     started = time.perf_counter()
-    if shards:
-        with CommitProgress(views[0], shards):
-            _run_pipeline(args.runner, beam_args, shards, config)
-    summary = summarize(views, run_id, time.perf_counter() - started, args.runner)
-    for view in views:
-        view.write_run_summary(run_id, summary)
+    outcome = "completed"
+    try:
+        if shards:
+            with CommitProgress(views[0], shards):
+                _run_pipeline(settings, beam_args, shards, config)
+    except BaseException:
+        outcome = "failed"
+        raise
+    finally:
+        for view in views:
+            view.finalize()
+        summary = summarize(views, run_id, time.perf_counter() - started, settings.runner)
+        summary.update(
+            outcome=outcome,
+            device_requested=args.device,
+            runner_settings=settings.to_dict(),
+            beam_args=beam_args,
+        )
+        for view in views:
+            view.write_run_summary(run_id, summary)
+    return summary
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    configure_logging(args.verbose)
+    beam_args = _beam_arguments(parser, unknown)
+    settings = settings_from_args(args)
+    check_paths_reachable(settings, manifest=args.manifest, store=args.store)
+    if args.dry_run:
+        return _dry_run(args, settings, beam_args)
+    run_id = (
+        datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    )
+    views = _prepare(args)
+    with ViewLease.acquire_all(views, run_id):
+        summary = _execute(args, settings, beam_args, views, run_id)
     if args.summary_json:
-        import json
-
-        from features.store import files
-
         files.atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print(format_summary(summary))
     failed = sum(count for status, count in summary["status_counts"].items() if status != "ok")

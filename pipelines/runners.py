@@ -1,18 +1,112 @@
-"""Short runner names mapped to Beam runners, plus the options each one needs."""
+"""Short runner names mapped to Beam runners, plus the options and environment each one needs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import argparse
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from schemas.errors import ConfigError
+
+LOGGER = logging.getLogger(__name__)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """Runner-related CLI settings (Beam flags not listed here pass through untouched)."""
+
+    runner: str = "direct"
+    dask_address: str | None = None
+    dask_workers: int = 2
+    project: str | None = None
+    region: str | None = None
+    temp_location: str | None = None
+    staging_location: str | None = None
+    machine_type: str | None = None
+    max_workers: int | None = None
+    sdk_container_image: str | None = None
+    worker_accelerator: str | None = None
+    requirements_file: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.runner not in RUNNERS:
+            raise ConfigError(f"--runner {self.runner!r}: choose one of {', '.join(RUNNERS)}")
+        if self.dask_workers < 1:
+            raise ConfigError(f"--dask-workers must be >= 1, got {self.dask_workers}")
+        if self.worker_accelerator is not None:
+            accelerator_type, _, count = self.worker_accelerator.partition(":")
+            if not accelerator_type or not count.isdigit() or int(count) < 1:
+                raise ConfigError(
+                    f"--worker-accelerator {self.worker_accelerator!r}: expected TYPE:COUNT, "
+                    "e.g. nvidia-tesla-t4:1"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunnerSettings:
+        """Inverse of to_dict."""
+        return cls(**data)
 
 
 def _dask_runner() -> Any:
     from apache_beam.runners.dask.dask_runner import DaskRunner
 
     return DaskRunner()
+
+
+def _dask_options(settings: RunnerSettings) -> list[str]:
+    # One shard per dask.Bag partition, so shards spread over workers instead of one partition.
+    return ["--dask_partition_size=1"]
+
+
+def _dataflow_options(settings: RunnerSettings) -> list[str]:
+    required = {
+        "--project": settings.project,
+        "--region": settings.region,
+        "--temp-location": settings.temp_location,
+    }
+    missing = [flag for flag, value in required.items() if not value]
+    if missing:
+        raise ConfigError(f"--runner dataflow needs {', '.join(missing)}")
+    if not str(settings.temp_location).startswith("gs://"):
+        raise ConfigError(
+            f"--temp-location {settings.temp_location!r}: Dataflow needs a gs:// path"
+        )
+    options = [
+        f"--project={settings.project}",
+        f"--region={settings.region}",
+        f"--temp_location={settings.temp_location}",
+        f"--staging_location={settings.staging_location or settings.temp_location.rstrip('/') + '/staging'}",
+    ]
+    if settings.requirements_file:
+        options.append(f"--requirements_file={settings.requirements_file}")
+    else:  # ship this package (schemas, features, pipelines) to the workers
+        options.append(f"--setup_file={PROJECT_ROOT / 'setup.py'}")
+    optional = {
+        "--worker_machine_type": settings.machine_type,
+        "--max_num_workers": settings.max_workers,
+        "--sdk_container_image": settings.sdk_container_image,
+    }
+    options += [f"{flag}={value}" for flag, value in optional.items() if value is not None]
+    if settings.worker_accelerator:
+        accelerator_type, _, count = settings.worker_accelerator.partition(":")
+        options.append(
+            "--dataflow_service_options=worker_accelerator="
+            f"type:{accelerator_type};count:{count};install-nvidia-driver"
+        )
+    return options
+
+
+def _no_options(settings: RunnerSettings) -> list[str]:
+    return []
 
 
 @dataclass(frozen=True)
@@ -22,12 +116,14 @@ class RunnerEntry:
     Attributes:
         beam_name: Beam's runner name, used when no factory is given.
         factory: builds a runner instance (runners Beam does not resolve by name).
-        remote: whether workers run outside this process (no local progress from memory).
+        options: Beam flags derived from RunnerSettings.
+        remote_workers: workers cannot see this machine's files (paths must be URLs).
     """
 
     beam_name: str
     factory: Callable[[], Any] | None = None
-    remote: bool = True
+    options: Callable[[RunnerSettings], list[str]] = _no_options
+    remote_workers: bool = False
 
     def build(self) -> Any:
         """A runner instance or name accepted by beam.Pipeline."""
@@ -35,12 +131,12 @@ class RunnerEntry:
 
 
 RUNNERS: dict[str, RunnerEntry] = {
-    "direct": RunnerEntry("DirectRunner", remote=False),
-    "dask": RunnerEntry("DaskRunner", factory=_dask_runner),
-    "dataflow": RunnerEntry("DataflowRunner"),
-    "flink": RunnerEntry("FlinkRunner"),
-    "spark": RunnerEntry("SparkRunner"),
-    "portable": RunnerEntry("PortableRunner"),
+    "direct": RunnerEntry("DirectRunner"),
+    "dask": RunnerEntry("DaskRunner", factory=_dask_runner, options=_dask_options),
+    "dataflow": RunnerEntry("DataflowRunner", options=_dataflow_options, remote_workers=True),
+    "flink": RunnerEntry("FlinkRunner", remote_workers=True),
+    "spark": RunnerEntry("SparkRunner", remote_workers=True),
+    "portable": RunnerEntry("PortableRunner", remote_workers=True),
 }
 
 
@@ -54,3 +150,92 @@ def runner_entry(name: str) -> RunnerEntry:
         return RUNNERS[name]
     except KeyError:
         raise ConfigError(f"--runner {name!r}: choose one of {', '.join(RUNNERS)}") from None
+
+
+def check_paths_reachable(settings: RunnerSettings, **paths: str) -> None:
+    """Remote workers need URLs (gs://, s3://), not this machine's paths.
+
+    Raises:
+        ConfigError: a local path given to a runner whose workers run elsewhere.
+    """
+    if not runner_entry(settings.runner).remote_workers:
+        return
+    local = [
+        f"--{name.replace('_', '-')} {value}" for name, value in paths.items() if "://" not in value
+    ]
+    if local:
+        raise ConfigError(
+            f"--runner {settings.runner} runs workers elsewhere; use URLs for {', '.join(local)}"
+        )
+
+
+def runner_options(settings: RunnerSettings) -> list[str]:
+    """Beam flags for the runner, without starting anything.
+
+    Raises:
+        ConfigError: a required runner flag is missing or malformed.
+    """
+    options = runner_entry(settings.runner).options(settings)
+    if settings.runner == "dask" and settings.dask_address:
+        options.append(f"--dask_client_address={settings.dask_address}")
+    return options
+
+
+@contextlib.contextmanager
+def runner_environment(settings: RunnerSettings) -> Iterator[list[str]]:
+    """Yield the Beam flags for the runner, starting a local Dask cluster when none is given."""
+    options = runner_options(settings)
+    if settings.runner != "dask" or settings.dask_address:
+        yield options
+        return
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=settings.dask_workers,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+    ) as cluster:
+        LOGGER.info(
+            "started a local Dask cluster: %d worker processes at %s",
+            settings.dask_workers,
+            cluster.scheduler_address,
+        )
+        yield [*options, f"--dask_client_address={cluster.scheduler_address}"]
+
+
+def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
+    """The runner flags shared by the pipelines."""
+    group = parser.add_argument_group("runner")
+    group.add_argument(
+        "--runner", default="direct", choices=sorted(RUNNERS), help="Beam runner (default direct)"
+    )
+    group.add_argument(
+        "--dask-address", help="dask scheduler address; default: start a LocalCluster"
+    )
+    group.add_argument(
+        "--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)"
+    )
+    group.add_argument("--project", help="Dataflow: GCP project")
+    group.add_argument("--region", help="Dataflow: region, e.g. europe-west4")
+    group.add_argument("--temp-location", help="Dataflow: gs:// temp location")
+    group.add_argument(
+        "--staging-location", help="Dataflow: gs:// staging location (default TEMP/staging)"
+    )
+    group.add_argument("--machine-type", help="Dataflow: worker machine type, e.g. n1-standard-8")
+    group.add_argument("--max-workers", type=int, help="Dataflow: maximum number of workers")
+    group.add_argument("--sdk-container-image", help="Dataflow: custom worker container image")
+    group.add_argument(
+        "--worker-accelerator",
+        help="Dataflow: GPUs per worker as TYPE:COUNT, e.g. nvidia-tesla-t4:1",
+    )
+    group.add_argument(
+        "--requirements-file", help="Dataflow: requirements.txt instead of shipping setup.py"
+    )
+
+
+def settings_from_args(args: argparse.Namespace) -> RunnerSettings:
+    """RunnerSettings from parsed arguments."""
+    return RunnerSettings(
+        **{name: getattr(args, name) for name in RunnerSettings.__dataclass_fields__}
+    )

@@ -59,3 +59,7 @@ class LabelError(MLSPError):
 
 class RecalibrationError(LabelError):
     """A recalibration cannot be fitted or applied (too few rows, constant labels, no overlap)."""
+
+
+class DeviceUnavailableError(MLSPError):
+    """The requested accelerator is not available; never silently replaced by the CPU."""

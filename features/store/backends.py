@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -64,6 +65,10 @@ class FeatureArray(abc.ABC):
     @abc.abstractmethod
     def read_range(self, row_start: int, row_stop: int) -> np.ndarray:
         """Read a contiguous block of rows."""
+
+    def finalize(self, committed: Sequence[Any]) -> None:
+        """Publish reader-side metadata after a run (committed: ShardSpecs with markers)."""
+        del committed  # formats whose writes are self-describing need nothing here
 
     def exists(self) -> bool:
         """Whether the array has been created."""
@@ -136,7 +141,13 @@ class ZarrFeatureArray(FeatureArray):
         return np.asarray(self._open()[row_start:row_stop])
 
 
-BACKENDS: dict[str, type[FeatureArray]] = {ZarrFeatureArray.format_name: ZarrFeatureArray}
+def _registry() -> dict[str, type[FeatureArray]]:
+    from features.store.hdf5_backend import HDF5FeatureArray
+
+    return {backend.format_name: backend for backend in (ZarrFeatureArray, HDF5FeatureArray)}
+
+
+BACKENDS: dict[str, type[FeatureArray]] = _registry()
 
 
 def backend_for(format_name: str, view_path: str) -> FeatureArray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -128,3 +129,14 @@ def remove_tree(path: str) -> None:
     else:
         fs, inner = filesystem(path)
         fs.rm(inner, recursive=True)
+
+
+def remove_file(path: str) -> None:
+    """Delete one file if it exists."""
+    if is_local(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(_local(path))
+        return
+    fs, inner = filesystem(path)
+    if fs.exists(inner):
+        fs.rm_file(inner)

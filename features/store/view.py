@@ -55,6 +55,7 @@ class CommitMarker:
     run_id: str
     images_forwarded: int
     seconds: float
+    device: str = ""
     committed_at: str = field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     )
@@ -292,6 +293,11 @@ class FeatureView:
         if not parts:
             return FEATURE_INDEX_SCHEMA.empty_table()
         return pa.concat_tables(parts)
+
+    def finalize(self) -> None:
+        """Publish format-level reader metadata (e.g. HDF5's Virtual Dataset) for committed shards."""
+        markers = self.committed()
+        self.array.finalize([shard for shard in self.shards() if shard.index in markers])
 
     def write_run_summary(self, run_id: str, summary: Mapping[str, Any]) -> str:
         """Append a run's summary to the view's run history; returns its path."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 
@@ -215,7 +216,29 @@ def _probe_zarr_reads(monkeypatch) -> list[int]:
     return sizes
 
 
-BYTES_READ_PROBES = {"zarr": _probe_zarr_reads}
+def _probe_hdf5_reads(monkeypatch) -> list[int]:
+    """Open shard files through a byte-counting Python file object (h5py's fileobj driver)."""
+    import h5py
+
+    sizes: list[int] = []
+    real_file = h5py.File
+
+    class CountingReader(io.FileIO):
+        def readinto(self, buffer):
+            count = super().readinto(buffer)
+            sizes.append(count or 0)
+            return count
+
+    def counting_file(name, mode="r", *args, **kwargs):
+        if isinstance(name, str) and mode == "r" and "shards" in name:
+            return real_file(CountingReader(name, "r"), mode)
+        return real_file(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(h5py, "File", counting_file)
+    return sizes
+
+
+BYTES_READ_PROBES = {"zarr": _probe_zarr_reads, "hdf5": _probe_hdf5_reads}
 
 
 def test_point_lookup_reads_a_fraction_of_the_shard(tmp_path, backend, monkeypatch) -> None:
