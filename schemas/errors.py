@@ -63,3 +63,7 @@ class RecalibrationError(LabelError):
 
 class DeviceUnavailableError(MLSPError):
     """The requested accelerator is not available; never silently replaced by the CPU."""
+
+
+class OrchestrationError(MLSPError):
+    """An orchestrated step (a CLI called from the Airflow DAG) failed; the message names it."""

@@ -1,0 +1,1 @@
+"""Thin Airflow glue around the project's CLI entry points (download -> ... -> evaluate)."""

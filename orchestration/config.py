@@ -1,0 +1,389 @@
+"""Validated DAG-run configuration and the argv of every CLI the DAG calls (pure, no Airflow)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from pipelines.runners import RUNNERS
+from schemas.errors import ConfigError
+
+DATASETS = ("ava", "scut-fbp5500", "folder")
+VIEWS: dict[str, str] = {"narrow": "irnv2_mlsp_narrow", "wide": "irnv2_mlsp_wide"}
+HEAD_TARGETS = ("mos", "distribution")
+# Score scale of each dataset's labels: the clipping range of a recalibrated label.
+SCORE_RANGES: dict[str, tuple[float, float]] = {"ava": (1.0, 10.0), "scut-fbp5500": (1.0, 5.0)}
+# Flags the DAG sets itself; runner_options may not override them.
+RESERVED_OPTIONS = frozenset(
+    {"manifest", "store", "view", "weights", "runner", "shard-size", "max-side", "variants"}
+)
+_OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+T = TypeVar("T")
+S = TypeVar("S", bound="_Settings")
+
+
+def _require(condition: bool, name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{name}: {message}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join a local path or URL with '/' (gs://bucket/a + b -> gs://bucket/a/b)."""
+    return "/".join([base.rstrip("/"), *(part.strip("/") for part in parts)])
+
+
+def _build(cls: Callable[..., T], data: Mapping[str, Any] | None, name: str) -> T:
+    """cls(**data) that names unknown keys instead of raising TypeError."""
+    data = dict(data or {})
+    known = {field.name for field in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
+    _require(not unknown, name, f"unknown key(s) {unknown}; known: {sorted(known)}")
+    return cls(**data)
+
+
+class _Settings:
+    """to_dict/from_dict of the nested settings dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of the fields (tuples as lists)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+    @classmethod
+    def from_dict(cls: type[S], data: Mapping[str, Any] | None, name: str = "settings") -> S:
+        """Build from a dict; unknown keys and bad values raise ConfigError naming them."""
+        return _build(cls, data, name)
+
+
+@dataclass(frozen=True)
+class DownloadSettings(_Settings):
+    """How `pipelines.download` fetches, and how many failed items the DAG tolerates."""
+
+    workers: int = 16
+    retries: int = 3
+    timeout: float = 20.0
+    backoff: float = 0.5
+    max_failed_fraction: float = 0.05
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.workers) and self.workers >= 1, "download.workers", "must be >= 1")
+        _require(_is_int(self.retries) and self.retries >= 0, "download.retries", "must be >= 0")
+        for name in ("timeout", "backoff"):
+            value = getattr(self, name)
+            _require(_is_number(value) and value > 0, f"download.{name}", "must be > 0")
+        fraction = self.max_failed_fraction
+        _require(
+            _is_number(fraction) and 0 <= fraction <= 1,
+            "download.max_failed_fraction",
+            "must be in [0, 1]",
+        )
+
+
+@dataclass(frozen=True)
+class LabelSettings(_Settings):
+    """Split parameters of `pipelines.labels` (used when no official split exists)."""
+
+    seed: int = 0
+    test_fraction: float = 0.1
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        _require(_is_int(self.seed), "labels.seed", "must be an integer")
+        for name in ("test_fraction", "val_fraction"):
+            value = getattr(self, name)
+            _require(_is_number(value) and 0 <= value < 1, f"labels.{name}", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class HeadSettings(_Settings):
+    """Training settings shared by the heads (each view trains the head of the same name)."""
+
+    epochs_per_stage: int = 20
+    patience: int = 5
+    batch_size: int | None = None
+    learning_rates: tuple[float, ...] = ()
+    target: str = "mos"
+    label_noise: float = 0.0
+    seed: int = 0
+    retrain: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "learning_rates", tuple(self.learning_rates or ()))
+        for name in ("epochs_per_stage", "patience"):
+            value = getattr(self, name)
+            _require(_is_int(value) and value >= 1, f"head.{name}", "must be an integer >= 1")
+        batch = self.batch_size
+        _require(
+            batch is None or (_is_int(batch) and batch >= 1), "head.batch_size", "must be >= 1"
+        )
+        _require(
+            all(_is_number(rate) and rate > 0 for rate in self.learning_rates),
+            "head.learning_rates",
+            "must be positive numbers",
+        )
+        _require(self.target in HEAD_TARGETS, "head.target", f"choose one of {HEAD_TARGETS}")
+        noise = self.label_noise
+        _require(_is_number(noise) and noise >= 0, "head.label_noise", "must be >= 0")
+        _require(_is_int(self.seed), "head.seed", "must be an integer")
+        _require(isinstance(self.retrain, bool), "head.retrain", "must be true or false")
+
+    def argv(self) -> list[str]:
+        """Flags of `jobs.train` for these settings.
+
+        Returns:
+            The argv fragment (without --store/--view/--labels/--head/--out).
+        """
+        argv = [
+            *("--epochs-per-stage", str(self.epochs_per_stage)),
+            *("--patience", str(self.patience)),
+            *("--target", self.target),
+            *("--label-noise", repr(float(self.label_noise))),
+            *("--seed", str(self.seed)),
+        ]
+        if self.batch_size is not None:
+            argv += ["--batch-size", str(self.batch_size)]
+        if self.learning_rates:
+            argv += ["--learning-rates", ",".join(repr(float(r)) for r in self.learning_rates)]
+        return argv
+
+
+def _check_weights(weights: str) -> None:
+    _require(isinstance(weights, str) and weights != "", "weights", "must be a non-empty string")
+    if weights.startswith("random:"):
+        _require(re.fullmatch(r"random:\d+", weights) is not None, "weights", "use 'random:SEED'")
+
+
+def _check_variants(variants: str) -> None:
+    _require(isinstance(variants, str) and variants != "", "variants", "must be a non-empty string")
+    from features.variants import parse_variants
+
+    parse_variants(variants)  # raises ConfigError naming the bad variant
+
+
+def _check_runner_options(options: Mapping[str, Any]) -> None:
+    for key, value in options.items():
+        _require(
+            isinstance(key, str) and _OPTION_NAME.match(key) is not None,
+            "runner_options",
+            f"bad option name {key!r}",
+        )
+        _require(key not in RESERVED_OPTIONS, "runner_options", f"{key!r} is set by the DAG")
+        scalar = (str, int, float, bool)
+        ok = isinstance(value, scalar) or (
+            isinstance(value, list) and all(isinstance(v, scalar) for v in value)
+        )
+        _require(ok, "runner_options", f"{key!r} must be a scalar or a list of scalars")
+
+
+def _optional_positive(value: Any, name: str) -> None:
+    _require(value is None or (_is_int(value) and value >= 1), name, "must be null or >= 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One DAG run's configuration: what to fetch, where to write, how to run and train.
+
+    Attributes:
+        dataset: 'ava', 'scut-fbp5500' or 'folder'.
+        source: image source for `pipelines.download` (URL template, URL prefix, folder, archives).
+        label_list: AVA.txt (ava) or CSV image_id,score[,split] (folder); unused for SCUT.
+        split_files: official split lists (AVA .jpgl).
+        sha256: expected digest of the SCUT-FBP5500 zip ('' = not checked).
+        data_root: local folder for downloads, manifest, labels (and runs by default).
+        store_root: feature store root, local or URL ('' = DATA_ROOT/store).
+        runs_root: head runs root, local or URL ('' = DATA_ROOT/runs).
+        views: short view names ('narrow', 'wide'), one extract/train/evaluate chain each.
+        variants: augmentation variants ('orig', 'train8', 'tta18' or a list).
+        weights: 'imagenet', a weights file or 'random:SEED'.
+        runner: extract CLI runner name ('direct', 'dataflow', ...).
+        runner_options: extra Beam pipeline options, e.g. {"direct_num_workers": 2}.
+        shard_size: rows per shard of a new view (None = the CLI default).
+        max_side: downscale images above this side (None = original resolution).
+        fail_on_errors: fail extraction when any row is not ok.
+        evaluate_split: split the evaluation reports on.
+        reference_run: run folder of a reference model; recalibrate labels against it.
+        reference_predictions: Parquet image_id, prediction of the reference model (skips
+            predicting with reference_run).
+        recalibration_range: clip range of recalibrated labels (None = the dataset's scale).
+    """
+
+    dataset: str
+    source: str
+    data_root: str
+    label_list: str = ""
+    split_files: tuple[str, ...] = ()
+    sha256: str = ""
+    store_root: str = ""
+    runs_root: str = ""
+    views: tuple[str, ...] = ("narrow", "wide")
+    variants: str = "orig"
+    weights: str = "imagenet"
+    runner: str = "direct"
+    runner_options: Mapping[str, Any] | None = None
+    shard_size: int | None = None
+    max_side: int | None = None
+    fail_on_errors: bool = False
+    download: DownloadSettings = DownloadSettings()
+    labels: LabelSettings = LabelSettings()
+    head: HeadSettings = HeadSettings()
+    evaluate_split: str = "test"
+    reference_run: str = ""
+    reference_predictions: str = ""
+    recalibration_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        setter = object.__setattr__
+        setter(self, "split_files", tuple(self.split_files or ()))
+        views = (self.views,) if isinstance(self.views, str) else tuple(self.views or ())
+        setter(self, "views", tuple(short_view(view) for view in views))
+        setter(self, "runner_options", dict(self.runner_options or {}))
+        setter(self, "store_root", self.store_root or join(self.data_root, "store"))
+        setter(self, "runs_root", self.runs_root or join(self.data_root, "runs"))
+        if self.recalibration_range is not None:
+            setter(self, "recalibration_range", tuple(self.recalibration_range))
+        self._validate_data()
+        self._validate_run()
+
+    def _validate_data(self) -> None:
+        _require(self.dataset in DATASETS, "dataset", f"choose one of {DATASETS}")
+        _require(isinstance(self.source, str) and bool(self.source), "source", "is required")
+        _require(bool(self.data_root), "data_root", "is required")
+        _require(
+            "://" not in self.data_root,
+            "data_root",
+            "must be a local (or mounted) folder: pipelines.download writes local files",
+        )
+        needs_list = self.dataset in ("ava", "folder")
+        _require(
+            bool(self.label_list) or not needs_list, "label_list", f"needed for {self.dataset}"
+        )
+        _require(
+            self.evaluate_split in ("train", "val", "test"), "evaluate_split", "train, val or test"
+        )
+
+    def _validate_run(self) -> None:
+        _require(len(self.views) > 0, "views", f"choose at least one of {sorted(VIEWS)}")
+        _require(len(set(self.views)) == len(self.views), "views", "views repeat")
+        _check_variants(self.variants)
+        _check_weights(self.weights)
+        _require(self.runner in RUNNERS, "runner", f"choose one of {sorted(RUNNERS)}")
+        _check_runner_options(self.runner_options or {})
+        _optional_positive(self.shard_size, "shard_size")
+        _optional_positive(self.max_side, "max_side")
+        _require(isinstance(self.fail_on_errors, bool), "fail_on_errors", "must be true or false")
+        if self.recalibrate:
+            lo_hi = self.score_range
+            _require(lo_hi is not None, "recalibration_range", f"needed for {self.dataset}")
+            lo, hi = lo_hi  # type: ignore[misc]
+            _require(
+                _is_number(lo) and _is_number(hi) and lo < hi, "recalibration_range", "[lo, hi]"
+            )
+
+    @property
+    def recalibrate(self) -> bool:
+        """Whether this run recalibrates labels against a reference model."""
+        return bool(self.reference_run or self.reference_predictions)
+
+    @property
+    def score_range(self) -> tuple[float, float] | None:
+        """Clip range of recalibrated labels: the explicit one, else the dataset's scale."""
+        return self.recalibration_range or SCORE_RANGES.get(self.dataset)
+
+    @property
+    def beam_runner(self) -> str:
+        """Beam's name of the runner (what the Beam operator expects)."""
+        return RUNNERS[self.runner].beam_name
+
+    @property
+    def manifest_path(self) -> str:
+        """DATA_ROOT/manifest.parquet, written by the download."""
+        return join(self.data_root, "manifest.parquet")
+
+    @property
+    def downloads_path(self) -> str:
+        """DATA_ROOT/downloads.parquet, the download status table."""
+        return join(self.data_root, "downloads.parquet")
+
+    @property
+    def labels_path(self) -> str:
+        """DATA_ROOT/labels.parquet."""
+        return join(self.data_root, "labels.parquet")
+
+    @property
+    def recalibration_dir(self) -> str:
+        """DATA_ROOT/recalibration: calibration.json, recalibrated labels, plot."""
+        return join(self.data_root, "recalibration")
+
+    def run_dir(self, view: str) -> str:
+        """RUNS_ROOT/VIEW: the head run of one view (short name)."""
+        return join(self.runs_root, short_view(view))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (nested settings as dicts); from_dict() inverts it."""
+        data = {field.name: getattr(self, field.name) for field in fields(self)}
+        for name in ("download", "labels", "head"):
+            data[name] = data[name].to_dict()
+        data["split_files"] = list(self.split_files)
+        data["views"] = list(self.views)
+        data["runner_options"] = dict(self.runner_options or {})
+        rng = self.recalibration_range
+        data["recalibration_range"] = None if rng is None else list(rng)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PipelineConfig:
+        """Build and validate from DAG params or to_dict() output.
+
+        Args:
+            data: flat params with nested 'download', 'labels' and 'head' objects.
+
+        Returns:
+            The validated configuration.
+
+        Raises:
+            ConfigError: a missing, unknown or invalid value; the message names it.
+        """
+        data = dict(data)
+        for name, settings_cls in NESTED_SETTINGS.items():
+            value = data.get(name)
+            if not isinstance(value, settings_cls):
+                _require(value is None or isinstance(value, Mapping), name, "must be an object")
+                data[name] = settings_cls.from_dict(value, name)
+        for name in ("dataset", "source", "data_root"):
+            _require(name in data, name, "is required")
+        return _build(cls, data, "params")
+
+
+NESTED_SETTINGS: dict[str, type[_Settings]] = {
+    "download": DownloadSettings,
+    "labels": LabelSettings,
+    "head": HeadSettings,
+}
+
+
+def short_view(view: str) -> str:
+    """Short view name: 'narrow' or 'irnv2_mlsp_narrow' -> 'narrow'.
+
+    Args:
+        view: a short or full view name.
+
+    Returns:
+        The short name (a key of VIEWS).
+
+    Raises:
+        ConfigError: an unknown view.
+    """
+    short = {full: name for name, full in VIEWS.items()}.get(view, view)
+    _require(short in VIEWS, "views", f"unknown view {view!r}; choose from {sorted(VIEWS)}")
+    return short
