@@ -201,7 +201,23 @@ def runner_environment(settings: RunnerSettings) -> Iterator[list[str]]:
             settings.dask_workers,
             cluster.scheduler_address,
         )
-        yield [*options, f"--dask_client_address={cluster.scheduler_address}"]
+        try:
+            yield [*options, f"--dask_client_address={cluster.scheduler_address}"]
+        finally:
+            _close_clients_of(cluster.scheduler_address)
+
+
+def _close_clients_of(address: str) -> None:
+    """Close the client Beam's DaskRunner opened (it never does), before its cluster goes away,
+    so it does not spend 30 s trying to reconnect to a scheduler that was shut down on purpose."""
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:  # no client was created
+        return
+    if client.scheduler is not None and client.scheduler.address == address:
+        client.close()
 
 
 def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
