@@ -55,7 +55,7 @@ def test_bad_runner_settings_are_named(settings, named) -> None:
 
 def test_remote_workers_need_urls() -> None:
     settings = RunnerSettings(runner="dataflow")
-    with pytest.raises(ConfigError, match="--manifest /data/m.parquet"):
+    with pytest.raises(ConfigError, match=r"--manifest /data/m\.parquet"):
         check_paths_reachable(settings, manifest="/data/m.parquet", store="gs://b/store")
     check_paths_reachable(RunnerSettings(runner="dask"), manifest="/data/m.parquet")
 
