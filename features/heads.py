@@ -13,6 +13,7 @@ FC_SIZES = (2048, 1024, 256)
 FC_DROPOUT = (0.25, 0.25, 0.5)
 INCEPTION_FILTERS = 1024
 INCEPTION_SPLIT_FILTERS = 512
+BN_MOMENTUM = 0.99  # Keras default, as in the reference
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,16 @@ TARGETS: dict[str, TargetDefinition] = {
 }
 
 
-def fc_chain(inputs: Any, target: TargetDefinition, name: str = "pred") -> Any:
+def fc_chain(
+    inputs: Any, target: TargetDefinition, name: str = "pred", bn_momentum: float = BN_MOMENTUM
+) -> Any:
     """ava-mlsp fc_layers: Dense 2048-1024-256 (ReLU, he_normal, BN, dropout), then the output.
 
     Args:
         inputs: a rank-2 Keras tensor.
         target: decides the output units and activation.
         name: layer-name prefix; the output layer is called exactly this.
+        bn_momentum: moving-statistics momentum of the batch normalisations.
 
     Returns:
         The output Keras tensor.
@@ -60,25 +64,27 @@ def fc_chain(inputs: Any, target: TargetDefinition, name: str = "pred") -> Any:
         x = keras.layers.Dense(
             size, activation="relu", kernel_initializer="he_normal", name=f"{name}_fc{position}"
         )(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_bn{position}")(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn{position}")(x)
         x = keras.layers.Dropout(rate, name=f"{name}_dropout{position}")(x)
     return keras.layers.Dense(
         target.units, activation=target.activation, kernel_initializer="he_normal", name=name
     )(x)
 
 
-def conv_bn(inputs: Any, filters: int, kernel: tuple[int, int], name: str) -> Any:
+def conv_bn(
+    inputs: Any, filters: int, kernel: tuple[int, int], name: str, bn_momentum: float = BN_MOMENTUM
+) -> Any:
     """Conv (no bias, same padding) + BatchNormalization(scale=False) + ReLU."""
     import keras
 
     x = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_conv")(
         inputs
     )
-    x = keras.layers.BatchNormalization(scale=False, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(scale=False, momentum=bn_momentum, name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def inception_block(inputs: Any, name: str = "inception") -> Any:
+def inception_block(inputs: Any, name: str = "inception", bn_momentum: float = BN_MOMENTUM) -> Any:
     """Three branches on the feature grid, concatenated: 1x1; 1x1 -> (1x3, 3x1); avgpool -> 1x1.
 
     Returns:
@@ -86,35 +92,42 @@ def inception_block(inputs: Any, name: str = "inception") -> Any:
     """
     import keras
 
-    branch_1x1 = conv_bn(inputs, INCEPTION_FILTERS, (1, 1), f"{name}_b1")
-    reduced = conv_bn(inputs, INCEPTION_FILTERS, (1, 1), f"{name}_b2")
-    branch_1x3 = conv_bn(reduced, INCEPTION_SPLIT_FILTERS, (1, 3), f"{name}_b2a")
-    branch_3x1 = conv_bn(reduced, INCEPTION_SPLIT_FILTERS, (3, 1), f"{name}_b2b")
+    m = bn_momentum
+    branch_1x1 = conv_bn(inputs, INCEPTION_FILTERS, (1, 1), f"{name}_b1", m)
+    reduced = conv_bn(inputs, INCEPTION_FILTERS, (1, 1), f"{name}_b2", m)
+    branch_1x3 = conv_bn(reduced, INCEPTION_SPLIT_FILTERS, (1, 3), f"{name}_b2a", m)
+    branch_3x1 = conv_bn(reduced, INCEPTION_SPLIT_FILTERS, (3, 1), f"{name}_b2b", m)
     pooled = keras.layers.AveragePooling2D(
         (3, 3), strides=(1, 1), padding="same", name=f"{name}_pool"
     )(inputs)
-    branch_pool = conv_bn(pooled, INCEPTION_FILTERS, (1, 1), f"{name}_b3")
+    branch_pool = conv_bn(pooled, INCEPTION_FILTERS, (1, 1), f"{name}_b3", m)
     return keras.layers.Concatenate(axis=-1, name=f"{name}_concat")(
         [branch_1x1, branch_1x3, branch_3x1, branch_pool]
     )
 
 
-def build_narrow(input_shape: Sequence[int], target: TargetDefinition) -> Any:
+def build_narrow(
+    input_shape: Sequence[int], target: TargetDefinition, bn_momentum: float = BN_MOMENTUM
+) -> Any:
     """Narrow head: the FC chain on the [channels] GAP features."""
     import keras
 
     inputs = keras.Input(tuple(input_shape), name="features")
-    return keras.Model(inputs, fc_chain(inputs, target), name="mlsp_narrow_head")
+    return keras.Model(
+        inputs, fc_chain(inputs, target, bn_momentum=bn_momentum), name="mlsp_narrow_head"
+    )
 
 
-def build_wide(input_shape: Sequence[int], target: TargetDefinition) -> Any:
+def build_wide(
+    input_shape: Sequence[int], target: TargetDefinition, bn_momentum: float = BN_MOMENTUM
+) -> Any:
     """Wide head: inception block on the [rows, cols, channels] grid, GAP, then the FC chain."""
     import keras
 
     inputs = keras.Input(tuple(input_shape), name="features")
-    x = inception_block(inputs)
+    x = inception_block(inputs, bn_momentum=bn_momentum)
     x = keras.layers.GlobalAveragePooling2D(name="inception_gap")(x)
-    return keras.Model(inputs, fc_chain(x, target), name="mlsp_wide_head")
+    return keras.Model(inputs, fc_chain(x, target, bn_momentum=bn_momentum), name="mlsp_wide_head")
 
 
 @dataclass(frozen=True)
@@ -126,14 +139,14 @@ class HeadDefinition:
         feature_rank: rank of one sample's features (1 for GAP views, 3 for grid views).
         learning_rates: Adam learning rate of each stage.
         batch_size: reference batch size.
-        build: (input_shape, target) -> uncompiled keras.Model.
+        build: (input_shape, target, bn_momentum) -> uncompiled keras.Model.
     """
 
     name: str
     feature_rank: int
     learning_rates: tuple[float, ...]
     batch_size: int
-    build: Callable[[Sequence[int], TargetDefinition], Any]
+    build: Callable[[Sequence[int], TargetDefinition, float], Any]
 
 
 HEADS: dict[str, HeadDefinition] = {
@@ -167,13 +180,16 @@ def target_definition(name: str) -> TargetDefinition:
     return _lookup(TARGETS, name, "target")  # type: ignore[no-any-return]
 
 
-def build_head(head: str, feature_shape: Sequence[int], target: str = "mos") -> Any:
+def build_head(
+    head: str, feature_shape: Sequence[int], target: str = "mos", bn_momentum: float = BN_MOMENTUM
+) -> Any:
     """Build an uncompiled head for features of one variant.
 
     Args:
         head: 'narrow' or 'wide'.
         feature_shape: shape of one sample's features, e.g. (16928,) or (5, 5, 16928).
         target: 'mos' or 'distribution'.
+        bn_momentum: batch-norm moving-statistics momentum (see bn_momentum_for).
 
     Returns:
         keras.Model mapping [N, *feature_shape] float32 to [N, units].
@@ -188,4 +204,36 @@ def build_head(head: str, feature_shape: Sequence[int], target: str = "mos") -> 
             f"view's features have shape {list(feature_shape)} (narrow heads take GAP views, "
             "wide heads take grid views)"
         )
-    return definition.build(tuple(feature_shape), target_definition(target))
+    return definition.build(tuple(feature_shape), target_definition(target), bn_momentum)
+
+
+def initialise_output_bias(model: Any, targets: Any, name: str = "pred") -> None:
+    """Start the output layer at the mean training target (same architecture, faster start).
+
+    For a linear MOS output the bias becomes the mean score; for a softmax distribution it
+    becomes the log of the mean distribution. With AVA-sized data this changes little; with a
+    few hundred samples it saves the thousands of steps the bias would need to reach ~5.5.
+
+    Args:
+        model: a head built by build_head.
+        targets: [N, units] training targets.
+        name: the output layer's name.
+    """
+    import numpy as np
+
+    layer = model.get_layer(name)
+    mean = np.asarray(targets, dtype=np.float64).mean(axis=0)
+    if layer.activation.__name__ == "softmax":
+        mean = np.log(np.clip(mean, 1e-6, None))
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, mean.astype(bias.dtype).reshape(bias.shape)])
+
+
+def bn_momentum_for(steps_per_epoch: int) -> float:
+    """Batch-norm momentum whose moving average spans about one epoch, at most the reference 0.99.
+
+    On AVA (about 1000 steps per epoch) this is the reference 0.99. On a few hundred images
+    (a handful of steps per epoch) 0.99 would leave the inference statistics near their
+    initial values for the whole run, so validation and test outputs would be meaningless.
+    """
+    return min(BN_MOMENTUM, max(0.5, 1.0 - 1.0 / max(1, steps_per_epoch)))

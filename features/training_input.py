@@ -257,6 +257,8 @@ def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
         capacity = shuffle_capacity(config, sample_bytes)
         dataset = dataset.shuffle(capacity, seed=config.seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(config.batch_size)
+    steps = -(-len(reader.selection) // config.batch_size)
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
 
     def to_model(features: Any, targets: Any, positions: Any) -> Any:
         features = tf.cast(features, tf.float32)
