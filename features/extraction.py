@@ -160,7 +160,7 @@ class ShardExtractor:
             return ShardResult(shard.index, shard.rows, skipped=True)
         model = self.model
         forwarded_before = model.images_forwarded
-        rows = self.views[0].allocation.slice(shard.row_start, shard.rows).to_pylist()
+        rows = self.views[0].shard_allocation(shard).to_pylist()
         decoded = self._decode(rows)
         features, model_ms = self._forward(decoded, pending)
         index = self._index_table(rows, decoded, model_ms)

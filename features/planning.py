@@ -153,7 +153,7 @@ def summarize(
         "run_id": run_id,
         "runner": runner,
         "views": [v.name for v in views],
-        "rows_total": int(view.meta["rows"]),
+        "rows_total": view.allocation.num_rows,
         "rows_committed": index.num_rows,
         "shards_total": len(view.shards()),
         "shards_committed_this_run": len(this_run),

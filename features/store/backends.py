@@ -66,6 +66,10 @@ class FeatureArray(abc.ABC):
     def read_range(self, row_start: int, row_stop: int) -> np.ndarray:
         """Read a contiguous block of rows."""
 
+    @abc.abstractmethod
+    def resize(self, rows: int) -> None:
+        """Grow the row axis (new rows are NaN); existing rows are untouched."""
+
     def finalize(self, committed: Sequence[Any]) -> None:
         """Publish reader-side metadata after a run (committed: ShardSpecs with markers)."""
         del committed  # formats whose writes are self-describing need nothing here
@@ -130,6 +134,10 @@ class ZarrFeatureArray(FeatureArray):
 
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         self._open()[row_start : row_start + values.shape[0]] = values
+
+    def resize(self, rows: int) -> None:
+        array = self._open()
+        array.resize((rows, *array.shape[1:]))
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) == 0:

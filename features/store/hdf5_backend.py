@@ -51,6 +51,15 @@ class HDF5FeatureArray(FeatureArray):
         shape = tuple(data["shape"])
         return ArrayLayout(shape[0], shape[1], shape[2:], data["dtype"], int(data["shard_rows"]))
 
+    def resize(self, rows: int) -> None:
+        layout = self.layout()
+        data = {
+            "shape": [rows, layout.variants, *layout.feature_shape],
+            "dtype": layout.dtype,
+            "shard_rows": layout.shard_rows,
+        }
+        files.atomic_write_text(self._layout_path(), json.dumps(data))
+
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         import h5py
 

@@ -171,12 +171,9 @@ class FeatureView:
             raise StoreError(
                 f"view {self.name!r} is stored as {self.format_name}, not {format_name}"
             )
-        stored_ids = self.allocation.column("image_id").to_pylist()
-        if stored_ids != allocation.column("image_id").to_pylist():
-            raise StoreError(
-                f"view {self.name!r} was allocated from a different manifest "
-                f"({len(stored_ids)} rows stored, {allocation.num_rows} in this manifest)"
-            )
+        from features.store.append import reconcile_manifest
+
+        reconcile_manifest(self, allocation)
 
     # ---- metadata ----------------------------------------------------------------------
     @property
@@ -220,17 +217,37 @@ class FeatureView:
         return backend_for(self.format_name, self.path)
 
     def shards(self) -> list[ShardSpec]:
-        """All shards of the view in row order."""
-        rows, size = int(self.meta["rows"]), self.shard_rows
+        """All shards of the view in row order.
+
+        Shard k covers the allocated rows in [k * shard_rows, (k + 1) * shard_rows); appended
+        segments start on a shard boundary, so each shard's rows are contiguous from its start.
+        """
+        rows, size = self.allocation.column("row").to_numpy(), self.shard_rows
+        indexes, counts = np.unique(rows // size, return_counts=True)
         return [
-            ShardSpec(i, start, min(start + size, rows))
-            for i, start in enumerate(range(0, rows, size))
+            ShardSpec(int(index), int(index) * size, int(index) * size + int(count))
+            for index, count in zip(indexes, counts, strict=True)
         ]
+
+    def shard_allocation(self, shard: ShardSpec) -> pa.Table:
+        """Allocation rows (row, image_id, uri, sha256, …) of one shard, in row order."""
+        rows = self.allocation.column("row").to_numpy()
+        start = int(np.searchsorted(rows, shard.row_start))
+        return self.allocation.slice(start, shard.rows)
 
     def shard_image_ids(self, shard: ShardSpec) -> list[str]:
         """Image ids of a shard's rows, in row order."""
-        column = self.allocation.column("image_id")
-        return [str(value) for value in column.slice(shard.row_start, shard.rows).to_pylist()]
+        column = self.shard_allocation(shard).column("image_id")
+        return [str(value) for value in column.to_pylist()]
+
+    def removed_image_ids(self) -> set[str]:
+        """Ids whose images left the manifest; their rows stay, marked removed."""
+        path = self._file("removed.json")
+        return set(json.loads(files.read_bytes(path))) if files.exists(path) else set()
+
+    def reset_cache(self) -> None:
+        """Forget cached metadata (after the view was changed on disk)."""
+        self._meta = self._spec = self._allocation = None
 
     # ---- writing -----------------------------------------------------------------------
     def write_shard(
@@ -290,9 +307,10 @@ class FeatureView:
             files.read_parquet(self.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
             for shard in shards
         ]
-        if not parts:
-            return FEATURE_INDEX_SCHEMA.empty_table()
-        return pa.concat_tables(parts)
+        index = pa.concat_tables(parts) if parts else FEATURE_INDEX_SCHEMA.empty_table()
+        removed = self.removed_image_ids()
+        flags = [image_id in removed for image_id in index.column("image_id").to_pylist()]
+        return index.append_column(pa.field("removed", pa.bool_()), pa.array(flags, pa.bool_()))
 
     def finalize(self) -> None:
         """Publish format-level reader metadata (e.g. HDF5's Virtual Dataset) for committed shards."""

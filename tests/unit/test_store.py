@@ -158,15 +158,17 @@ def test_markers_that_do_not_match_the_rows_are_rejected(tmp_path, backend) -> N
         view.committed()
 
 
-def test_existing_view_refuses_other_spec_or_manifest(tmp_path, backend) -> None:
+def test_existing_view_refuses_other_spec_and_grows_with_the_manifest(tmp_path, backend) -> None:
     new_view(str(tmp_path), backend, SMALL_NARROW, 4, 2)
     view = FeatureView(str(tmp_path), "narrow")
     with pytest.raises(SpecMismatchError, match="weights_id"):
         view.ensure(
             SMALL_NARROW.with_weights("random:2", ""), allocate_rows(manifest(4)), None, backend
         )
-    with pytest.raises(StoreError, match="different manifest"):
-        view.ensure(SMALL_NARROW, allocate_rows(manifest(5)), None, backend)
+    view.ensure(SMALL_NARROW, allocate_rows(manifest(5)), None, backend)  # appends, see below
+    assert view.allocation.column("row").to_pylist() == [0, 1, 2, 3, 4]
+    assert [(s.row_start, s.row_stop) for s in view.shards()] == [(0, 2), (2, 4), (4, 5)]
+    assert view.array.layout().rows == 5
     with pytest.raises(StoreError, match="--shard-size 3"):
         view.ensure(SMALL_NARROW, allocate_rows(manifest(4)), 3, backend)
 
