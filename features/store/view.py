@@ -115,10 +115,12 @@ class FeatureView:
         if shard_rows < 1:
             raise StoreError(f"shard_rows must be >= 1, got {shard_rows}")
         allocation = allocation.cast(ROW_ALLOCATION_SCHEMA)
+        rows = allocation.column("row").to_numpy()
+        total_rows = int(rows[-1]) + 1 if len(rows) else 0  # appended segments leave gaps
         files.remove_tree(self.path)
         files.makedirs(self.path)
         layout = ArrayLayout(
-            allocation.num_rows,
+            total_rows,
             len(spec.variants),
             spec.feature_shape,
             spec.storage_dtype,
@@ -130,7 +132,7 @@ class FeatureView:
         meta = {
             "format": format_name,
             "shard_rows": shard_rows,
-            "rows": allocation.num_rows,
+            "rows": total_rows,
             "format_version": VIEW_FORMAT_VERSION,
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
@@ -276,17 +278,35 @@ class FeatureView:
         Raises:
             StoreError: a marker disagrees with the view's shards or row allocation.
         """
+        markers, problems = self.inspect_markers()
+        if problems:
+            raise problems[0]
+        return markers
+
+    def inspect_markers(self) -> tuple[dict[int, CommitMarker], list[StoreError]]:
+        """Valid markers by shard index, and one error per invalid marker (for verification)."""
         shards = {shard.name: shard for shard in self.shards()}
         markers: dict[int, CommitMarker] = {}
+        problems: list[StoreError] = []
         for file_name in files.list_names(self._file("commits")):
             stem = file_name.removesuffix(".json")
             if not file_name.endswith(".json") or stem not in shards:
                 continue  # temp files of an interrupted write, or foreign files
             shard = shards[stem]
-            marker = CommitMarker.from_dict(json.loads(files.read_bytes(self.marker_path(shard))))
-            self._check_marker(shard, marker)
+            try:
+                data = json.loads(files.read_bytes(self.marker_path(shard)))
+                marker = CommitMarker.from_dict(data)
+                self._check_marker(shard, marker)
+            except StoreError as error:
+                problems.append(error)
+                continue
+            except (ValueError, TypeError) as error:
+                problems.append(
+                    StoreError(f"{self.marker_path(shard)}: unreadable marker ({error})")
+                )
+                continue
             markers[shard.index] = marker
-        return markers
+        return markers, problems
 
     def _check_marker(self, shard: ShardSpec, marker: CommitMarker) -> None:
         if (marker.row_start, marker.row_stop) != (shard.row_start, shard.row_stop):

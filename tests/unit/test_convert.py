@@ -1,0 +1,64 @@
+"""Zarr <-> HDF5 conversion is lossless; the ava-mlsp export has the reference layout."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from features import convert, verify
+from features.query import FeatureStore
+from features.store import BACKENDS
+from tests.unit.test_store import SMALL_WIDE, commit, new_view
+
+
+def _filled(tmp_path, backend):
+    view = new_view(str(tmp_path / "src"), backend, SMALL_WIDE, 5, 2)
+    values = np.random.default_rng(1).standard_normal((5, 1, 2, 2, 320)).astype(np.float16)
+    values[2] = np.nan
+    for shard in view.shards()[:2]:  # the last shard stays uncommitted
+        statuses = ["ok" if r != 2 else "too_small" for r in range(shard.row_start, shard.row_stop)]
+        commit(view, shard, values[shard.row_start : shard.row_stop], statuses)
+    return view, values
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [(a, b) for a in sorted(BACKENDS) for b in sorted(BACKENDS) if a != b]
+)
+def test_round_trip_between_formats(tmp_path, source, target) -> None:
+    view, _ = _filled(tmp_path, source)
+    converted = convert.convert_view(view, str(tmp_path / "dst"), target)
+    back = convert.convert_view(converted, str(tmp_path / "back"), source)
+    assert converted.format_name == target and verify.verify_view(converted).ok
+    for other in (converted, back):
+        a = FeatureStore(view.store_root).table("wide")
+        b = FeatureStore(other.store_root).table("wide")
+        assert a.equals(b)
+    assert sorted(converted.committed()) == [0, 1]
+
+
+def test_ava_mlsp_export_layout(tmp_path) -> None:
+    view, values = _filled(tmp_path, "zarr")
+    assert (
+        convert.run(
+            [
+                "--store",
+                view.store_root,
+                "--view",
+                "wide",
+                "--layout",
+                "ava-mlsp",
+                "--out",
+                str(tmp_path / "ava"),
+            ]
+        )
+        == 0
+    )
+    path = tmp_path / "ava" / "i1[orig]_lfinal_o1[2,2,320]_r1.h5"
+    with h5py.File(path, "r") as handle:
+        assert list(handle) == ["orig"]
+        names = sorted(handle["orig"])
+        assert names == ["img0000.jpg", "img0001.jpg", "img0003.jpg"]  # ok and committed only
+        rows = {name: int(name[3:7]) for name in names}
+        for name, row in rows.items():
+            np.testing.assert_array_equal(handle["orig"][name][...], values[row, 0])
