@@ -70,8 +70,8 @@ def _check_committed_shard(
         )
     values = view.array.read_range(shard.row_start, shard.row_stop).astype(np.float32)
     flat = values.reshape(len(values), -1)
-    finite: np.ndarray = np.isfinite(flat).all(axis=1)
-    all_nan: np.ndarray = np.isnan(flat).all(axis=1)
+    finite = np.asarray(np.isfinite(flat).all(axis=1))
+    all_nan = np.asarray(np.isnan(flat).all(axis=1))
     for offset, status in enumerate(statuses):
         if status == "ok" and not finite[offset]:
             report.problems.append(f"{where}: row {shard.row_start + offset} is ok but has NaN/inf")
