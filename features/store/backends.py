@@ -94,7 +94,9 @@ class ZarrFeatureArray(FeatureArray):
         import zarr
 
         try:
-            return zarr.open_array(store=self.path, mode="r+" if files.is_local(self.path) else "a")
+            return zarr.open_array(
+                store=files.native(self.path), mode="r+" if files.is_local(self.path) else "a"
+            )
         except (FileNotFoundError, ValueError) as error:
             raise StoreError(
                 f"{self.path}: not a readable Zarr features array ({error})"
@@ -105,7 +107,7 @@ class ZarrFeatureArray(FeatureArray):
         from zarr.codecs import BloscCodec
 
         array = zarr.create_array(
-            store=self.path,
+            store=files.native(self.path),
             shape=layout.shape,
             dtype=layout.dtype,
             chunks=(1, layout.variants, *layout.feature_shape),

@@ -28,6 +28,11 @@ def _local(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 
 
+def native(path: str) -> str:
+    """The form libraries with their own I/O want: a plain path for local files, else the URL."""
+    return _local(path)
+
+
 def filesystem(path: str) -> tuple[Any, str]:
     """(fsspec filesystem, path inside it) for a path or URL."""
     return fsspec.core.url_to_fs(path)  # type: ignore[no-any-return]

@@ -92,7 +92,7 @@ class HDF5FeatureArray(FeatureArray):
         if not files.exists(path):
             return None
         if files.is_local(path):
-            with h5py.File(path, "r") as handle:
+            with h5py.File(files.native(path), "r") as handle:
                 return np.asarray(handle[DATASET][offsets])
         fs, inner = files.filesystem(path)
         with fs.open(inner, "rb") as stream, h5py.File(stream, "r") as handle:

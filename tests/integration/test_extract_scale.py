@@ -170,3 +170,27 @@ def test_dataflow_dry_run_prints_options_and_graph_without_writing(tmp_path, cap
     ]
     assert extract.run(local) == 2
     assert "use URLs for --manifest" in capsys.readouterr().err
+
+
+def test_fsspec_store_and_manifest_urls(sample_manifest, direct_store, tmp_path) -> None:
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe_file("/inputs/manifest.parquet", sample_manifest.read_bytes())
+    store = f"memory://stores/{tmp_path.name}"
+    argv = [
+        "--manifest",
+        "memory://inputs/manifest.parquet",
+        "--store",
+        store,
+        "--view",
+        NARROW,
+        "--weights",
+        RANDOM_WEIGHTS,
+        "--shard-size",
+        "4",
+    ]
+    assert extract.run(argv) == 0
+    local_copy = tmp_path / "copy"
+    memory.get(f"/stores/{tmp_path.name}", str(local_copy), recursive=True)
+    _assert_same_view(direct_store, local_copy)

@@ -258,3 +258,21 @@ def test_point_lookup_reads_a_fraction_of_the_shard(tmp_path, backend, monkeypat
     read_sizes = BYTES_READ_PROBES[backend](monkeypatch)
     FeatureStore(str(tmp_path)).table("wide", ids=["img0017"])
     assert 0 < sum(read_sizes) < shard_bytes / 4, (read_sizes, shard_bytes)
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_fsspec_urls_round_trip(tmp_path, backend, scheme) -> None:
+    root = (
+        f"memory://store-{backend}-{tmp_path.name}"
+        if scheme == "memory"
+        else f"file://{tmp_path}/s"
+    )
+    view = new_view(root, backend, SMALL_WIDE, 5, 2)
+    values = np.random.default_rng(3).standard_normal((5, 1, 2, 2, 320)).astype(np.float16)
+    for shard in view.shards():
+        commit(view, shard, values[shard.row_start : shard.row_stop], ["ok"] * shard.rows)
+    table = FeatureStore(root).table("wide", ids=["img0004", "img0000"])
+    np.testing.assert_array_equal(
+        table.column("features").combine_chunks().to_numpy_ndarray(), values[[4, 0]]
+    )
+    assert sorted(FeatureView(root, "wide").committed()) == [0, 1, 2]
