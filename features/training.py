@@ -197,6 +197,61 @@ def compile_head(model: Any, target: str, learning_rate: float) -> None:
     )
 
 
+@dataclass(frozen=True)
+class StageFit:
+    """One learning-rate stage: its number, rate, early-stopping monitor and Keras options."""
+
+    stage: int
+    learning_rate: float
+    monitor: str
+    mode: str
+    callbacks: list[Any]
+    verbose: int | str
+
+
+def fit_stage(
+    model: Any, train: Any, val: Any, config: TrainConfig, stage: StageFit, first_epoch: int
+) -> list[dict[str, Any]]:
+    """Compile with Adam at the stage's rate, fit with early stopping; best weights restored.
+
+    Returns:
+        History rows of the stage's epochs (global epoch number, stage, rate, logs, best flag).
+    """
+    import keras
+
+    LOGGER.info(
+        "stage %d: Adam lr %g, up to %d epochs",
+        stage.stage,
+        stage.learning_rate,
+        config.epochs_per_stage,
+    )
+    compile_head(model, config.target, stage.learning_rate)
+    stopper = keras.callbacks.EarlyStopping(
+        monitor=stage.monitor, patience=config.patience, mode=stage.mode, restore_best_weights=True
+    )
+    fitted = model.fit(
+        train,
+        validation_data=val,
+        epochs=config.epochs_per_stage,
+        callbacks=[stopper, *stage.callbacks],
+        verbose=stage.verbose,
+        shuffle=False,  # the dataset shuffles itself (blocks, then a buffer)
+    )
+    rows = []
+    for epoch in range(len(fitted.history["loss"])):
+        logs = {key: float(values[epoch]) for key, values in fitted.history.items()}
+        rows.append(
+            {
+                "epoch": first_epoch + epoch,
+                "stage": stage.stage,
+                "learning_rate": stage.learning_rate,
+                **logs,
+                "best_of_stage": epoch == stopper.best_epoch,
+            }
+        )
+    return rows
+
+
 def train_head(
     view: FeatureView,
     labels: TrainingLabels,
@@ -232,33 +287,9 @@ def train_head(
     name, mode = MONITORS[config.monitor]
     monitor = f"val_{name}" if val is not None else name
     history: list[dict[str, Any]] = []
-    for stage, rate in enumerate(config.effective_learning_rates):
-        LOGGER.info(
-            "stage %d: Adam lr %g, up to %d epochs", stage + 1, rate, config.epochs_per_stage
-        )
-        compile_head(model, config.target, rate)
-        stopper = keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=config.patience, mode=mode, restore_best_weights=True
-        )
-        fitted = model.fit(
-            train,
-            validation_data=val,
-            epochs=config.epochs_per_stage,
-            callbacks=[stopper, *callbacks],
-            verbose=verbose,
-            shuffle=False,  # the dataset shuffles itself (blocks, then a buffer)
-        )
-        for epoch in range(len(fitted.history["loss"])):
-            row = {key: float(values[epoch]) for key, values in fitted.history.items()}
-            history.append(
-                {
-                    "epoch": len(history),
-                    "stage": stage + 1,
-                    "learning_rate": rate,
-                    **row,
-                    "best_of_stage": epoch == stopper.best_epoch,
-                }
-            )
+    for stage, rate in enumerate(config.effective_learning_rates, start=1):
+        stage_fit = StageFit(stage, rate, monitor, mode, list(callbacks), verbose)
+        history += fit_stage(model, train, val, config, stage_fit, first_epoch=len(history))
     return TrainingResult(model, history, selections, monitor, momentum)
 
 

@@ -147,7 +147,7 @@ def select_rows(
     return RowSelection(
         rows=np.asarray(keep_rows, dtype=np.int64)[order],
         image_ids=np.asarray(keep_ids, dtype=object)[order],
-        targets=targets[np.asarray(keep_positions, dtype=np.int64)[order]].reshape(len(order), -1),
+        targets=targets[np.asarray(keep_positions, dtype=np.int64)[order]],
         skipped={reason: count for reason, count in sorted(skipped.items()) if count},
     )
 

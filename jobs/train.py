@@ -56,17 +56,8 @@ def learning_rates(text: str) -> tuple[float, ...]:
     return rates
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser of the training job."""
-    parser = argparse.ArgumentParser(
-        prog="python -m jobs.train",
-        description="Train an MLSP head on stored features (streamed, never loaded whole).",
-    )
-    parser.add_argument("--store", required=True, help="feature store root (path or URL)")
-    parser.add_argument("--view", required=True, help="view name, e.g. irnv2_mlsp_narrow")
-    parser.add_argument("--labels", required=True, help="labels.parquet (or a raw AVA.txt)")
-    parser.add_argument("--head", choices=sorted(HEADS), default="narrow", help="head type")
-    parser.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+def _add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Target, schedule and input options."""
     parser.add_argument(
         "--target",
         choices=sorted(TARGETS),
@@ -119,6 +110,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=4096,
         help="shuffle-buffer capacity in samples (capped at 256 MB)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the training job."""
+    parser = argparse.ArgumentParser(
+        prog="python -m jobs.train",
+        description="Train an MLSP head on stored features (streamed, never loaded whole).",
+    )
+    parser.add_argument("--store", required=True, help="feature store root (path or URL)")
+    parser.add_argument("--view", required=True, help="view name, e.g. irnv2_mlsp_narrow")
+    parser.add_argument("--labels", required=True, help="labels.parquet (or a raw AVA.txt)")
+    parser.add_argument("--head", choices=sorted(HEADS), default="narrow", help="head type")
+    parser.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
+    _add_training_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run")

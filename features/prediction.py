@@ -1,0 +1,186 @@
+"""Score raw images: the view's backbone and pooling joined with a trained head in one model."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pyarrow as pa
+
+from features.evaluation import scores_from_outputs
+from features.images import DecodedImage, load_image
+from features.manifest import entries_from_folder, read_manifest
+from features.mlsp import build_backbone, pool_taps, tap_layers
+from features.variants import stack_variants, variant_size
+from features.weights import load_weights_into, parse_weights_id
+from schemas.errors import StoreError
+from schemas.status import RowStatus
+from schemas.view_spec import FeatureViewSpec, PoolingSpec
+
+LOGGER = logging.getLogger(__name__)
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("prediction", pa.float64(), nullable=True),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string(), nullable=True),
+    ]
+)
+
+
+@keras.saving.register_keras_serializable(package="mlsp", name="InceptionPreprocess")
+class InceptionPreprocess(keras.layers.Layer):
+    """uint8 RGB -> x / 127.5 - 1 (inception_resnet_v2.preprocess_input, as extraction does)."""
+
+    def call(self, images: Any) -> Any:
+        """Scale pixels to [-1, 1]."""
+        return keras.ops.cast(images, "float32") / 127.5 - 1.0
+
+
+@keras.saving.register_keras_serializable(package="mlsp", name="PoolTaps")
+class PoolTaps(keras.layers.Layer):
+    """MLSP pooling of the tap outputs (features.mlsp.pool_taps) inside a Keras model."""
+
+    def __init__(self, kind: str = "gap", grid: Sequence[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pooling = PoolingSpec(kind, tuple(grid) if grid is not None else None)  # type: ignore[arg-type]
+
+    def call(self, taps: Sequence[Any]) -> Any:
+        """Pool and concatenate the taps in float32."""
+        return pool_taps([keras.ops.cast(tap, "float32") for tap in taps], self.pooling)
+
+    def get_config(self) -> dict[str, Any]:
+        """Serialisable config."""
+        grid = list(self.pooling.grid) if self.pooling.grid is not None else None
+        return {**super().get_config(), "kind": self.pooling.kind, "grid": grid}
+
+
+def build_scoring_model(spec: FeatureViewSpec, head: Any) -> Any:
+    """uint8 images [N, H, W, 3] -> head outputs, with the backbone and weights that made the view.
+
+    Raises:
+        StoreError: the loaded weights' sha256 differs from the one recorded in the view spec.
+        WeightsUnavailableError: the weights cannot be loaded.
+    """
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(spec.compute_dtype)
+    try:
+        backbone = build_backbone()
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    digest = load_weights_into(backbone, parse_weights_id(spec.weights_id))
+    if spec.weights_sha256 and digest != spec.weights_sha256:
+        raise StoreError(
+            f"weights {spec.weights_id!r} now hash to {digest[:12]}…, but view {spec.name!r} was "
+            f"extracted with {spec.weights_sha256[:12]}…; refusing to score with other weights"
+        )
+    taps = keras.Model(backbone.input, [layer.output for layer in tap_layers(backbone, spec.taps)])
+    images = keras.Input((None, None, 3), dtype="uint8", name="image")
+    features = PoolTaps(spec.pooling.kind, spec.pooling.grid, name="mlsp_pool")(
+        taps(InceptionPreprocess(name="preprocess")(images))
+    )
+    return keras.Model(images, head(features), name=f"mlsp_{spec.name}_scorer")
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to score."""
+
+    image_id: str
+    uri: str
+    sha256: str | None = None
+
+
+def list_images(source: str) -> list[ImageItem]:
+    """Images of a folder (id = file stem) or of a manifest Parquet file.
+
+    Raises:
+        ManifestError: not a folder and not a readable manifest.
+    """
+    if Path(source).is_dir():
+        return [ImageItem(e.image_id, str(e.path)) for e in entries_from_folder(Path(source))]
+    table = read_manifest(source)
+    return [
+        ImageItem(row["image_id"], row["uri"], row["sha256"] or None)
+        for row in table.select(["image_id", "uri", "sha256"]).to_pylist()
+    ]
+
+
+def check_variant_size(image: DecodedImage, uri: str, spec: FeatureViewSpec) -> DecodedImage:
+    """Mark images whose variant crops fall below the network minimum as too_small."""
+    if image.pixels is None:
+        return image
+    height, width = image.pixels.shape[:2]
+    smallest = min(min(variant_size(height, width, name)) for name in spec.variants)
+    if smallest >= spec.input_policy.min_side:
+        return image
+    message = f"{uri}: {width}x{height} px gives {smallest} px crops, below the network minimum"
+    return DecodedImage(None, RowStatus.TOO_SMALL, message, image.read_ms, image.decode_ms)
+
+
+def compiled_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+    """The model as one traced function over any batch and image size (no per-size retrace)."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    def forward(images: Any) -> Any:
+        return model(images, training=False)
+
+    return lambda images: np.asarray(forward(images))
+
+
+def _size_groups(decoded: dict[int, np.ndarray], batch_size: int) -> Iterator[list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for position, pixels in decoded.items():
+        groups[pixels.shape].append(position)
+    for positions in groups.values():
+        for start in range(0, len(positions), batch_size):
+            yield positions[start : start + batch_size]
+
+
+def score_images(
+    model: Any,
+    spec: FeatureViewSpec,
+    items: Sequence[ImageItem],
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> pa.Table:
+    """Score images with a scoring model, averaging over the view's variants.
+
+    Images are decoded as extraction decodes them; same-size images share a forward batch.
+    An image that cannot be scored gets a null prediction and its status, never an exception.
+
+    Returns:
+        PREDICTIONS_SCHEMA table in input order.
+    """
+    decoded = [
+        check_variant_size(load_image(item.uri, spec.input_policy, item.sha256), item.uri, spec)
+        for item in items
+    ]
+    predictions = np.full(len(items), np.nan)
+    pixels = {i: image.pixels for i, image in enumerate(decoded) if image.pixels is not None}
+    variants = len(spec.variants)
+    forward = compiled_forward(model)
+    for positions in _size_groups(pixels, batch_size):
+        batch = np.concatenate([stack_variants(pixels[i], spec.variants) for i in positions])
+        outputs = forward(batch)
+        scores = scores_from_outputs(outputs).reshape(len(positions), variants)
+        predictions[positions] = scores.mean(axis=1)
+        if progress is not None:
+            progress(len(positions))
+    return pa.table(
+        {
+            "image_id": [item.image_id for item in items],
+            "prediction": [None if np.isnan(p) else float(p) for p in predictions],
+            "status": [image.status.value for image in decoded],
+            "error": [image.error for image in decoded],
+        },
+        schema=PREDICTIONS_SCHEMA,
+    )

@@ -1,0 +1,170 @@
+"""End to end on the generated learnable sample: labels -> extract -> train -> evaluate -> predict."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from features.evaluation import keras_predictor, load_run
+from features.manifest import build_manifest, entries_from_folder
+from features.query import FeatureStore
+from features.store import files
+from jobs import evaluate, predict, train
+from pipelines import extract, labels
+from pipelines.sample import write_sample
+from tests.conftest import RANDOM_WEIGHTS
+
+pytestmark = pytest.mark.slow
+VIEW = "irnv2_mlsp_narrow"
+SAMPLE_IMAGES, SAMPLE_SEED = 64, 3
+# Test-split SRCC measured with exactly this chain (64 images <= 128 px, random:0 backbone,
+# test 30 % / val 20 %, batch 8, stages 1e-3 and 1e-4 of <= 8 epochs, patience 3):
+#   sample seed 3: 0.52, seed 4: 0.43, seed 5: 0.61 (ridge regression on the same features: ~0.5).
+# Chance on ~20 test images has SRCC sd ~0.23, so 0.25 is clearly above chance and leaves margin
+# under the lowest measured run.
+MIN_TEST_SRCC = 0.25
+
+
+def run_chain(work: Path, sample_seed: int = SAMPLE_SEED, n: int = SAMPLE_IMAGES) -> dict[str, Any]:
+    """Generate, label, extract, train and evaluate; returns paths and exit codes."""
+    write_sample(work / "sample", n=n, seed=sample_seed, broken=False, min_side=80, max_side=128)
+    manifest = str(work / "manifest.parquet")
+    files.atomic_write_parquet(
+        manifest, build_manifest(entries_from_folder(work / "sample" / "images"), "sample")
+    )
+    label_table = str(work / "labels.parquet")
+    codes = {
+        "labels": labels.run(
+            [
+                "--dataset",
+                "ava",
+                "--raw",
+                str(work / "sample"),
+                "--manifest",
+                manifest,
+                "--out",
+                label_table,
+                "--test-fraction",
+                "0.3",
+                "--val-fraction",
+                "0.2",
+            ]
+        ),
+        "extract": extract.run(
+            [
+                "--manifest",
+                manifest,
+                "--store",
+                str(work / "store"),
+                "--view",
+                VIEW,
+                "--weights",
+                RANDOM_WEIGHTS,
+                "--shard-size",
+                "16",
+            ]
+        ),
+    }
+    run_dir = str(work / "runs" / "narrow")
+    codes["train"] = train.run(
+        [
+            "--store",
+            str(work / "store"),
+            "--view",
+            VIEW,
+            "--labels",
+            label_table,
+            "--head",
+            "narrow",
+            "--out",
+            run_dir,
+            "--batch-size",
+            "8",
+            "--epochs-per-stage",
+            "8",
+            "--patience",
+            "3",
+            "--learning-rates",
+            "1e-3,1e-4",
+            "--quiet",
+        ]
+    )
+    codes["evaluate"] = evaluate.run(["--run", run_dir, "--split", "test"])
+    return {"work": work, "run": run_dir, "store": str(work / "store"), "codes": codes}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_chain(tmp_path_factory.mktemp("heads"))
+
+
+def test_every_step_succeeds_and_writes_its_outputs(chain) -> None:
+    assert chain["codes"] == {"labels": 0, "extract": 0, "train": 0, "evaluate": 0}
+    run_dir = Path(chain["run"])
+    for name in ("model.keras", "run.json", "history.csv", "curves.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["view_spec"]["weights_id"] == RANDOM_WEIGHTS
+    assert record["label_version"].startswith("lv-") and record["seed"] == 0
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,stage,learning_rate") and len(history) >= 3
+
+
+def test_narrow_head_beats_chance_on_the_test_split(chain) -> None:
+    out = Path(chain["run"]) / "eval_test"
+    metrics = json.loads((out / "metrics.json").read_text())
+    predictions = pq.read_table(out / "predictions.parquet")
+    assert predictions.column_names == ["image_id", "prediction"]
+    assert predictions.num_rows == metrics["count"] >= 10
+    assert metrics["metrics"]["srcc"] > MIN_TEST_SRCC, metrics
+    assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tta_on_a_single_variant_view_equals_plain_evaluation(chain) -> None:
+    out = Path(chain["work"]) / "tta"
+    assert evaluate.run(["--run", chain["run"], "--tta", "--out", str(out)]) == 0
+    plain = pq.read_table(Path(chain["run"]) / "eval_test" / "predictions.parquet")
+    assert pq.read_table(out / "predictions.parquet").equals(plain)
+
+
+def test_prediction_from_images_equals_head_on_stored_features(chain) -> None:
+    images = Path(chain["work"]) / "few"
+    images.mkdir()
+    chosen = sorted((Path(chain["work"]) / "sample" / "images").glob("*.jpg"))[:5]
+    for path in chosen:
+        shutil.copy(path, images / path.name)
+    (images / "broken.jpg").write_bytes(b"not a jpeg")
+    out = str(Path(chain["work"]) / "preds.parquet")
+    model_path = str(Path(chain["work"]) / "scorer.keras")
+    assert (
+        predict.run(
+            [
+                "--run",
+                chain["run"],
+                "--images",
+                str(images),
+                "--out",
+                out,
+                "--save-model",
+                model_path,
+            ]
+        )
+        == 0
+    )
+    table = pq.read_table(out).to_pandas().set_index("image_id")
+    assert table.loc["broken", "status"] == "decode_error"
+    assert np.isnan(table.loc["broken", "prediction"])
+    ids = [path.stem for path in chosen]
+    stored = FeatureStore(chain["store"]).table(VIEW, ids=ids)
+    features = stored.column("features").combine_chunks().to_numpy_ndarray()[:, 0]
+    expected = keras_predictor(load_run(chain["run"]).model)(features)
+    # Stored features are float16 (relative rounding <= 2^-11); through the head this moved
+    # scores by at most ~2e-3 in measured runs, so 1e-2 bounds fp16 rounding, not a bug.
+    np.testing.assert_allclose(table.loc[ids, "prediction"].to_numpy(), expected, atol=1e-2)
+    assert Path(model_path).stat().st_size > 0
