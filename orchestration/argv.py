@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-from orchestration.config import VIEWS, PipelineConfig, join, short_view
+from orchestration.config import METRIC_SETS, VIEWS, PipelineConfig, join, short_view
 from pipelines.runners import RUNNERS
 from schemas.errors import ConfigError
 
@@ -96,12 +96,15 @@ def train_argv(config: PipelineConfig, view: str) -> list[str]:
 
 
 def evaluate_argv(config: PipelineConfig, view: str) -> list[str]:
-    """Argv of `jobs.evaluate` for one view's run.
+    """Argv of `jobs.evaluate` for one view's run (outputs in RUNS_ROOT/VIEW/eval_SPLIT).
 
     Returns:
         The argv list.
     """
-    return ["--run", config.run_dir(view), "--split", config.evaluate_split]
+    return [
+        *("--run", config.run_dir(view), "--split", config.evaluate_split),
+        *("--metrics", METRIC_SETS[config.dataset], "--out", config.eval_dir(view)),
+    ]
 
 
 def reference_predictions_path(config: PipelineConfig) -> str:

@@ -16,6 +16,8 @@ VIEWS: dict[str, str] = {"narrow": "irnv2_mlsp_narrow", "wide": "irnv2_mlsp_wide
 HEAD_TARGETS = ("mos", "distribution")
 # Score scale of each dataset's labels: the clipping range of a recalibrated label.
 SCORE_RANGES: dict[str, tuple[float, float]] = {"ava": (1.0, 10.0), "scut-fbp5500": (1.0, 5.0)}
+# Metric set of `jobs.evaluate` for each dataset.
+METRIC_SETS: dict[str, str] = {"ava": "ava", "scut-fbp5500": "scut", "folder": "ava"}
 # Flags the DAG sets itself; runner_options may not override them.
 RESERVED_OPTIONS = frozenset(
     {"manifest", "store", "view", "weights", "runner", "shard-size", "max-side", "variants"}
@@ -328,6 +330,10 @@ class PipelineConfig:
     def run_dir(self, view: str) -> str:
         """RUNS_ROOT/VIEW: the head run of one view (short name)."""
         return join(self.runs_root, short_view(view))
+
+    def eval_dir(self, view: str) -> str:
+        """RUNS_ROOT/VIEW/eval_SPLIT: metrics.json, predictions.parquet, scatter.png."""
+        return join(self.run_dir(view), f"eval_{self.evaluate_split}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nested settings as dicts); from_dict() inverts it."""

@@ -188,11 +188,12 @@ def evaluate(config: PipelineConfig, view: str) -> dict[str, Any]:
     """Evaluate the view's run (rewrites metrics.json and predictions.parquet).
 
     Returns:
-        {"run": run folder, "metrics": the content of metrics.json}.
+        {"run": run folder, "eval_dir": outputs folder, "metrics": metrics.json content}.
     """
-    run_dir = config.run_dir(view)
+    eval_dir = config.eval_dir(view)
     run_step("jobs.evaluate", argvs.evaluate_argv(config, view))
-    return {"run": run_dir, "metrics": _read_json(join(run_dir, METRICS_FILE))}
+    metrics = _read_json(join(eval_dir, METRICS_FILE))
+    return {"run": config.run_dir(view), "eval_dir": eval_dir, "metrics": metrics}
 
 
 def recalibrate(config: PipelineConfig) -> dict[str, Any]:
@@ -287,6 +288,7 @@ def summarize(
         views[view] = {
             "metrics": metrics,
             "run": evaluation["run"],
+            "eval_dir": evaluation["eval_dir"],
             "store": store_summary(config, view),
         }
     artifacts = {
@@ -295,6 +297,7 @@ def summarize(
         "labels": config.labels_path,
         "store": config.store_root,
         **{f"run_{view}": entry["run"] for view, entry in views.items()},
+        **{f"eval_{view}": entry["eval_dir"] for view, entry in views.items()},
     }
     if recalibration is not None:
         artifacts["recalibration"] = recalibration["dir"]

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from orchestration import argv as argvs
+from orchestration import tasks
 from orchestration.config import HeadSettings, PipelineConfig, short_view
 from orchestration.params import DATAFLOW_PARAMS, config_params, param_specs
 from pipelines import download, extract, labels
@@ -124,6 +125,18 @@ def test_argv_is_accepted_by_the_real_clis() -> None:
     assert str(args.dest) == config.data_root and math.isclose(args.timeout, 20.0)
     args = _parses(labels.build_parser(), argvs.labels_argv(config))
     assert args.out == config.labels_path and str(args.raw) == "/data/ava/raw"
+    if tasks.module_available("jobs.evaluate"):
+        from jobs import evaluate
+
+        scut = make(dataset="scut-fbp5500", label_list="")
+        args = _parses(evaluate.build_parser(), argvs.evaluate_argv(scut, "wide"))
+        assert (args.metrics, args.split) == ("scut", "test")
+        assert args.out == "/data/ava/runs/wide/eval_test"
+    if tasks.module_available("jobs.train"):
+        from jobs import train
+
+        args = _parses(train.build_parser(), argvs.train_argv(config, "narrow"))
+        assert (args.head, args.view, args.epochs_per_stage) == ("narrow", "irnv2_mlsp_narrow", 20)
 
 
 def _operator_args(options: dict[str, Any]) -> list[str]:

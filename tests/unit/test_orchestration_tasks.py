@@ -113,9 +113,11 @@ def test_evaluate_returns_metrics(tmp_path: Path, fake_cli: list[tuple[str, list
     config = make(tmp_path)
     metrics = {"test": {"srcc": 0.5, "plcc": 0.4, "n": 4}}
     EFFECTS["jobs.evaluate"] = lambda argv: _write_json(
-        Path(config.run_dir("wide")) / "metrics.json", metrics
+        Path(argv[argv.index("--out") + 1]) / "metrics.json", metrics
     )
-    assert tasks.evaluate(config, "wide") == {"run": config.run_dir("wide"), "metrics": metrics}
+    result = tasks.evaluate(config, "wide")
+    assert result["metrics"] == metrics and result["run"] == config.run_dir("wide")
+    assert result["eval_dir"] == f"{config.run_dir('wide')}/eval_test"
 
 
 def test_evaluate_without_metrics_file_fails(
@@ -151,7 +153,11 @@ def test_summarize_collects_metrics_and_artifacts(
 ) -> None:
     monkeypatch.setattr(tasks, "store_summary", lambda config, view: {"shards_committed": 1})
     config = make(tmp_path, views=["narrow"])
-    evaluation = {"run": config.run_dir("narrow"), "metrics": {"srcc": 0.5, "rmse": float("nan")}}
+    evaluation = {
+        "run": config.run_dir("narrow"),
+        "eval_dir": config.eval_dir("narrow"),
+        "metrics": {"srcc": 0.5, "rmse": float("nan")},
+    }
     result = tasks.summarize(config, {"narrow": evaluation, "wide": None}, None)
     assert set(result["views"]) == {"narrow"}
     assert result["views"]["narrow"]["store"] == {"shards_committed": 1}
