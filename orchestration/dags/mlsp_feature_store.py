@@ -35,14 +35,6 @@ def _config(config: dict[str, Any]) -> Any:
     return PipelineConfig.from_dict(config)
 
 
-class ExtractViewOperator(BeamRunPythonPipelineOperator):
-    """The Beam operator; off Dataflow it needs no Google provider for its Dataflow config."""
-
-    def _cast_dataflow_config(self) -> None:
-        if self.runner.lower() == "dataflowrunner":
-            super()._cast_dataflow_config()  # needs apache-airflow-providers-google
-
-
 @task(multiple_outputs=True)
 def configure(**context: Any) -> dict[str, Any]:
     """Validate the params; return the config and each view's Beam pipeline options."""
@@ -123,8 +115,9 @@ def summary(
     return result
 
 
-def _extract(view: str, options: Any) -> ExtractViewOperator:
-    return ExtractViewOperator(
+def _extract(view: str, options: Any) -> BeamRunPythonPipelineOperator:
+    """One view's extraction; runner and options come from the configure task."""
+    return BeamRunPythonPipelineOperator(
         task_id=f"extract_{view}",
         py_file=EXTRACT_PY_FILE,
         py_interpreter=BEAM_PYTHON,

@@ -193,7 +193,11 @@ def _dag_test(env: dict[str, str], conf: dict[str, Any]) -> dict[str, Any]:
         text=True,
         timeout=1200,
     )
-    return _result(completed)
+    result = _result(completed)
+    if result["state"] != "success":  # put the task errors into the assertion message
+        output = completed.stdout.splitlines() + completed.stderr.splitlines()
+        result["errors"] = [line for line in output if "error" in line.lower()][-30:]
+    return result
 
 
 def _markers(store: Path) -> dict[str, str]:
@@ -208,7 +212,7 @@ def _latest_run(store: Path, view: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_end_to_end_then_resume_without_new_extraction(
+def test_end_to_end_then_resume_then_recalibrate(
     airflow_env: dict[str, str], served_sample: tuple[FaultServer, Path], tmp_path: Path
 ) -> None:
     if not (module_available("jobs.train") and module_available("jobs.evaluate")):
@@ -231,6 +235,7 @@ def test_end_to_end_then_resume_without_new_extraction(
     }
     first = _dag_test(airflow_env, conf)
     assert first["state"] == "success", first
+    assert server.hits, "the download did not go through the HTTP server"
     skipped = {"extract_wide", "train_wide", "evaluate_wide", "recalibrate"}
     for task_id, state in first["states"].items():
         assert state == ("skipped" if task_id in skipped else "success"), (task_id, first)
@@ -257,6 +262,17 @@ def test_end_to_end_then_resume_without_new_extraction(
     assert again["run_id"] != history["run_id"]
     assert again["shards_committed_this_run"] == 0 and again["images_forwarded_this_run"] == 0
     assert (data / "runs" / "narrow" / "run.json").stat().st_mtime_ns == trained_at
+
+    # The recalibrate branch: the run just trained is the reference model (jobs.predict).
+    if not module_available("jobs.predict"):
+        return
+    third = _dag_test(airflow_env, {**conf, "reference_run": str(data / "runs" / "narrow")})
+    assert third["state"] == "success", third
+    assert third["states"]["recalibrate"] == "success"
+    assert third["summary"]["return_value"]["recalibrated"] is True
+    calibration = json.loads((data / "recalibration" / "calibration.json").read_text())
+    assert calibration
+    assert _markers(store) == markers
 
 
 def _assert_finite(metrics: Any, path: str = "metrics") -> None:
