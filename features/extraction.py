@@ -241,7 +241,7 @@ class ShardExtractor:
                 ]
             )
             started = time.perf_counter()
-            outputs = self.model.extract(batch)
+            outputs = self._extract_capped(batch)
             elapsed = (time.perf_counter() - started) * 1000.0
             model_ms[positions] = elapsed / len(positions)
             for view in views:
@@ -250,6 +250,17 @@ class ShardExtractor:
                 )
                 features[view.name][positions] = values
         return features, model_ms
+
+    def _extract_capped(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Forward a batch in slices of at most max_batch_pixels (variants of one image too)."""
+        per_slice = max(1, self.config.max_batch_pixels // (batch.shape[1] * batch.shape[2]))
+        if per_slice >= len(batch):
+            return self.model.extract(batch)
+        parts = [
+            self.model.extract(batch[start : start + per_slice])
+            for start in range(0, len(batch), per_slice)
+        ]
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     @staticmethod
     def _index_table(
