@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from orchestration.config import DATASETS, HEAD_TARGETS, NESTED_SETTINGS, VIEWS
@@ -57,17 +58,9 @@ def _nested_specs() -> dict[str, dict[str, Any]]:
     }
 
 
-def param_specs() -> dict[str, dict[str, Any]]:
-    """Every DAG param: {name: {"default": value, **JSON schema keywords}}.
-
-    The DAG wraps each as airflow.sdk.Param(default, **schema); PipelineConfig.from_dict
-    validates the same values again (cross-field rules included) in the configure task.
-
-    Returns:
-        The param specs, in display order.
-    """
+def _data_specs() -> dict[str, dict[str, Any]]:
     data_root = os.environ.get(DATA_ROOT_ENV, DEFAULT_DATA_ROOT)
-    specs: dict[str, dict[str, Any]] = {
+    return {
         "dataset": {"default": "ava", "type": "string", "enum": list(DATASETS)},
         "source": _described(
             {"default": "", **_STRING}, "URL template, URL prefix, folder, archives"
@@ -78,6 +71,11 @@ def param_specs() -> dict[str, dict[str, Any]]:
         "data_root": _described({"default": data_root, **_STRING, "minLength": 1}, "local folder"),
         "store_root": _described({"default": "", **_STRING}, "'' = DATA_ROOT/store; or gs://"),
         "runs_root": _described({"default": "", **_STRING}, "'' = DATA_ROOT/runs; or gs://"),
+    }
+
+
+def _extract_specs() -> dict[str, dict[str, Any]]:
+    return {
         "views": {
             "default": list(VIEWS),
             "type": "array",
@@ -92,7 +90,11 @@ def param_specs() -> dict[str, dict[str, Any]]:
         "shard_size": {"default": None, **_NULL_OR_POSITIVE},
         "max_side": {"default": None, **_NULL_OR_POSITIVE},
         "fail_on_errors": {"default": False, "type": "boolean"},
-        **_nested_specs(),
+    }
+
+
+def _evaluation_specs() -> dict[str, dict[str, Any]]:
+    return {
         "evaluate_split": {"default": "test", "type": "string", "enum": ["train", "val", "test"]},
         "reference_run": _described({"default": "", **_STRING}, "recalibrate against this run"),
         "reference_predictions": _described({"default": "", **_STRING}, "or these predictions"),
@@ -107,13 +109,24 @@ def param_specs() -> dict[str, dict[str, Any]]:
         "gcp_project": _described({"default": "", **_STRING}, "'' = the connection's project"),
         "gcp_region": _described({"default": "", **_STRING}, "Dataflow region"),
     }
-    return specs
+
+
+def param_specs() -> dict[str, dict[str, Any]]:
+    """Every DAG param: {name: {"default": value, **JSON schema keywords}}.
+
+    The DAG wraps each as airflow.sdk.Param(default, **schema); PipelineConfig.from_dict
+    validates the same values again (cross-field rules included) in the configure task.
+
+    Returns:
+        The param specs, in display order.
+    """
+    return {**_data_specs(), **_extract_specs(), **_nested_specs(), **_evaluation_specs()}
 
 
 DATAFLOW_PARAMS = ("gcp_conn_id", "gcp_project", "gcp_region")
 
 
-def config_params(params: dict[str, Any]) -> dict[str, Any]:
+def config_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """The params PipelineConfig takes (drops the Dataflow connection params).
 
     Args:

@@ -262,6 +262,21 @@ def store_summary(config: PipelineConfig, view: str) -> dict[str, Any]:
     }
 
 
+def _view_summary(
+    config: PipelineConfig, view: str, evaluation: Mapping[str, Any]
+) -> dict[str, Any]:
+    metrics = key_metrics(evaluation["metrics"])
+    bad = sorted(name for name, value in metrics.items() if not math.isfinite(value))
+    if bad:
+        LOGGER.warning("%s: non-finite metrics %s", view, bad)
+    return {
+        "metrics": metrics,
+        "run": evaluation["run"],
+        "eval_dir": evaluation["eval_dir"],
+        "store": store_summary(config, view),
+    }
+
+
 def summarize(
     config: PipelineConfig,
     evaluations: Mapping[str, Mapping[str, Any] | None],
@@ -277,20 +292,11 @@ def summarize(
     Returns:
         A JSON-ready summary.
     """
-    views: dict[str, Any] = {}
-    for view, evaluation in evaluations.items():
-        if evaluation is None:
-            continue
-        metrics = key_metrics(evaluation["metrics"])
-        bad = sorted(name for name, value in metrics.items() if not math.isfinite(value))
-        if bad:
-            LOGGER.warning("%s: non-finite metrics %s", view, bad)
-        views[view] = {
-            "metrics": metrics,
-            "run": evaluation["run"],
-            "eval_dir": evaluation["eval_dir"],
-            "store": store_summary(config, view),
-        }
+    views = {
+        view: _view_summary(config, view, evaluation)
+        for view, evaluation in evaluations.items()
+        if evaluation is not None
+    }
     artifacts = {
         "manifest": config.manifest_path,
         "downloads": config.downloads_path,

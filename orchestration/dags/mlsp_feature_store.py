@@ -144,7 +144,7 @@ with DAG(
     tags=["mlsp", "feature-store"],
     doc_md=__doc__,
 ) as mlsp_dag:
-    setup = configure()
+    setup: Any = configure()  # multiple_outputs: setup["key"] is that key's XCom
     config_arg = setup["config"]
     ready = labels(config_arg)
     download(config_arg) >> ready >> (branch := choose_views(config_arg))
@@ -156,7 +156,7 @@ with DAG(
         branch >> extract >> trained >> evaluations[name]
     choice = choose_recalibration(config_arg)
     list(evaluations.values()) >> choice
-    recalibrated = recalibrate(config_arg)
+    recalibrated: Any = recalibrate(config_arg)
     choice >> recalibrated
     done = summary(config_arg, evaluations, recalibrated)
     choice >> done

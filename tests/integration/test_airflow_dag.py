@@ -211,15 +211,9 @@ def _latest_run(store: Path, view: str) -> dict[str, Any]:
     return max(runs, key=lambda run: run["run_id"])
 
 
-@pytest.mark.slow
-def test_end_to_end_then_resume_then_recalibrate(
-    airflow_env: dict[str, str], served_sample: tuple[FaultServer, Path], tmp_path: Path
-) -> None:
-    if not (module_available("jobs.train") and module_available("jobs.evaluate")):
-        pytest.skip("jobs.train / jobs.evaluate are not importable yet (issue 5)")
-    server, sample = served_sample
-    data = tmp_path / "data"
-    conf = {
+def _sample_conf(server: FaultServer, sample: Path, data: Path) -> dict[str, Any]:
+    """Tiny run: 12 images over HTTP, narrow view only, random weights, one short epoch."""
+    return {
         "dataset": "ava",
         "source": server.base_url + "/{image_id}.jpg",
         "label_list": str(sample / "AVA.txt"),
@@ -233,46 +227,61 @@ def test_end_to_end_then_resume_then_recalibrate(
         "labels": {"test_fraction": 0.25, "val_fraction": 0.2},
         "head": {"epochs_per_stage": 1, "patience": 1, "batch_size": 4, "learning_rates": [1e-3]},
     }
-    first = _dag_test(airflow_env, conf)
+
+
+def _assert_first_run(first: dict[str, Any], data: Path) -> None:
     assert first["state"] == "success", first
-    assert server.hits, "the download did not go through the HTTP server"
     skipped = {"extract_wide", "train_wide", "evaluate_wide", "recalibrate"}
     for task_id, state in first["states"].items():
         assert state == ("skipped" if task_id in skipped else "success"), (task_id, first)
-    store = data / "store"
-    markers = _markers(store)
-    assert len(markers) == 2  # 12 rows in shards of 8
-    history = _latest_run(store, "irnv2_mlsp_narrow")
+    from features.store.view import FeatureView
+
+    view = FeatureView(str(data / "store"), "irnv2_mlsp_narrow")
+    assert len(view.committed()) == len(view.shards()) == 2  # verified markers; 12 rows / 8
+    history = _latest_run(data / "store", "irnv2_mlsp_narrow")
     assert history["shards_committed_this_run"] == 2
     assert history["images_forwarded_this_run"] == 12
-    metrics = json.loads((data / "runs" / "narrow" / "eval_test" / "metrics.json").read_text())
-    _assert_finite(metrics)
+    _assert_finite(json.loads((data / "runs/narrow/eval_test/metrics.json").read_text()))
     summary = first["summary"]
-    assert summary["metrics_narrow"] and all(
-        math.isfinite(v) for v in summary["metrics_narrow"].values()
-    )
+    pushed = summary["metrics_narrow"]
+    assert pushed and all(math.isfinite(value) for value in pushed.values())
     assert summary["return_value"]["views"]["narrow"]["store"]["shards_committed"] == 2
-    trained_at = (data / "runs" / "narrow" / "run.json").stat().st_mtime_ns
 
-    second = _dag_test(airflow_env, conf)
+
+@pytest.mark.slow
+def test_end_to_end_then_resume_then_recalibrate(
+    airflow_env: dict[str, str], served_sample: tuple[FaultServer, Path], tmp_path: Path
+) -> None:
+    if not (module_available("jobs.train") and module_available("jobs.evaluate")):
+        pytest.skip("jobs.train / jobs.evaluate are not importable yet (issue 5)")
+    server, sample = served_sample
+    data = tmp_path / "data"
+    conf = _sample_conf(server, sample, data)
+    first = _dag_test(airflow_env, conf)
+    _assert_first_run(first, data)
+    assert server.hits, "the download did not go through the HTTP server"
+    markers = _markers(data / "store")
+    history = _latest_run(data / "store", "irnv2_mlsp_narrow")
+    trained_at = (data / "runs/narrow/run.json").stat().st_mtime_ns
+
+    second = _dag_test(airflow_env, conf)  # same conf: resumes, extracts nothing
     assert second["state"] == "success", second
     assert second["states"] == first["states"]
-    assert _markers(store) == markers
-    again = _latest_run(store, "irnv2_mlsp_narrow")
+    assert _markers(data / "store") == markers
+    again = _latest_run(data / "store", "irnv2_mlsp_narrow")
     assert again["run_id"] != history["run_id"]
     assert again["shards_committed_this_run"] == 0 and again["images_forwarded_this_run"] == 0
-    assert (data / "runs" / "narrow" / "run.json").stat().st_mtime_ns == trained_at
+    assert (data / "runs/narrow/run.json").stat().st_mtime_ns == trained_at
 
-    # The recalibrate branch: the run just trained is the reference model (jobs.predict).
     if not module_available("jobs.predict"):
         return
-    third = _dag_test(airflow_env, {**conf, "reference_run": str(data / "runs" / "narrow")})
+    # The recalibrate branch: the run just trained serves as the reference model.
+    third = _dag_test(airflow_env, {**conf, "reference_run": str(data / "runs/narrow")})
     assert third["state"] == "success", third
     assert third["states"]["recalibrate"] == "success"
     assert third["summary"]["return_value"]["recalibrated"] is True
-    calibration = json.loads((data / "recalibration" / "calibration.json").read_text())
-    assert calibration
-    assert _markers(store) == markers
+    assert json.loads((data / "recalibration/calibration.json").read_text())
+    assert _markers(data / "store") == markers
 
 
 def _assert_finite(metrics: Any, path: str = "metrics") -> None:
