@@ -16,7 +16,7 @@ $(VENV)/.installed-base: setup.cfg pyproject.toml
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-base
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,airflow]'
 	touch $@
 
 demo: $(VENV)/.installed-base

@@ -84,7 +84,7 @@ def _dataflow_options(settings: RunnerSettings) -> list[str]:
         f"--project={settings.project}",
         f"--region={settings.region}",
         f"--temp_location={settings.temp_location}",
-        f"--staging_location={settings.staging_location or settings.temp_location.rstrip('/') + '/staging'}",
+        f"--staging_location={settings.staging_location or str(settings.temp_location).rstrip('/') + '/staging'}",
     ]
     if settings.requirements_file:
         options.append(f"--requirements_file={settings.requirements_file}")
