@@ -47,6 +47,7 @@ class TrainConfig:
         shuffle_buffer: shuffle-buffer capacity in samples.
         learning_rates: stage learning rates (empty: the head's reference schedule).
         bn_momentum: batch-norm momentum (None: about one epoch, at most the reference 0.99).
+        read_threads: store blocks read concurrently ahead of training.
     """
 
     store: str
@@ -64,6 +65,7 @@ class TrainConfig:
     shuffle_buffer: int = 4096
     learning_rates: tuple[float, ...] = field(default_factory=tuple)
     bn_momentum: float | None = None
+    read_threads: int = 1
 
     def __post_init__(self) -> None:
         head_definition(self.head)
@@ -74,6 +76,7 @@ class TrainConfig:
             "--patience": self.patience >= 1,
             "--batch-size": self.batch_size is None or self.batch_size >= 1,
             "--shuffle-buffer": self.shuffle_buffer >= 1,
+            "--read-threads": self.read_threads >= 1,
             "--label-noise": self.label_noise >= 0.0,
             "--learning-rates": all(rate > 0 for rate in self.learning_rates),
             "--bn-momentum": self.bn_momentum is None or 0.0 < self.bn_momentum < 1.0,
@@ -168,6 +171,7 @@ def _datasets(
         seed=config.seed,
         shuffle_buffer=config.shuffle_buffer,
         label_noise=config.label_noise,
+        read_threads=config.read_threads,
     )
     train = make_dataset(BlockReader(view, selections[TRAIN_SPLIT], train_input))
     if len(selections[VAL_SPLIT]) < 2:
@@ -178,6 +182,7 @@ def _datasets(
         shuffle=False,
         variant_mode="fixed",
         variant=default_variant(view.spec.variants),
+        read_threads=config.read_threads,
     )
     return train, make_dataset(BlockReader(view, selections[VAL_SPLIT], val_input))
 

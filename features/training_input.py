@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,6 +20,7 @@ from schemas.status import RowStatus
 
 LOGGER = logging.getLogger(__name__)
 VARIANT_MODES = ("random", "fixed")
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, targets, positions
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class InputConfig:
         variant_mode: 'random' (one variant per sample per epoch) or 'fixed'.
         variant: variant index used when variant_mode is 'fixed'.
         label_noise: standard deviation of Gaussian noise added to scalar targets.
-        read_threads: blocks read concurrently ahead of the consumer.
+        read_threads: blocks read concurrently ahead of the consumer (1 suits local disks on
+            few cores; raise it for object stores, whose reads wait on the network).
     """
 
     batch_size: int = 256
@@ -48,7 +50,7 @@ class InputConfig:
     variant_mode: str = "random"
     variant: int = 0
     label_noise: float = 0.0
-    read_threads: int = 2
+    read_threads: int = 1
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "shuffle_buffer", "shuffle_buffer_mb", "blocks_per_read"):
@@ -177,7 +179,10 @@ class BlockReader:
         self.epoch = 0
 
     def _read(self, positions: np.ndarray) -> np.ndarray:
-        return read_feature_rows(self.view, self.selection.rows[positions])
+        rows = self.selection.rows[positions]
+        if rows[-1] - rows[0] + 1 == len(rows):  # a whole contiguous run: one range read
+            return self.view.array.read_range(int(rows[0]), int(rows[-1]) + 1)
+        return read_feature_rows(self.view, rows)
 
     def _prefetched(self, order: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(positions, values) per block in order, reading up to read_threads blocks ahead."""
@@ -192,37 +197,96 @@ class BlockReader:
                 head, future = pending.popleft()
                 yield head, future.result()
 
-    def epoch_blocks(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def epoch_blocks(
+        self, epoch: int, rng: np.random.Generator
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """One epoch as blocks of (features [n, *shape], targets [n, units], positions [n]).
 
-        Shuffled epochs permute the block order and the samples within each block; each sample
-        gets a variant drawn uniformly per epoch (or the fixed variant).
+        Shuffled epochs permute the block order (samples are mixed later, in the shuffle
+        buffer); each sample gets a variant drawn uniformly per epoch (or the fixed variant).
         """
         config = self.config
-        rng = np.random.default_rng([config.seed, epoch])
         order = (
             [self.blocks[i] for i in rng.permutation(len(self.blocks))]
             if config.shuffle
             else list(self.blocks)
         )
         for positions, values in self._prefetched(order):
-            inner = rng.permutation(len(positions)) if config.shuffle else np.arange(len(positions))
-            positions, values = positions[inner], values[inner]
-            if config.variant_mode == "random":
-                chosen = rng.integers(0, self.variants, size=len(positions))
+            count = len(positions)
+            if self.variants == 1:
+                features = values[:, 0]  # a view: no copy
+            elif config.variant_mode == "random":
+                features = values[np.arange(count), rng.integers(0, self.variants, size=count)]
             else:
-                chosen = np.full(len(positions), config.variant)
-            features = values[np.arange(len(positions)), chosen]
+                features = values[:, config.variant]
             targets = self.selection.targets[positions]
             if config.label_noise > 0:
                 noise = rng.normal(0.0, config.label_noise, targets.shape)
                 targets = (targets + noise).astype(np.float32)
             yield features, targets, positions.astype(np.int64)
 
+    def window_size(self) -> int:
+        """Samples mixed together: the shuffle buffer when shuffling, else one batch."""
+        if not self.config.shuffle:
+            return self.config.batch_size
+        spec = self.view.spec
+        sample_bytes = int(np.prod(spec.feature_shape)) * np.dtype(spec.storage_dtype).itemsize
+        return max(self.config.batch_size, shuffle_capacity(self.config, sample_bytes))
+
+    def epoch_batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """One epoch as batches: blocks fill a shuffle buffer, which is permuted and cut.
+
+        Only the last batch of the epoch may be short; samples that do not fill a batch are
+        carried into the next buffer.
+        """
+        rng = np.random.default_rng([self.config.seed, epoch])
+        window, count = self.window_size(), 0
+        parts: list[Batch] = []
+        for block in self.epoch_blocks(epoch, rng):
+            parts.append(block)
+            count += len(block[2])
+            if count >= window:
+                parts = yield from self._cut(parts, rng, final=False)
+                count = sum(len(part[2]) for part in parts)
+        yield from self._cut(parts, rng, final=True)
+
+    def _cut(
+        self, parts: list[Batch], rng: np.random.Generator, final: bool
+    ) -> Generator[Batch, None, list[Batch]]:
+        """Permute the buffered samples and emit full batches; return what is left over."""
+        if not parts:
+            return []
+        offsets = np.cumsum([0] + [len(part[2]) for part in parts])
+        total, size = int(offsets[-1]), self.config.batch_size
+        order = rng.permutation(total) if self.config.shuffle else np.arange(total)
+        full = total if final else total - total % size
+        for start in range(0, full, size):
+            yield gather_parts(parts, offsets, order[start : min(start + size, full)])
+        rest = order[full:]
+        return [gather_parts(parts, offsets, rest)] if len(rest) else []
+
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Generator of the next epoch (tf.data calls this once per iteration)."""
+        """Generator of the next epoch's batches (tf.data calls this once per iteration)."""
         epoch, self.epoch = self.epoch, self.epoch + 1
-        yield from self.epoch_blocks(epoch)
+        yield from self.epoch_batches(epoch)
+
+
+def gather_parts(parts: list[Batch], offsets: np.ndarray, picked: np.ndarray) -> Batch:
+    """Samples at global indices `picked` of the concatenated parts, copied once.
+
+    The indices are sorted first (order inside a batch does not matter to training, and the
+    batches themselves are random subsets), so each part fills one contiguous output slice.
+    """
+    picked = np.sort(picked)
+    owners = np.searchsorted(offsets, picked, side="right") - 1
+    bounds = np.searchsorted(owners, np.arange(len(parts) + 1))
+    outputs = [np.empty((len(picked), *column.shape[1:]), column.dtype) for column in parts[0]]
+    for part_index in np.unique(owners):
+        start, stop = bounds[part_index], bounds[part_index + 1]
+        local = picked[start:stop] - offsets[part_index]
+        for column, output in zip(parts[part_index], outputs, strict=True):
+            np.take(column, local, axis=0, out=output[start:stop])
+    return outputs[0], outputs[1], outputs[2]
 
 
 def shuffle_capacity(config: InputConfig, sample_bytes: int) -> int:
@@ -232,7 +296,7 @@ def shuffle_capacity(config: InputConfig, sample_bytes: int) -> int:
 
 
 def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
-    """tf.data pipeline: blocks -> unbatch -> shuffle buffer -> batch -> float32 -> prefetch.
+    """tf.data pipeline over the reader's batches (storage dtype), then prefetch.
 
     Args:
         reader: the block reader (its config decides shuffling and batching).
@@ -250,21 +314,14 @@ def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
         tf.TensorSpec([None, units], tf.float32),
         tf.TensorSpec([None], tf.int64),
     )
-    dataset = tf.data.Dataset.from_generator(reader, output_signature=signature).unbatch()
-    config = reader.config
-    if config.shuffle:
-        sample_bytes = int(np.prod(spec.feature_shape)) * np.dtype(spec.storage_dtype).itemsize
-        capacity = shuffle_capacity(config, sample_bytes)
-        dataset = dataset.shuffle(capacity, seed=config.seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(config.batch_size)
-    steps = -(-len(reader.selection) // config.batch_size)
+    dataset = tf.data.Dataset.from_generator(reader, output_signature=signature)
+    steps = -(-len(reader.selection) // reader.config.batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
 
-    def to_model(features: Any, targets: Any, positions: Any) -> Any:
-        features = tf.cast(features, tf.float32)
-        return (features, targets, positions) if with_positions else (features, targets)
-
-    dataset = dataset.map(to_model, num_parallel_calls=tf.data.AUTOTUNE)
+    if not with_positions:
+        dataset = dataset.map(lambda features, targets, _: (features, targets))
+    # Features stay in the storage dtype (float16): Keras casts them to the layer's compute
+    # dtype inside the step, so half the bytes cross the pipeline and the host-device copy.
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -50,6 +50,8 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("argument --out: required unless only --save-model is wanted")
     if args.save_model is not None and not args.save_model.endswith(".keras"):
         raise ConfigError(f"--save-model {args.save_model}: the file name must end in .keras")
+    if args.out is not None and not files.exists(args.images):
+        raise ConfigError(f"--images {args.images}: no such folder or manifest")
     trained = load_run(args.run)
     spec = FeatureViewSpec.from_dict(trained.record["view_spec"])
     items = list_images(args.images) if args.out is not None else []

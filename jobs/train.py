@@ -124,6 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--head", choices=sorted(HEADS), default="narrow", help="head type")
     parser.add_argument("--out", required=True, help="run folder, e.g. runs/NAME")
     _add_training_arguments(parser)
+    parser.add_argument(
+        "--read-threads",
+        type=positive_int("--read-threads"),
+        default=1,
+        help="store blocks read ahead concurrently (default 1; more for object stores)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run")
@@ -147,6 +153,7 @@ def _config(args: argparse.Namespace) -> TrainConfig:
         monitor=args.monitor,
         seed=args.seed,
         shuffle_buffer=args.shuffle_buffer,
+        read_threads=args.read_threads,
         learning_rates=args.learning_rates,
     )
 

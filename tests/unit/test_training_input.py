@@ -77,7 +77,7 @@ def test_one_shuffled_epoch_with_variants_is_aligned(store) -> None:
             rows = flat[:, 0].astype(np.int64)
             np.testing.assert_array_equal(rows, selection.rows[positions.numpy()])
             np.testing.assert_allclose(targets.numpy()[:, 0], score_of_row(rows), rtol=1e-6)
-            assert features.dtype.name == "float32" and features.shape[0] <= 5
+            assert features.dtype.name == "float16" and features.shape[0] <= 5
             seen_rows += rows.tolist()
             seen_variants += flat[:, 1].astype(int).tolist()
         assert Counter(seen_rows) == Counter(expected_train_rows())

@@ -1,0 +1,240 @@
+"""Benchmark: training-input delivery rate vs a raw sequential read and the reference HDF5 layout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from benchmarks.reference_hdf5 import reference_batches, write_reference_file
+from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.planning import allocate_rows, ensure_store
+from features.store.view import CommitMarker, FeatureView, image_ids_digest
+from features.training_input import BlockReader, InputConfig, make_dataset, select_rows
+from features.training_labels import TrainingLabels
+from schemas.tables import MANIFEST_SCHEMA
+from schemas.view_spec import NARROW_VIEW, PREDEFINED_VIEWS, WIDE_VIEW, FeatureViewSpec
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One timed pass over the same samples."""
+
+    view: str
+    method: str
+    samples: int
+    megabytes: float
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        """Feature megabytes (float16 as stored) delivered per second."""
+        return self.megabytes / self.seconds
+
+    @property
+    def samples_per_s(self) -> float:
+        """Samples delivered per second."""
+        return self.samples / self.seconds
+
+
+def _manifest(n: int) -> pa.Table:
+    ids = [f"{i:08d}" for i in range(n)]
+    return pa.table(
+        {
+            "dataset": ["bench"] * n,
+            "image_id": ids,
+            "uri": ids,
+            "bytes": [1] * n,
+            "width": [1] * n,
+            "height": [1] * n,
+            "sha256": ["0" * 64] * n,
+            "split": ["train"] * n,
+        },
+        schema=MANIFEST_SCHEMA,
+    )
+
+
+def relu_like(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Non-negative float16 values with ~40 % zeros, like pooled ReLU activations."""
+    return np.maximum(rng.normal(0.3, 1.0, shape), 0.0).astype(np.float16)
+
+
+def build_view(root: str, spec: FeatureViewSpec, rows: int, shard_rows: int) -> FeatureView:
+    """A committed synthetic view of `rows` rows."""
+    ensure_store(root)
+    view = FeatureView(root, spec.name)
+    view.ensure(spec, allocate_rows(_manifest(rows)), shard_rows, "zarr")
+    rng = np.random.default_rng(0)
+    for shard in view.shards():
+        ids = view.shard_image_ids(shard)
+        index = pa.table(
+            {
+                "image_id": ids,
+                "row": list(range(shard.row_start, shard.row_stop)),
+                "status": ["ok"] * shard.rows,
+                "error": [None] * shard.rows,
+                "dataset": ["bench"] * shard.rows,
+                "split": ["train"] * shard.rows,
+                "width": [1] * shard.rows,
+                "height": [1] * shard.rows,
+                "read_ms": [0.0] * shard.rows,
+                "decode_ms": [0.0] * shard.rows,
+                "model_ms": [0.0] * shard.rows,
+            }
+        )
+        marker = CommitMarker(
+            shard.index,
+            shard.row_start,
+            shard.row_stop,
+            image_ids_digest(ids),
+            spec.identity_sha256(),
+            dict(Counter(["ok"] * shard.rows)),
+            "bench",
+            shard.rows,
+            0.0,
+        )
+        values = relu_like(rng, (shard.rows, len(spec.variants), *spec.feature_shape))
+        view.write_shard(shard, values, index, marker)
+    return view
+
+
+def _timed(
+    view: str, method: str, sample_bytes: int, run: Callable[[], int], repeats: int
+) -> Measurement:
+    """Best (fastest) of `repeats` passes: the least disturbed by other load on the machine."""
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        samples = run()
+        timings.append(time.perf_counter() - started)
+    return Measurement(view, method, samples, samples * sample_bytes / 1e6, min(timings))
+
+
+def measure_view(
+    root: str, spec: FeatureViewSpec, rows: int, shard_rows: int, batch_size: int, repeats: int = 3
+) -> list[Measurement]:
+    """Pipeline, raw sequential read and reference HDF5 generator over the same rows."""
+    view = build_view(root, spec, rows, shard_rows)
+    ids = view.allocation.column("image_id").to_pylist()
+    labels = TrainingLabels(
+        np.asarray(ids, dtype=object),
+        np.linspace(1, 10, rows),
+        np.full((rows, 10), 0.1, np.float32),
+        np.asarray(["train"] * rows, dtype=object),
+        "lv-bench",
+        "bench",
+    )
+    selection = select_rows(view.committed_index(), labels, "train")
+    sample_bytes = int(np.prod(spec.feature_shape)) * 2
+    config = InputConfig(batch_size=batch_size, shuffle=True, shuffle_buffer=4096)
+    dataset = make_dataset(BlockReader(view, selection, config))
+
+    def pipeline() -> int:
+        return sum(int(features.shape[0]) for features, _ in dataset)
+
+    def raw() -> int:
+        for shard in view.shards():
+            view.array.read_range(shard.row_start, shard.row_stop)
+        return rows
+
+    h5_path = os.path.join(root, f"{spec.name}_reference.h5")
+    write_reference_file(h5_path, ids, view.array.read_range(0, rows))
+
+    def reference() -> int:
+        return sum(
+            len(b) for b, _ in reference_batches(h5_path, ids, selection.targets, batch_size)
+        )
+
+    pipeline()  # warm-up: traces the tf.data graph once
+    methods = (
+        ("raw sequential read (zarr)", raw),
+        ("training input pipeline", pipeline),
+        ("reference HDF5 per-image generator", reference),
+    )
+    return [_timed(spec.name, name, sample_bytes, run, repeats) for name, run in methods]
+
+
+def markdown_table(results: Sequence[Measurement]) -> str:
+    """Results, then pipeline/raw and pipeline/reference ratios per view."""
+    lines = [
+        "| view | method | samples | MB | s | MB/s | samples/s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {m.view} | {m.method} | {m.samples} | {m.megabytes:.0f} | {m.seconds:.2f} | "
+        f"{m.mb_per_s:.0f} | {m.samples_per_s:.0f} |"
+        for m in results
+    ]
+    lines += ["", "| view | pipeline / raw read | pipeline / reference layout |", "|---|---:|---:|"]
+    for view in dict.fromkeys(m.view for m in results):
+        rate = {m.method.split()[0]: m.mb_per_s for m in results if m.view == view}
+        lines.append(
+            f"| {view} | {rate['training'] / rate['raw']:.2f} | "
+            f"{rate['training'] / rate['reference']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the benchmark."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.train_input",
+        description="Training-input delivery rate benchmark.",
+    )
+    parser.add_argument("--narrow-rows", type=positive_int("--narrow-rows"), default=4096)
+    parser.add_argument("--wide-rows", type=positive_int("--wide-rows"), default=192)
+    parser.add_argument("--shard-rows", type=positive_int("--shard-rows"), default=64)
+    parser.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
+    parser.add_argument(
+        "--repeats",
+        type=positive_int("--repeats"),
+        default=3,
+        help="passes per method; the fastest is reported (default 3)",
+    )
+    parser.add_argument("--work", help="scratch folder (default: a temporary one)")
+    add_common_arguments(parser)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    with tempfile.TemporaryDirectory(dir=args.work) as scratch:
+        results = []
+        for name, rows in ((NARROW_VIEW, args.narrow_rows), (WIDE_VIEW, args.wide_rows)):
+            LOGGER.info("building %s with %d rows", name, rows)
+            results += measure_view(
+                os.path.join(scratch, "store"),
+                PREDEFINED_VIEWS[name],
+                rows,
+                args.shard_rows,
+                args.batch_size,
+                args.repeats,
+            )
+    print(markdown_table(results))
+    return 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    return run_cli(_main, argv)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()
