@@ -13,6 +13,10 @@ from features.store import files
 from schemas.errors import StoreError
 
 
+# Inner chunks of about 1 MiB: few enough for fast scans, small enough for point lookups.
+TARGET_CHUNK_BYTES = 1 << 20
+
+
 @dataclass(frozen=True)
 class ArrayLayout:
     """Shape and chunking of a features array.
@@ -35,6 +39,22 @@ class ArrayLayout:
     def shape(self) -> tuple[int, ...]:
         """Full array shape."""
         return (self.rows, self.variants, *self.feature_shape)
+
+    @property
+    def row_bytes(self) -> int:
+        """Uncompressed bytes of one row (all variants)."""
+        return self.variants * int(np.prod(self.feature_shape)) * np.dtype(self.dtype).itemsize
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows per inner chunk: the largest divisor of shard_rows whose chunk stays within
+        TARGET_CHUNK_BYTES (at least 1). Narrow rows (33 KB) get 16-32-row chunks, so scans
+        decode few large chunks; wide rows (846 KB) get 1-row chunks, so point lookups stay small.
+        """
+        limit = max(1, TARGET_CHUNK_BYTES // max(1, self.row_bytes))
+        return max(
+            d for d in range(1, self.shard_rows + 1) if self.shard_rows % d == 0 and d <= limit
+        )
 
 
 class FeatureArray(abc.ABC):
@@ -83,8 +103,9 @@ class ZarrFeatureArray(FeatureArray):
     """Zarr v3 array using the sharding codec.
 
     Outer chunks (zarr shards) are exactly one pipeline shard: shard_rows rows, all variants,
-    whole features, so one worker writes one object whole. Inner chunks are one row, so a point
-    lookup reads a single row's bytes through the shard index instead of the whole shard.
+    whole features, so one worker writes one object whole. Inner chunks are about 1 MiB of
+    rows (ArrayLayout.chunk_rows), so a point lookup reads one inner chunk through the shard
+    index instead of the whole shard, and a scan decodes few, large chunks.
     """
 
     format_name = "zarr"
@@ -110,7 +131,7 @@ class ZarrFeatureArray(FeatureArray):
             store=files.native(self.path),
             shape=layout.shape,
             dtype=layout.dtype,
-            chunks=(1, layout.variants, *layout.feature_shape),
+            chunks=(layout.chunk_rows, layout.variants, *layout.feature_shape),
             shards=(layout.shard_rows, layout.variants, *layout.feature_shape),
             compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
             fill_value=float("nan"),

@@ -73,7 +73,7 @@ class HDF5FeatureArray(FeatureArray):
                 handle.create_dataset(
                     DATASET,
                     data=values.astype(layout.dtype, copy=False),
-                    chunks=(1, *values.shape[1:]),
+                    chunks=(min(layout.chunk_rows, len(values)), *values.shape[1:]),
                     compression="lzf",
                 )
             with open(local_file, "rb") as stream:

@@ -243,21 +243,34 @@ def _probe_hdf5_reads(monkeypatch) -> list[int]:
 BYTES_READ_PROBES = {"zarr": _probe_zarr_reads, "hdf5": _probe_hdf5_reads}
 
 
-def test_point_lookup_reads_a_fraction_of_the_shard(tmp_path, backend, monkeypatch) -> None:
-    view = new_view(str(tmp_path), backend, SMALL_WIDE, 32, 32)
-    rng = np.random.default_rng(0)
-    commit(
-        view,
-        view.shards()[0],
-        rng.standard_normal((32, 1, 2, 2, 320)).astype(np.float16),
-        ["ok"] * 32,
-    )
+def test_point_lookup_reads_one_inner_chunk(tmp_path, backend, monkeypatch) -> None:
+    spec = FeatureViewSpec(
+        name="big", taps=("mixed_7a",), pooling=PoolingSpec("grid", (5, 5)), weights_id="random:1"
+    )  # 104 KB rows -> 8-row inner chunks
+    view = new_view(str(tmp_path), backend, spec, 64, 64)
+    layout = view.array.layout()
+    assert layout.chunk_rows == 8
+    values = np.random.default_rng(0).standard_normal((64, 1, 5, 5, 2080)).astype(np.float16)
+    commit(view, view.shards()[0], values, ["ok"] * 64)
     shard_bytes = sum(
         os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(view.array.path) for f in fs
     )
     read_sizes = BYTES_READ_PROBES[backend](monkeypatch)
-    FeatureStore(str(tmp_path)).table("wide", ids=["img0017"])
-    assert 0 < sum(read_sizes) < shard_bytes / 4, (read_sizes, shard_bytes)
+    table = FeatureStore(str(tmp_path)).table("big", ids=["img0037"])
+    np.testing.assert_array_equal(table.column("features")[0].to_numpy(), values[37])
+    chunk_bytes = layout.chunk_rows * layout.row_bytes
+    assert 0 < sum(read_sizes) <= chunk_bytes * 1.1 + 16_384, (sum(read_sizes), chunk_bytes)
+    assert sum(read_sizes) < shard_bytes / 4
+
+
+def test_inner_chunks_are_about_a_mebibyte_of_rows() -> None:
+    from features.store.backends import ArrayLayout
+
+    assert ArrayLayout(100, 1, (16928,), "float16", 64).chunk_rows == 16  # 33 KB rows, <= 1 MiB
+    assert ArrayLayout(100, 8, (16928,), "float16", 64).chunk_rows == 2  # train8 narrow
+    assert ArrayLayout(100, 1, (5, 5, 16928), "float16", 64).chunk_rows == 1  # wide: 846 KB
+    assert ArrayLayout(100, 1, (16928,), "float16", 6).chunk_rows == 6
+    assert ArrayLayout(100, 1, (16928,), "float16", 7).chunk_rows == 7
 
 
 @pytest.mark.parametrize("scheme", ["memory", "file"])
