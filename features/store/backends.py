@@ -12,7 +12,6 @@ import numpy as np
 from features.store import files
 from schemas.errors import StoreError
 
-
 # Inner chunks of about 1 MiB: few enough for fast scans, small enough for point lookups.
 TARGET_CHUNK_BYTES = 1 << 20
 
