@@ -1,10 +1,16 @@
-"""The main job on the bundled sample, end to end: sample -> manifest -> extract -> query."""
+"""The main job on a generated sample, end to end: sample -> download (local HTTP) -> labels ->
+extract -> train -> evaluate, then a query and the metrics."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import http.server
+import json
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
@@ -21,11 +27,30 @@ def choose_weights(requested: str | None) -> tuple[str, str | None]:
         return "imagenet", None
     notice = (
         f"{BANNER}\nNOTICE: ImageNet weights are not cached ({keras_models_dir() / IMAGENET_FILE}).\n"
-        "This demo uses RANDOM weights (random:0). The pipeline, store and query are real, but\n"
-        "the features are not ImageNet MLSP features. Lineage records weights_id=random:0.\n"
+        "This demo uses RANDOM weights (random:0). The pipeline, store, training and metrics are\n"
+        "real, but the features are not ImageNet MLSP features. Lineage records weights_id=random:0.\n"
         f"{BANNER}"
     )
     return "random:0", notice
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serve a folder over HTTP on 127.0.0.1 (an ephemeral port) for the download step."""
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            return None
+
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,64 +60,155 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the main job end to end on a generated sample.",
     )
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder")
-    parser.add_argument("--n", type=positive_int("--n"), default=24, help="good sample images")
+    parser.add_argument("--n", type=positive_int("--n"), default=64, help="good sample images")
     parser.add_argument("--weights", help="weights id (default: imagenet if cached, else random:0)")
+    parser.add_argument("--epochs-per-stage", type=positive_int("--epochs-per-stage"), default=8)
     add_common_arguments(parser)
     return parser
 
 
-def _step(title: str) -> None:
-    print(f"\n--- {title} " + "-" * max(0, 70 - len(title)), flush=True)
+def _steps(args: argparse.Namespace, weights: str, url: str) -> list[tuple[str, Callable[[], int]]]:
+    from features import query
+    from jobs import evaluate, train
+    from pipelines import download, extract, labels, sample
+
+    out, sample_dir, data = args.out, args.out / "sample", args.out / "data"
+    store, run = str(out / "store"), str(out / "runs" / "narrow")
+    return [
+        (
+            "generate the sample (AVA-format votes, a few broken files)",
+            lambda: sample.run(
+                ["--out", str(sample_dir), "--n", str(args.n), "--max-side", "160", "--broken"]
+            ),
+        ),
+        (
+            "download it from a local HTTP server (retries, checksums, resume)",
+            lambda: download.run(
+                [
+                    "--dataset",
+                    "ava",
+                    "--dest",
+                    str(data),
+                    "--source",
+                    url + "/images/{image_id}.jpg",
+                    "--list",
+                    str(sample_dir / "AVA.txt"),
+                    "--workers",
+                    "4",
+                ]
+            ),
+        ),
+        (
+            "clean labels: MOS, distributions, seeded splits",
+            lambda: labels.run(
+                [
+                    "--dataset",
+                    "ava",
+                    "--raw",
+                    str(data / "raw"),
+                    "--manifest",
+                    str(data / "manifest.parquet"),
+                    "--out",
+                    str(data / "labels.parquet"),
+                    "--test-fraction",
+                    "0.3",
+                    "--val-fraction",
+                    "0.2",
+                ]
+            ),
+        ),
+        (
+            "extract narrow + wide MLSP features (one forward pass per image)",
+            lambda: extract.run(
+                [
+                    "--manifest",
+                    str(data / "manifest.parquet"),
+                    "--store",
+                    store,
+                    "--view",
+                    "irnv2_mlsp_narrow",
+                    "--view",
+                    "irnv2_mlsp_wide",
+                    "--weights",
+                    weights,
+                    "--shard-size",
+                    "16",
+                ]
+            ),
+        ),
+        (
+            "query the store as pyarrow tables",
+            lambda: query.run(
+                [
+                    "--store",
+                    store,
+                    "--view",
+                    "irnv2_mlsp_wide",
+                    "--where",
+                    "status == 'ok'",
+                    "--limit",
+                    "3",
+                ]
+            ),
+        ),
+        (
+            "train a narrow head, streaming from the store",
+            lambda: train.run(
+                [
+                    "--store",
+                    store,
+                    "--view",
+                    "irnv2_mlsp_narrow",
+                    "--labels",
+                    str(data / "labels.parquet"),
+                    "--head",
+                    "narrow",
+                    "--out",
+                    run,
+                    "--batch-size",
+                    "8",
+                    "--epochs-per-stage",
+                    str(args.epochs_per_stage),
+                    "--patience",
+                    "3",
+                    "--learning-rates",
+                    "1e-3,1e-4",
+                ]
+            ),
+        ),
+        ("evaluate on the test split", lambda: evaluate.run(["--run", run, "--split", "test"])),
+    ]
+
+
+def _report(run: Path) -> None:
+    metrics_files = sorted(run.glob("**/metrics.json"))
+    if metrics_files:
+        metrics = json.loads(metrics_files[-1].read_text())
+        print("metrics:", json.dumps(metrics, indent=2, sort_keys=True))
+    for plot in sorted(run.glob("**/*.png")):
+        print(f"plot: {plot}")
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from features import query
-    from pipelines import extract, manifest, sample
-
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     weights, notice = choose_weights(args.weights)
     if notice:
         print(notice, flush=True)
-    sample_dir, store = args.out / "sample", str(args.out / "store")
-    _step("1. generate the sample (AVA-format votes + a few broken files)")
-    code = sample.run(["--out", str(sample_dir), "--n", str(args.n), "--broken"])
-    _step("2. build the manifest")
-    code = code or manifest.run(
-        [
-            "--images",
-            str(sample_dir / "images"),
-            "--dataset",
-            "sample",
-            "--out",
-            str(sample_dir / "manifest.parquet"),
-        ]
-    )
-    _step("3. extract narrow + wide MLSP features (one forward pass per image)")
-    code = code or extract.run(
-        [
-            "--manifest",
-            str(sample_dir / "manifest.parquet"),
-            "--store",
-            store,
-            "--view",
-            "irnv2_mlsp_narrow",
-            "--view",
-            "irnv2_mlsp_wide",
-            "--weights",
-            weights,
-            "--shard-size",
-            "8",
-        ]
-    )
-    _step("4. query the store as pyarrow tables")
-    code = code or query.run(["--store", store])
-    code = code or query.run(
-        ["--store", store, "--view", "irnv2_mlsp_wide", "--where", "status == 'ok'", "--limit", "5"]
-    )
+    (args.out / "sample").mkdir(parents=True, exist_ok=True)
+    code = 0
+    with serve_folder(args.out / "sample") as url:
+        for number, (title, step) in enumerate(_steps(args, weights, url), start=1):
+            print(f"\n--- {number}. {title} " + "-" * max(0, 66 - len(title)), flush=True)
+            code = step()
+            if code != 0:
+                print(f"step {number} failed with exit code {code}")
+                break
+    if code == 0:
+        _report(args.out / "runs" / "narrow")
     if notice:
         print(notice)
-    print(f"\ndemo {'finished' if code == 0 else 'FAILED'}: store at {store}")
+    print(f"\ndemo {'finished' if code == 0 else 'FAILED'}: outputs under {args.out}")
     return code
 
 
