@@ -10,6 +10,7 @@ from typing import Any
 import pyarrow as pa
 
 from schemas.errors import LabelError
+from schemas.tables import conform_to_schema
 
 AVA_BINS = 10
 N_FOLDS = 5
@@ -103,31 +104,9 @@ def label_version(inputs: dict[str, str], parameters: dict[str, Any]) -> str:
 
 
 def conform_table(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
-    """Check a table against a schema and cast it to it (columns in schema order).
-
-    Args:
-        table: the table to check.
-        schema: LABELS_SCHEMA, RECALIBRATED_LABELS_SCHEMA or DOWNLOADS_SCHEMA.
-        source: a name for error messages (usually the file path).
-
-    Returns:
-        The table with exactly the schema's columns and types.
+    """conform_to_schema for LABELS_SCHEMA, RECALIBRATED_LABELS_SCHEMA or DOWNLOADS_SCHEMA.
 
     Raises:
         LabelError: a missing column, nulls in a non-nullable column, or repeated image ids.
     """
-    missing = [name for name in schema.names if name not in table.column_names]
-    if missing:
-        raise LabelError(f"{source}: missing column(s) {', '.join(missing)}")
-    table = table.select(schema.names)
-    for field in schema:
-        if not field.nullable and table.column(field.name).null_count:
-            raise LabelError(f"{source}: column {field.name!r} has null values")
-    try:
-        table = table.cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise LabelError(f"{source}: cannot cast to the schema: {error}") from error
-    ids = table.column("image_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        raise LabelError(f"{source}: image_id values repeat")
-    return table
+    return conform_to_schema(table, schema, source, LabelError)

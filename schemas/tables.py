@@ -6,7 +6,7 @@ from collections import Counter
 
 import pyarrow as pa
 
-from schemas.errors import ManifestError
+from schemas.errors import ManifestError, MLSPError
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -54,33 +54,41 @@ ROW_ALLOCATION_SCHEMA = pa.schema(
 )
 
 
-def conform_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
-    """Check a manifest table against MANIFEST_SCHEMA and cast it to that schema.
+def conform_to_schema(
+    table: pa.Table, schema: pa.Schema, source: str, error: type[MLSPError]
+) -> pa.Table:
+    """Check a table against a schema with unique image ids and cast it to that schema.
 
     Args:
-        table: the table as read from Parquet.
+        table: the table as read.
+        schema: the target schema (must have an image_id column).
         source: a name for error messages (usually the file path).
+        error: the job-level error class to raise.
 
     Returns:
-        The table with exactly the manifest columns, in schema order and types.
+        The table with exactly the schema's columns, in schema order and types.
 
     Raises:
-        ManifestError: a column is missing, a non-nullable column has nulls, or ids repeat.
+        error: a column is missing, a non-nullable column has nulls, or ids repeat (named).
     """
-    missing = [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
+    missing = [name for name in schema.names if name not in table.column_names]
     if missing:
-        raise ManifestError(f"{source}: missing column(s) {', '.join(missing)}")
-    table = table.select(MANIFEST_SCHEMA.names)
-    for field in MANIFEST_SCHEMA:
+        raise error(f"{source}: missing column(s) {', '.join(missing)}")
+    table = table.select(schema.names)
+    for field in schema:
         if not field.nullable and table.column(field.name).null_count:
-            raise ManifestError(f"{source}: column {field.name!r} has null values")
+            raise error(f"{source}: column {field.name!r} has null values")
     try:
-        table = table.cast(MANIFEST_SCHEMA)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise ManifestError(f"{source}: cannot cast to the manifest schema: {error}") from error
-    ids = table.column("image_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        counts = Counter(ids)
-        duplicates = sorted(image_id for image_id, count in counts.items() if count > 1)
-        raise ManifestError(f"{source}: duplicate image_id(s): {', '.join(duplicates[:20])}")
+        table = table.cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as cast_error:
+        raise error(f"{source}: cannot cast to the schema: {cast_error}") from cast_error
+    counts = Counter(table.column("image_id").to_pylist())
+    duplicates = sorted(image_id for image_id, count in counts.items() if count > 1)
+    if duplicates:
+        raise error(f"{source}: duplicate image_id(s): {', '.join(duplicates[:20])}")
     return table
+
+
+def conform_manifest(table: pa.Table, source: str = "manifest") -> pa.Table:
+    """conform_to_schema for MANIFEST_SCHEMA, raising ManifestError."""
+    return conform_to_schema(table, MANIFEST_SCHEMA, source, ManifestError)
