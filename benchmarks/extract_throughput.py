@@ -11,8 +11,8 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
