@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import zarr
 
 from benchmarks.reference_hdf5 import reference_batches, write_reference_file
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
@@ -121,13 +122,10 @@ def _timed(
     return Measurement(view, method, samples, samples * sample_bytes / 1e6, min(timings))
 
 
-def measure_view(
-    root: str, spec: FeatureViewSpec, rows: int, shard_rows: int, batch_size: int, repeats: int = 3
-) -> list[Measurement]:
-    """Pipeline, raw sequential read and reference HDF5 generator over the same rows."""
-    view = build_view(root, spec, rows, shard_rows)
-    ids = view.allocation.column("image_id").to_pylist()
-    labels = TrainingLabels(
+def _labels(ids: list[str]) -> TrainingLabels:
+    """Train-split labels for every id."""
+    rows = len(ids)
+    return TrainingLabels(
         np.asarray(ids, dtype=object),
         np.linspace(1, 10, rows),
         np.full((rows, 10), 0.1, np.float32),
@@ -135,18 +133,40 @@ def measure_view(
         "lv-bench",
         "bench",
     )
-    selection = select_rows(view.committed_index(), labels, "train")
+
+
+def sequential_reads(view: FeatureView) -> list[tuple[str, Callable[[], int]]]:
+    """Shard-by-shard reads of every row: through the store backend, and through zarr-python
+    directly (what the backend did before its whole-shard scans)."""
+    rows = int(view.meta["rows"])
+
+    def raw() -> int:
+        for shard in view.shards():
+            view.array.read_range(shard.row_start, shard.row_stop)
+        return rows
+
+    def zarr_python() -> int:
+        array = zarr.open_array(store=os.path.join(view.path, "features.zarr"), mode="r")
+        for shard in view.shards():
+            np.asarray(array[shard.row_start : shard.row_stop])
+        return rows
+
+    return [("raw sequential read (store)", raw), ("zarr-python sequential read", zarr_python)]
+
+
+def measure_view(
+    root: str, spec: FeatureViewSpec, rows: int, shard_rows: int, batch_size: int, repeats: int = 3
+) -> list[Measurement]:
+    """Pipeline, raw sequential reads and reference HDF5 generator over the same rows."""
+    view = build_view(root, spec, rows, shard_rows)
+    ids = view.allocation.column("image_id").to_pylist()
+    selection = select_rows(view.committed_index(), _labels(ids), "train")
     sample_bytes = int(np.prod(spec.feature_shape)) * 2
     config = InputConfig(batch_size=batch_size, shuffle=True, shuffle_buffer=4096)
     dataset = make_dataset(BlockReader(view, selection, config))
 
     def pipeline() -> int:
         return sum(int(features.shape[0]) for features, _ in dataset)
-
-    def raw() -> int:
-        for shard in view.shards():
-            view.array.read_range(shard.row_start, shard.row_stop)
-        return rows
 
     h5_path = os.path.join(root, f"{spec.name}_reference.h5")
     write_reference_file(h5_path, ids, view.array.read_range(0, rows))
@@ -157,11 +177,11 @@ def measure_view(
         )
 
     pipeline()  # warm-up: traces the tf.data graph once
-    methods = (
-        ("raw sequential read (zarr)", raw),
+    methods = [
+        *sequential_reads(view),
         ("training input pipeline", pipeline),
         ("reference HDF5 per-image generator", reference),
-    )
+    ]
     return [_timed(spec.name, name, sample_bytes, run, repeats) for name, run in methods]
 
 

@@ -280,13 +280,23 @@ def gather_parts(parts: list[Batch], offsets: np.ndarray, picked: np.ndarray) ->
     picked = np.sort(picked)
     owners = np.searchsorted(offsets, picked, side="right") - 1
     bounds = np.searchsorted(owners, np.arange(len(parts) + 1))
-    outputs = [np.empty((len(picked), *column.shape[1:]), column.dtype) for column in parts[0]]
+    outputs = [aligned_empty((len(picked), *column.shape[1:]), column.dtype) for column in parts[0]]
     for part_index in np.unique(owners):
         start, stop = bounds[part_index], bounds[part_index + 1]
         local = picked[start:stop] - offsets[part_index]
         for column, output in zip(parts[part_index], outputs, strict=True):
-            np.take(column, local, axis=0, out=output[start:stop])
+            np.take(column, local, axis=0, out=output[start:stop], mode="clip")
     return outputs[0], outputs[1], outputs[2]
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any], alignment: int = 64) -> np.ndarray:
+    """Like np.empty, with the data starting on an `alignment`-byte boundary: TensorFlow wraps
+    such buffers without copying, and copies misaligned ones (numpy only aligns to 16 bytes).
+    """
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, dtype=np.uint8)
+    offset = -raw.ctypes.data % alignment
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def shuffle_capacity(config: InputConfig, sample_bytes: int) -> int:

@@ -168,7 +168,22 @@ class ZarrFeatureArray(FeatureArray):
         return np.asarray(self._open().get_orthogonal_selection((rows,)))
 
     def read_range(self, row_start: int, row_stop: int) -> np.ndarray:
-        return np.asarray(self._open()[row_start:row_stop])
+        """Rows [row_start, row_stop): shards the range mostly covers are read as whole objects
+        and decoded in threads (features.store.shard_reader); the rest goes through zarr.
+        """
+        from features.store.shard_reader import ShardScanner
+
+        scanner = ShardScanner.open(self.path) if 0 <= row_start < row_stop else None
+        if scanner is None or row_stop > scanner.format.shape[0]:
+            return np.asarray(self._open()[row_start:row_stop])
+        array: list[Any] = []
+
+        def through_zarr(start: int, stop: int) -> np.ndarray:
+            if not array:
+                array.append(self._open())
+            return np.asarray(array[0][start:stop])
+
+        return scanner.read_range(row_start, row_stop, through_zarr)
 
 
 def _registry() -> dict[str, type[FeatureArray]]:
