@@ -11,21 +11,24 @@ import pandas as pd
 import pyarrow as pa
 
 from features import scut
+from features.label_engines import LABEL_ENGINES, EngineOptions, choose_engine
 from features.labels import (
     LabelReport,
     SplitConfig,
     assign_splits,
-    ava_frame,
     drop_by_manifest,
     drop_duplicates,
     finalize_labels,
+    finish_ava,
     folder_frame,
     parse_split_list,
     sha256_bytes,
+    sha256_file,
     version_for,
 )
+from features.store import files
 from schemas.errors import LabelError
-from schemas.labels import FOLD_COLUMNS, SPLITS, DropReason
+from schemas.labels import FOLD_COLUMNS, SPLITS, DropReason, label_version
 
 LOGGER = logging.getLogger(__name__)
 AVA_FILE = "AVA.txt"
@@ -52,33 +55,87 @@ def _required(raw_dir: Path, name: str) -> Path:
     return path
 
 
-def build_ava(raw_dir: Path, manifest: pa.Table | None, config: SplitConfig) -> LabelResult:
+def locate(raw: str, name: str) -> str | None:
+    """First file or folder called `name` under raw (a local folder or an fsspec URL), or None."""
+    if files.is_local(raw):
+        found = scut.find_file(Path(files.native(raw)), name)
+        return None if found is None else str(found)
+    fs, inner = files.filesystem(raw)
+    direct = f"{inner.rstrip('/')}/{name}"
+    matches = [direct] if fs.exists(direct) else sorted(fs.glob(f"{inner.rstrip('/')}/**/{name}"))
+    return str(fs.unstrip_protocol(matches[0])) if matches else None
+
+
+def _is_file(url: str) -> bool:
+    fs, inner = files.filesystem(url)
+    return bool(fs.isfile(inner))
+
+
+def _ava_lists(raw: str, digests: dict[str, str]) -> dict[str, frozenset[str]]:
+    """Official split lists found under raw (their digests are added to digests)."""
+    lists: dict[str, frozenset[str]] = {}
+    for name in (AVA_TEST_LIST, AVA_TRAIN_LIST):
+        url = locate(raw, name)
+        if url is not None and _is_file(url):
+            data = files.read_bytes(url)
+            digests[name] = sha256_bytes(data)
+            lists[name] = parse_split_list(data.decode("utf-8"))
+    return lists
+
+
+def _read_ava(raw: str, options: EngineOptions, report: LabelReport) -> tuple[str, pd.DataFrame]:
+    """(URL of AVA.txt under raw, its label columns) read with the chosen engine."""
+    ava_url = locate(raw, AVA_FILE)
+    if ava_url is None or not _is_file(ava_url):
+        raise LabelError(f"--raw {raw}: no {AVA_FILE} found")
+    engine = choose_engine(ava_url, options)
+    LOGGER.info("%s: %s engine", ava_url, engine)
+    return ava_url, finish_ava(LABEL_ENGINES[engine](ava_url, ava_url, options.blocksize), report)
+
+
+def _drop_unlisted(
+    frame: pd.DataFrame, lists: dict[str, frozenset[str]], report: LabelReport
+) -> pd.DataFrame:
+    """Drop ids in neither official split list (only when both lists are given)."""
+    if AVA_TEST_LIST not in lists or AVA_TRAIN_LIST not in lists:
+        return frame
+    outside = ~frame["image_id"].isin(lists[AVA_TEST_LIST] | lists[AVA_TRAIN_LIST])
+    report.drop(DropReason.NOT_IN_SPLIT_LISTS, frame.loc[outside, "image_id"])
+    return frame.loc[~outside]
+
+
+def build_ava(
+    raw_dir: Path | str,
+    manifest: pa.Table | None,
+    config: SplitConfig,
+    options: EngineOptions | None = None,
+) -> LabelResult:
     """AVA labels: MOS/std/n_votes/distribution, tags, challenge, official or seeded splits.
+
+    Args:
+        raw_dir: folder (local path or fsspec URL) holding AVA.txt and the optional split lists.
+        manifest: the image manifest; ids missing from it are dropped (None = no check).
+        config: seed and fractions of the hash splits.
+        options: pandas or dask engine for AVA.txt (None = auto); the table is the same.
+
+    Returns:
+        The label table and the report of kept and dropped rows.
 
     Raises:
         LabelError: AVA.txt missing or malformed.
     """
-    report = LabelReport()
-    ava_path = _required(raw_dir, AVA_FILE)
-    inputs = {AVA_FILE: ava_path.read_bytes()}
-    frame = ava_frame(inputs[AVA_FILE].decode("utf-8"), str(ava_path), report)
-    lists: dict[str, frozenset[str]] = {}
-    for name in (AVA_TEST_LIST, AVA_TRAIN_LIST):
-        path = scut.find_file(raw_dir, name)
-        if path is not None and path.is_file():
-            inputs[name] = path.read_bytes()
-            lists[name] = parse_split_list(inputs[name].decode("utf-8"))
-    if AVA_TEST_LIST in lists and AVA_TRAIN_LIST in lists:
-        listed = lists[AVA_TEST_LIST] | lists[AVA_TRAIN_LIST]
-        outside = ~frame["image_id"].isin(listed)
-        report.drop(DropReason.NOT_IN_SPLIT_LISTS, frame.loc[outside, "image_id"])
-        frame = frame.loc[~outside]
-    frame = drop_by_manifest(frame, manifest, report)
+    report, raw = LabelReport(), str(raw_dir)
+    ava_url, frame = _read_ava(raw, options or EngineOptions(), report)
+    digests = {AVA_FILE: sha256_file(ava_url)}
+    lists = _ava_lists(raw, digests)
+    frame = drop_by_manifest(_drop_unlisted(frame, lists, report), manifest, report)
     splits = assign_splits(frame["image_id"], config, lists.get(AVA_TEST_LIST))
     if AVA_TEST_LIST not in lists:
-        report.notes.append(f"no {AVA_TEST_LIST}: test split drawn by hash "
-                            f"(seed {config.seed}, fraction {config.test_fraction})")
-    version = version_for(inputs, "ava", config.to_dict())
+        report.notes.append(
+            f"no {AVA_TEST_LIST}: test split drawn by hash "
+            f"(seed {config.seed}, fraction {config.test_fraction})"
+        )
+    version = label_version(digests, {"dataset": "ava", **config.to_dict()})
     report.kept = len(frame)
     return LabelResult(finalize_labels(frame, "ava", splits, version), report)
 
@@ -120,8 +177,9 @@ def build_scut(raw_dir: Path, manifest: pa.Table | None, config: SplitConfig) ->
     reference_path = scut.find_file(raw_dir, scut.ALL_LABELS_FILE)
     if reference_path is not None and reference_path.is_file():
         inputs[scut.ALL_LABELS_FILE] = reference_path.read_bytes()
-        reference = scut.parse_score_lines(inputs[scut.ALL_LABELS_FILE].decode("utf-8"),
-                                           str(reference_path))
+        reference = scut.parse_score_lines(
+            inputs[scut.ALL_LABELS_FILE].decode("utf-8"), str(reference_path)
+        )
         frame["reference_mos"] = frame["image_id"].map(reference)
         report.notes.append(scut.agreement(frame, reference))
     frame = drop_by_manifest(frame, manifest, report)
@@ -134,8 +192,9 @@ def build_scut(raw_dir: Path, manifest: pa.Table | None, config: SplitConfig) ->
     return LabelResult(finalize_labels(frame, "scut-fbp5500", splits, version), report)
 
 
-def _scut_splits(raw_dir: Path, frame: pd.DataFrame, config: SplitConfig,
-                 report: LabelReport) -> dict[str, str]:
+def _scut_splits(
+    raw_dir: Path, frame: pd.DataFrame, config: SplitConfig, report: LabelReport
+) -> dict[str, str]:
     official = scut.read_official_split(raw_dir)
     if not official:
         report.notes.append("no 60/40 split files: splits drawn by hash")

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -20,6 +21,9 @@ from schemas.labels import AVA_BINS, LABELS_SCHEMA, DropReason, label_version
 
 LOGGER = logging.getLogger(__name__)
 AVA_FIELDS = 2 + AVA_BINS + 3
+VOTE_COLUMNS = tuple(f"vote_{i}" for i in range(1, AVA_BINS + 1))
+SHARE_COLUMNS = tuple(f"p_{i}" for i in range(1, AVA_BINS + 1))
+TAG_COLUMNS = ("semantic_tag_1", "semantic_tag_2", "challenge_id")
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class LabelReport:
         image_ids = list(image_ids)
         if image_ids:
             self.dropped[reason.value] += len(image_ids)
-            self.examples.setdefault(reason.value, []).extend(image_ids[: 5])
+            self.examples.setdefault(reason.value, []).extend(image_ids[:5])
             self.examples[reason.value] = self.examples[reason.value][:5]
 
 
@@ -82,14 +86,24 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def sha256_file(url: str, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a local file or fsspec URL, read in chunks (never whole in memory)."""
+    digest = hashlib.sha256()
+    with fsspec.open(url, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def unit_hash(seed: int, salt: str, image_id: str) -> float:
     """Deterministic pseudo-uniform number in [0, 1) for one id (independent of row order)."""
     digest = hashlib.sha256(f"{seed}:{salt}:{image_id}".encode()).hexdigest()
     return int(digest[:16], 16) / float(1 << 64)
 
 
-def assign_splits(image_ids: Iterable[str], config: SplitConfig,
-                  test_ids: frozenset[str] | None = None) -> dict[str, str]:
+def assign_splits(
+    image_ids: Iterable[str], config: SplitConfig, test_ids: frozenset[str] | None = None
+) -> dict[str, str]:
     """Split per id: the official test list when given, else a seeded hash; val carved from train.
 
     Args:
@@ -115,12 +129,13 @@ def assign_splits(image_ids: Iterable[str], config: SplitConfig,
     return splits
 
 
-def parse_ava_text(text: str, source: str) -> pd.DataFrame:
+def parse_ava_text(text: str, source: str, first_line: int = 1) -> pd.DataFrame:
     """Parse AVA.txt lines (index, id, 10 vote counts, 2 tags, challenge) into a frame.
 
     Args:
-        text: file contents.
+        text: file contents, or a block of whole lines of it.
         source: file name used in error messages.
+        first_line: line number of the first line of text (blocks of a larger file).
 
     Returns:
         Frame with image_id, votes (an N x 10 int64 block as columns vote_1..vote_10),
@@ -132,30 +147,35 @@ def parse_ava_text(text: str, source: str) -> pd.DataFrame:
     rows: list[list[int]] = []
     ids: list[str] = []
     lines: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=first_line):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != AVA_FIELDS:
-            raise LabelError(f"{source}:{number}: expected {AVA_FIELDS} fields, got {len(fields)}")
-        try:
-            values = [int(value) for value in fields[2:]]
-        except ValueError:
-            raise LabelError(f"{source}:{number}: non-numeric count or tag in {line.strip()!r}") \
-                from None
-        if min(values) < 0:
-            raise LabelError(f"{source}:{number}: negative count or tag in {line.strip()!r}")
-        rows.append(values)
+        rows.append(_ava_values(fields, line, source, number))
         ids.append(fields[1])
         lines.append(number)
     block = np.asarray(rows, dtype=np.int64).reshape(len(rows), AVA_BINS + 3)
-    frame = pd.DataFrame(block[:, :AVA_BINS], columns=[f"vote_{i}" for i in range(1, 11)])
+    frame = pd.DataFrame(block[:, :AVA_BINS], columns=list(VOTE_COLUMNS))
     frame.insert(0, "image_id", ids)
-    frame["semantic_tag_1"] = block[:, AVA_BINS]
-    frame["semantic_tag_2"] = block[:, AVA_BINS + 1]
-    frame["challenge_id"] = block[:, AVA_BINS + 2]
-    frame["line"] = lines
+    for offset, name in enumerate(TAG_COLUMNS):
+        frame[name] = block[:, AVA_BINS + offset]
+    frame["line"] = np.asarray(lines, dtype=np.int64)
     return frame
+
+
+def _ava_values(fields: list[str], line: str, source: str, number: int) -> list[int]:
+    """The 13 counts and tags of one AVA line, checked; errors name source and line number."""
+    if len(fields) != AVA_FIELDS:
+        raise LabelError(f"{source}:{number}: expected {AVA_FIELDS} fields, got {len(fields)}")
+    try:
+        values = [int(value) for value in fields[2:]]
+    except ValueError:
+        raise LabelError(
+            f"{source}:{number}: non-numeric count or tag in {line.strip()!r}"
+        ) from None
+    if min(values) < 0:
+        raise LabelError(f"{source}:{number}: negative count or tag in {line.strip()!r}")
+    return values
 
 
 def ava_scores(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -165,11 +185,15 @@ def ava_scores(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     """
     votes = np.asarray(votes, dtype=np.float64)
     totals = votes.sum(axis=1)
-    scale = np.arange(1, votes.shape[1] + 1, dtype=np.float64)
+    mos, second = np.zeros(len(votes)), np.zeros(len(votes))
     with np.errstate(invalid="ignore", divide="ignore"):
         distribution = votes / totals[:, None]
-        mos = distribution @ scale
-        variance = distribution @ (scale**2) - mos**2
+    # Element-wise per grade (not a BLAS product), so a row's value never depends on where it
+    # sits in its block: the pandas and dask engines give bit-identical scores.
+    for grade, share in enumerate(distribution.T, start=1):
+        mos += grade * share
+        second += grade * grade * share
+    variance = second - mos**2
     return mos, np.sqrt(np.clip(variance, 0.0, None)), totals.astype(np.int64), distribution
 
 
@@ -185,15 +209,17 @@ def drop_duplicates(frame: pd.DataFrame, report: LabelReport) -> pd.DataFrame:
     return frame.loc[~repeated]
 
 
-def drop_by_manifest(frame: pd.DataFrame, manifest: pa.Table | None,
-                     report: LabelReport) -> pd.DataFrame:
+def drop_by_manifest(
+    frame: pd.DataFrame, manifest: pa.Table | None, report: LabelReport
+) -> pd.DataFrame:
     """Drop ids missing from the manifest, and those whose image header could not be read."""
     if manifest is None:
         return frame
     present = manifest.column("image_id").to_pylist()
     widths = manifest.column("width").to_pylist()
-    undecodable = {image_id for image_id, width in zip(present, widths, strict=True)
-                   if width is None}
+    undecodable = {
+        image_id for image_id, width in zip(present, widths, strict=True) if width is None
+    }
     missing = ~frame["image_id"].isin(set(present))
     report.drop(DropReason.MISSING_IMAGE, frame.loc[missing, "image_id"])
     frame = frame.loc[~missing]
@@ -202,23 +228,44 @@ def drop_by_manifest(frame: pd.DataFrame, manifest: pa.Table | None,
     return frame.loc[~broken]
 
 
+def score_ava(raw: pd.DataFrame) -> pd.DataFrame:
+    """Parsed AVA rows -> image_id, mos, std, n_votes, p_1..p_10 (float32), tags, challenge, line.
+
+    Row-wise only, so it can run on any block of rows (the dask engine maps it over partitions).
+    """
+    mos, std, totals, distribution = ava_scores(raw[list(VOTE_COLUMNS)].to_numpy())
+    columns: dict[str, Any] = {
+        "image_id": raw["image_id"].array,
+        "mos": mos,
+        "std": std,
+        "n_votes": totals,
+    }
+    columns.update(zip(SHARE_COLUMNS, distribution.astype(np.float32).T, strict=True))
+    columns.update({name: raw[name].to_numpy() for name in (*TAG_COLUMNS, "line")})
+    return pd.DataFrame(columns, index=raw.index)
+
+
+def finish_ava(scored: pd.DataFrame, report: LabelReport) -> pd.DataFrame:
+    """Scored AVA rows of a whole file -> label columns, dropping duplicate ids and zero votes."""
+    scored = drop_duplicates(scored.reset_index(drop=True), report)
+    zero = scored["n_votes"].to_numpy() == 0
+    report.drop(DropReason.ZERO_VOTES, scored.loc[zero, "image_id"])
+    kept = scored.loc[~zero]
+    return pd.DataFrame(
+        {
+            "image_id": kept["image_id"].to_numpy(dtype=object),
+            "mos": kept["mos"].to_numpy(),
+            "std": kept["std"].to_numpy(),
+            "n_votes": kept["n_votes"].to_numpy(),
+            "distribution": list(kept[list(SHARE_COLUMNS)].to_numpy(dtype=np.float32)),
+            **{name: kept[name].to_numpy() for name in TAG_COLUMNS},
+        }
+    )
+
+
 def ava_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
     """AVA.txt contents -> label columns (before manifest checks and splits)."""
-    raw = parse_ava_text(text, source)
-    raw = drop_duplicates(raw, report)
-    votes = raw[[f"vote_{i}" for i in range(1, 11)]].to_numpy()
-    mos, std, totals, distribution = ava_scores(votes)
-    zero = totals == 0
-    report.drop(DropReason.ZERO_VOTES, raw.loc[zero, "image_id"])
-    keep = ~zero
-    return pd.DataFrame({
-        "image_id": raw["image_id"].to_numpy()[keep],
-        "mos": mos[keep], "std": std[keep], "n_votes": totals[keep],
-        "distribution": list(distribution[keep].astype(np.float32)),
-        "semantic_tag_1": raw["semantic_tag_1"].to_numpy()[keep],
-        "semantic_tag_2": raw["semantic_tag_2"].to_numpy()[keep],
-        "challenge_id": raw["challenge_id"].to_numpy()[keep],
-    })
+    return finish_ava(score_ava(parse_ava_text(text, source)), report)
 
 
 def folder_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
@@ -229,8 +276,9 @@ def folder_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
     """
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or not {"image_id", "score"} <= set(reader.fieldnames):
-        raise LabelError(f"{source}: needs columns image_id,score[,split] "
-                         f"(found {reader.fieldnames})")
+        raise LabelError(
+            f"{source}: needs columns image_id,score[,split] (found {reader.fieldnames})"
+        )
     ids, scores, splits = [], [], []
     for number, record in enumerate(reader, start=2):
         image_id = (record.get("image_id") or "").strip()
@@ -239,8 +287,9 @@ def folder_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
         try:
             score = float(record.get("score") or "")
         except ValueError:
-            raise LabelError(f"{source}:{number}: non-numeric score {record.get('score')!r}") \
-                from None
+            raise LabelError(
+                f"{source}:{number}: non-numeric score {record.get('score')!r}"
+            ) from None
         if not np.isfinite(score):
             raise LabelError(f"{source}:{number}: score is not finite")
         ids.append(image_id)
@@ -250,8 +299,9 @@ def folder_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
     return drop_duplicates(frame, report)
 
 
-def finalize_labels(frame: pd.DataFrame, dataset: str, splits: Mapping[str, str],
-                    version: str) -> pa.Table:
+def finalize_labels(
+    frame: pd.DataFrame, dataset: str, splits: Mapping[str, str], version: str
+) -> pa.Table:
     """Assemble a LABELS_SCHEMA table ordered by image_id, filling absent columns with nulls."""
     frame = frame.sort_values("image_id", kind="stable").reset_index(drop=True)
     count = len(frame)
@@ -279,4 +329,3 @@ def version_for(inputs: Mapping[str, bytes], dataset: str, parameters: Mapping[s
     """label_version of a table built from these raw inputs and parameters."""
     digests = {name: sha256_bytes(data) for name, data in sorted(inputs.items())}
     return label_version(digests, {"dataset": dataset, **parameters})
-

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
+import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import pyarrow as pa
+
 from features.cli import add_common_arguments, configure_logging, run_cli
-from features.label_builders import LABEL_BUILDERS
+from features.label_builders import LABEL_BUILDERS, LabelResult, build_ava
+from features.label_engines import AUTO, DEFAULT_MEMORY_BUDGET, LABEL_ENGINES, EngineOptions
 from features.labels import LabelReport, SplitConfig
 from features.manifest import read_manifest
 from features.store import files
 
 LOGGER = logging.getLogger(__name__)
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def fraction(name: str) -> Callable[[str], float]:
@@ -33,30 +39,78 @@ def fraction(name: str) -> Callable[[str], float]:
     return parse
 
 
+def byte_size(name: str) -> Callable[[str], int]:
+    """argparse type for a size in bytes ('1GiB', '512M', '4096') whose error names the flag."""
+
+    def parse(text: str) -> int:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+        if match is None:
+            raise argparse.ArgumentTypeError(f"{name} must be a size such as 512MiB, got {text!r}")
+        value = int(float(match[1]) * SIZE_UNITS[match[2].upper()])
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be at least 1 byte, got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """--engine and --memory-budget (how AVA.txt is read)."""
+    parser.add_argument(
+        "--engine",
+        choices=(AUTO, *sorted(LABEL_ENGINES)),
+        default=AUTO,
+        help="AVA.txt reader; auto = dask when --raw is remote or the file is "
+        "larger than --memory-budget, else pandas (default auto)",
+    )
+    parser.add_argument(
+        "--memory-budget",
+        type=byte_size("--memory-budget"),
+        default=DEFAULT_MEMORY_BUDGET,
+        help="input size above which --engine auto uses dask (default 1GiB)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the labels CLI."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.labels",
-        description="Turn a dataset's official label files into a clean, versioned label table.")
-    parser.add_argument("--dataset", required=True, choices=sorted(LABEL_BUILDERS),
-                        help="dataset format")
-    parser.add_argument("--raw", required=True, type=Path,
-                        help="folder with the raw label files (download's DEST/raw)")
+        description="Turn a dataset's official label files into a clean, versioned label table.",
+    )
+    parser.add_argument(
+        "--dataset", required=True, choices=sorted(LABEL_BUILDERS), help="dataset format"
+    )
+    parser.add_argument(
+        "--raw",
+        required=True,
+        help="folder or fsspec URL with the raw label files (download's DEST/raw)",
+    )
     parser.add_argument("--manifest", help="manifest.parquet; ids missing from it are dropped")
     parser.add_argument("--out", required=True, help="output labels.parquet (path or URL)")
     parser.add_argument("--seed", type=int, default=0, help="split hash seed (default 0)")
-    parser.add_argument("--test-fraction", type=fraction("--test-fraction"), default=0.1,
-                        help="test share when no official test list exists (default 0.1)")
-    parser.add_argument("--val-fraction", type=fraction("--val-fraction"), default=0.1,
-                        help="share of training ids carved out as validation (default 0.1)")
+    parser.add_argument(
+        "--test-fraction",
+        type=fraction("--test-fraction"),
+        default=0.1,
+        help="test share when no official test list exists (default 0.1)",
+    )
+    parser.add_argument(
+        "--val-fraction",
+        type=fraction("--val-fraction"),
+        default=0.1,
+        help="share of training ids carved out as validation (default 0.1)",
+    )
+    _add_engine_arguments(parser)
     add_common_arguments(parser)
     return parser
 
 
 def format_report(report: LabelReport, out: str, splits: Counter[str], version: str) -> str:
     """Summary lines: kept rows, splits, drops by reason with examples, notes."""
-    lines = [f"labels: {report.kept} rows -> {out} (label_version {version})",
-             f"  splits: {dict(sorted(splits.items()))}"]
+    lines = [
+        f"labels: {report.kept} rows -> {out} (label_version {version})",
+        f"  splits: {dict(sorted(splits.items()))}",
+    ]
     if not report.dropped:
         lines.append("  dropped: none")
     for reason, count in sorted(report.dropped.items()):
@@ -66,19 +120,40 @@ def format_report(report: LabelReport, out: str, splits: Counter[str], version: 
     return "\n".join(lines)
 
 
+def _builder(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> Callable[[pa.Table | None, SplitConfig], LabelResult]:
+    """The dataset's builder bound to --raw (and to the engine options for AVA); bad flags exit 2."""
+    local = Path(files.native(args.raw))
+    if files.is_local(args.raw) and not local.is_dir():
+        parser.error(f"argument --raw: not a directory: {args.raw}")
+    if args.dataset == "ava":
+        raw: Path | str = local if files.is_local(args.raw) else args.raw
+        return functools.partial(
+            build_ava, raw, options=EngineOptions(args.engine, args.memory_budget)
+        )
+    if not files.is_local(args.raw):
+        parser.error(f"argument --raw: URLs are only supported with --dataset ava: {args.raw}")
+    if args.engine == "dask":
+        parser.error("argument --engine: dask is only supported with --dataset ava")
+    return functools.partial(LABEL_BUILDERS[args.dataset], local)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
-    if not args.raw.is_dir():
-        parser.error(f"argument --raw: not a directory: {args.raw}")
+    builder = _builder(parser, args)
     manifest = read_manifest(args.manifest) if args.manifest else None
     config = SplitConfig(args.seed, args.test_fraction, args.val_fraction)
-    result = LABEL_BUILDERS[args.dataset](args.raw, manifest, config)
+    result = builder(manifest, config)
     files.atomic_write_parquet(args.out, result.table)
     version = result.table.column("label_version")[0].as_py() if result.table.num_rows else "-"
-    print(format_report(result.report, args.out, Counter(result.table.column("split").to_pylist()),
-                        version))
+    print(
+        format_report(
+            result.report, args.out, Counter(result.table.column("split").to_pylist()), version
+        )
+    )
     return 0
 
 
