@@ -20,6 +20,10 @@ from schemas.status import RowStatus
 
 LOGGER = logging.getLogger(__name__)
 VARIANT_MODES = ("random", "fixed")
+# Small blocks (narrow views) are read this many bytes ahead, in as many threads (at most
+# MAX_READ_AHEAD): per-block file and decode set-up then overlaps other blocks' decoding.
+READ_AHEAD_BYTES = 8 << 20
+MAX_READ_AHEAD = 4
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, targets, positions
 
 
@@ -37,8 +41,9 @@ class InputConfig:
         variant_mode: 'random' (one variant per sample per epoch) or 'fixed'.
         variant: variant index used when variant_mode is 'fixed'.
         label_noise: standard deviation of Gaussian noise added to scalar targets.
-        read_threads: blocks read concurrently ahead of the consumer (1 suits local disks on
-            few cores; raise it for object stores, whose reads wait on the network).
+        read_threads: blocks read concurrently ahead of the consumer, at least (1 suits local
+            disks on few cores; raise it for object stores, whose reads wait on the network).
+            Small blocks are read further ahead automatically (see READ_AHEAD_BYTES).
     """
 
     batch_size: int = 256
@@ -175,8 +180,14 @@ class BlockReader:
             raise ConfigError(
                 f"--variant {config.variant}: view {view.name!r} has {self.variants} variant(s)"
             )
-        self.blocks = plan_blocks(selection.rows, view.shard_rows * config.blocks_per_read)
+        block_rows = view.shard_rows * config.blocks_per_read
+        self.blocks = plan_blocks(selection.rows, block_rows)
         self.epoch = 0
+        spec = view.spec
+        block_bytes = block_rows * self.variants * int(np.prod(spec.feature_shape))
+        block_bytes *= np.dtype(spec.storage_dtype).itemsize
+        by_size = min(MAX_READ_AHEAD, READ_AHEAD_BYTES // max(1, block_bytes))
+        self.read_ahead = max(config.read_threads, by_size)
 
     def _read(self, positions: np.ndarray) -> np.ndarray:
         rows = self.selection.rows[positions]
@@ -185,12 +196,12 @@ class BlockReader:
         return read_feature_rows(self.view, rows)
 
     def _prefetched(self, order: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(positions, values) per block in order, reading up to read_threads blocks ahead."""
-        with ThreadPoolExecutor(self.config.read_threads) as pool:
+        """(positions, values) per block in order, reading up to read_ahead blocks ahead."""
+        with ThreadPoolExecutor(self.read_ahead) as pool:
             pending: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
             for positions in order:
                 pending.append((positions, pool.submit(self._read, positions)))
-                if len(pending) > self.config.read_threads:
+                if len(pending) > self.read_ahead:
                     head, future = pending.popleft()
                     yield head, future.result()
             while pending:
