@@ -51,12 +51,15 @@ def measure(server: FaultServer, names: list[str], workers: int) -> tuple[float,
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the benchmark."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.download_throughput",
-                                     description="Download throughput against 127.0.0.1.")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.download_throughput",
+        description="Download throughput against 127.0.0.1.",
+    )
     parser.add_argument("--n", type=positive_int("--n"), default=2000, help="images (2000)")
     parser.add_argument("--side", type=positive_int("--side"), default=256, help="px (256)")
-    parser.add_argument("--workers", default="1,4,16,32",
-                        help="comma-separated pool sizes (default 1,4,16,32)")
+    parser.add_argument(
+        "--workers", default="1,4,16,32", help="comma-separated pool sizes (default 1,4,16,32)"
+    )
     add_common_arguments(parser)
     return parser
 
@@ -73,16 +76,22 @@ def _main(argv: Sequence[str] | None) -> int:
         parser.error("argument --workers: pool sizes must be >= 1")
     bodies = make_jpegs(args.n, args.side, seed=0)
     names = [f"{index:06d}" for index in range(args.n)]
-    lines = [f"{args.n} JPEGs of {args.side}x{args.side} px, mean "
-             f"{np.mean([len(b) for b in bodies]) / 1024:.1f} KiB, served from 127.0.0.1", "",
-             "| workers | seconds | images/s | MB/s | statuses |", "|---:|---:|---:|---:|---|"]
+    lines = [
+        f"{args.n} JPEGs of {args.side}x{args.side} px, mean "
+        f"{np.mean([len(b) for b in bodies]) / 1024:.1f} KiB, served from 127.0.0.1",
+        "",
+        "| workers | seconds | images/s | MB/s | statuses |",
+        "|---:|---:|---:|---:|---|",
+    ]
     with FaultServer() as server:
         for name, body in zip(names, bodies, strict=True):
             server.routes[f"{name}.jpg"] = Route(body)
         for workers in pools:
             elapsed, size, statuses = measure(server, names, workers)
-            lines.append(f"| {workers} | {elapsed:.2f} | {args.n / elapsed:.0f} | "
-                         f"{size / elapsed / 1e6:.1f} | {dict(statuses)} |")
+            lines.append(
+                f"| {workers} | {elapsed:.2f} | {args.n / elapsed:.0f} | "
+                f"{size / elapsed / 1e6:.1f} | {dict(statuses)} |"
+            )
     print("\n".join(lines))
     return 0
 
