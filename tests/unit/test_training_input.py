@@ -150,3 +150,13 @@ def test_small_blocks_are_read_further_ahead() -> None:
         view = SimpleNamespace(spec=spec, shard_rows=shard_rows, name=spec.name)
         reader = BlockReader(view, selection, InputConfig(read_threads=threads))  # type: ignore[arg-type]
         assert reader.read_ahead == expected
+
+
+def test_retain_freed_memory_is_applied_on_glibc() -> None:
+    import platform
+
+    from features.training_input import retain_freed_memory
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert retain_freed_memory() is True
