@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError
 from schemas.labels import DownloadStatus
 
@@ -51,14 +52,20 @@ class FetchConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fsspec_schemes", tuple(self.fsspec_schemes))
-        checks = {"timeout": self.timeout > 0, "deadline": self.deadline > 0,
-                  "retries": self.retries >= 0, "backoff": self.backoff >= 0,
-                  "backoff_max": self.backoff_max >= 0, "jitter": self.jitter >= 0,
-                  "max_bytes": self.max_bytes > 0}
+        checks = {
+            "timeout": self.timeout > 0,
+            "deadline": self.deadline > 0,
+            "retries": self.retries >= 0,
+            "backoff": self.backoff >= 0,
+            "backoff_max": self.backoff_max >= 0,
+            "jitter": self.jitter >= 0,
+            "max_bytes": self.max_bytes > 0,
+        }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise ConfigError(f"--{bad[0].replace('_', '-')}: invalid value "
-                              f"{getattr(self, bad[0])!r}")
+            raise ConfigError(
+                f"--{bad[0].replace('_', '-')}: invalid value {getattr(self, bad[0])!r}"
+            )
         if set(self.fsspec_schemes) & {"file", "http", "https", ""}:
             raise ConfigError("fsspec_schemes: may not include file, http or https")
 
@@ -75,9 +82,7 @@ class FetchConfig:
         Raises:
             ConfigError: an unknown field or an invalid value.
         """
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"fetch config: unknown field(s) {unknown}")
+        reject_unknown_fields(cls, data, "fetch config")
         return cls(**data)
 
 
@@ -95,8 +100,14 @@ class FetchOutcome:
 class AttemptError(Exception):
     """One failed attempt, classified."""
 
-    def __init__(self, status: DownloadStatus, message: str, http_status: int | None = None,
-                 retryable: bool = True, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        status: DownloadStatus,
+        message: str,
+        http_status: int | None = None,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.http_status = status, http_status
         self.retryable, self.retry_after = retryable, retry_after
@@ -144,16 +155,21 @@ def _read_body(response: Any, config: FetchConfig, started: float) -> bytes:
     chunks, total = [], 0
     while True:
         if time.monotonic() - started > config.deadline:
-            raise AttemptError(DownloadStatus.TIMEOUT, f"body not complete after "
-                               f"{config.deadline:g} s (slow server)")
+            raise AttemptError(
+                DownloadStatus.TIMEOUT,
+                f"body not complete after {config.deadline:g} s (slow server)",
+            )
         chunk = response.read1(CHUNK) if hasattr(response, "read1") else response.read(CHUNK)
         if not chunk:
             break
         chunks.append(chunk)
         total += len(chunk)
         if total > config.max_bytes:
-            raise AttemptError(DownloadStatus.SIZE_MISMATCH, f"body exceeds {config.max_bytes} "
-                               "bytes", retryable=False)
+            raise AttemptError(
+                DownloadStatus.SIZE_MISMATCH,
+                f"body exceeds {config.max_bytes} bytes",
+                retryable=False,
+            )
     if declared is not None and declared.isdigit() and total != int(declared):
         raise AttemptError(DownloadStatus.TRUNCATED, f"got {total} of {declared} bytes")
     return b"".join(chunks)
@@ -165,8 +181,13 @@ def _http_error(error: urllib.error.HTTPError) -> AttemptError:
         return AttemptError(DownloadStatus.NOT_FOUND, f"HTTP {code}", code, retryable=False)
     retry_after = parse_retry_after(error.headers.get("Retry-After") if error.headers else None)
     retryable = code in RETRYABLE_HTTP or code >= 500
-    return AttemptError(DownloadStatus.HTTP_ERROR, f"HTTP {code} {error.reason}", code,
-                        retryable=retryable, retry_after=retry_after)
+    return AttemptError(
+        DownloadStatus.HTTP_ERROR,
+        f"HTTP {code} {error.reason}",
+        code,
+        retryable=retryable,
+        retry_after=retry_after,
+    )
 
 
 def http_attempt(uri: str, config: FetchConfig) -> tuple[bytes, int | None]:
@@ -183,28 +204,34 @@ def http_attempt(uri: str, config: FetchConfig) -> tuple[bytes, int | None]:
     except http.client.IncompleteRead as error:
         raise AttemptError(DownloadStatus.TRUNCATED, f"truncated body ({error})") from None
     except urllib.error.URLError as error:
-        status = (DownloadStatus.TIMEOUT if isinstance(error.reason, TimeoutError)
-                  else DownloadStatus.CONNECTION_ERROR)
+        status = (
+            DownloadStatus.TIMEOUT
+            if isinstance(error.reason, TimeoutError)
+            else DownloadStatus.CONNECTION_ERROR
+        )
         raise AttemptError(status, f"{error.reason}") from None
     except (ConnectionError, http.client.HTTPException, OSError) as error:
-        raise AttemptError(DownloadStatus.CONNECTION_ERROR, f"{type(error).__name__}: {error}") \
-            from None
+        raise AttemptError(
+            DownloadStatus.CONNECTION_ERROR, f"{type(error).__name__}: {error}"
+        ) from None
 
 
 def local_attempt(uri: str, config: FetchConfig) -> tuple[bytes, int | None]:
     """Read a plain path or file:// URL. Raises AttemptError."""
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     try:
         with open(path, "rb") as handle:
             data = handle.read(config.max_bytes + 1)
     except FileNotFoundError:
-        raise AttemptError(DownloadStatus.NOT_FOUND, f"no such file {path}", retryable=False) \
-            from None
+        raise AttemptError(
+            DownloadStatus.NOT_FOUND, f"no such file {path}", retryable=False
+        ) from None
     except OSError as error:
         raise AttemptError(DownloadStatus.CONNECTION_ERROR, f"read failed: {error}") from None
     if len(data) > config.max_bytes:
-        raise AttemptError(DownloadStatus.SIZE_MISMATCH, f"file exceeds {config.max_bytes} bytes",
-                           retryable=False)
+        raise AttemptError(
+            DownloadStatus.SIZE_MISMATCH, f"file exceeds {config.max_bytes} bytes", retryable=False
+        )
     return data, None
 
 
@@ -216,20 +243,27 @@ def fsspec_attempt(uri: str, config: FetchConfig) -> tuple[bytes, int | None]:
         fs, inner = fsspec.core.url_to_fs(uri)
         return bytes(fs.cat_file(inner)), None
     except FileNotFoundError:
-        raise AttemptError(DownloadStatus.NOT_FOUND, f"no such object {uri}", retryable=False) \
-            from None
+        raise AttemptError(
+            DownloadStatus.NOT_FOUND, f"no such object {uri}", retryable=False
+        ) from None
     except Exception as error:  # backends raise their own exception types
-        raise AttemptError(DownloadStatus.CONNECTION_ERROR, f"{type(error).__name__}: {error}") \
-            from None
+        raise AttemptError(
+            DownloadStatus.CONNECTION_ERROR, f"{type(error).__name__}: {error}"
+        ) from None
 
 
 Attempt = Callable[[str, FetchConfig], tuple[bytes, "int | None"]]
-ATTEMPTS: dict[str, Attempt] = {"http": http_attempt, "https": http_attempt,
-                                "": local_attempt, "file": local_attempt}
+ATTEMPTS: dict[str, Attempt] = {
+    "http": http_attempt,
+    "https": http_attempt,
+    "": local_attempt,
+    "file": local_attempt,
+}
 
 
-def backoff_delay(attempt: int, config: FetchConfig, retry_after: float | None,
-                  rng: random.Random) -> float:
+def backoff_delay(
+    attempt: int, config: FetchConfig, retry_after: float | None, rng: random.Random
+) -> float:
     """Wait before the next attempt: Retry-After when given, else exponential with jitter."""
     if retry_after is not None:
         return min(retry_after, config.backoff_max)
@@ -237,9 +271,13 @@ def backoff_delay(attempt: int, config: FetchConfig, retry_after: float | None,
     return float(min(base * (1.0 + config.jitter * rng.random()), config.backoff_max))
 
 
-def fetch(uri: str, config: FetchConfig, allow_local: bool,
-          sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None
-          ) -> FetchOutcome:
+def fetch(
+    uri: str,
+    config: FetchConfig,
+    allow_local: bool,
+    sleep: Callable[[float], None] = time.sleep,
+    rng: random.Random | None = None,
+) -> FetchOutcome:
     """Fetch a URI, retrying transient failures (timeouts, resets, 429, 5xx, truncation).
 
     Args:
@@ -267,6 +305,7 @@ def fetch(uri: str, config: FetchConfig, allow_local: bool,
             if not error.retryable or attempt > config.retries:
                 return FetchOutcome(None, error.status, error.http_status, str(error), attempt)
             delay = backoff_delay(attempt, config, error.retry_after, rng)
-            LOGGER.debug("%s: attempt %d failed (%s); retrying in %.2f s", uri, attempt, error,
-                         delay)
+            LOGGER.debug(
+                "%s: attempt %d failed (%s); retrying in %.2f s", uri, attempt, error, delay
+            )
             sleep(delay)

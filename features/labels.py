@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError, LabelError
 from schemas.labels import AVA_BINS, LABELS_SCHEMA, DropReason, label_version
 
@@ -57,9 +58,7 @@ class SplitConfig:
         Raises:
             ConfigError: an unknown field or an invalid value.
         """
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"split config: unknown field(s) {unknown}")
+        reject_unknown_fields(cls, data, "split config")
         return cls(**data)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import least_squares
 
+from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError, RecalibrationError
 
 LOGGER = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ class RecalibrationConfig:
         Raises:
             ConfigError: an unknown field or an invalid value.
         """
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"recalibration config: unknown field(s) {unknown}")
+        reject_unknown_fields(cls, data, "recalibration config")
         return cls(**data)
 
 
@@ -168,8 +167,11 @@ def fit_map(y: np.ndarray, p: np.ndarray, lo: float, hi: float) -> LinearMap:
         return np.column_stack([y * inside, inside.astype(np.float64)])
 
     solution = least_squares(residuals, np.asarray(start), jac=jacobian, method="trf")
-    best = solution.x if solution.cost <= 0.5 * float(residuals(np.asarray(start)) @
-                                                       residuals(np.asarray(start))) else start
+    best = (
+        solution.x
+        if solution.cost <= 0.5 * float(residuals(np.asarray(start)) @ residuals(np.asarray(start)))
+        else start
+    )
     return LinearMap(float(best[0]), float(best[1]), lo, hi)
 
 
@@ -180,8 +182,9 @@ def plcc(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def bootstrap_intervals(y: np.ndarray, p: np.ndarray, config: RecalibrationConfig
-                        ) -> tuple[tuple[float, float], tuple[float, float]]:
+def bootstrap_intervals(
+    y: np.ndarray, p: np.ndarray, config: RecalibrationConfig
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Percentile bootstrap intervals of k and b (rows resampled with replacement)."""
     rng = np.random.default_rng(config.seed)
     draws = []
@@ -210,10 +213,17 @@ def fit(y: np.ndarray, p: np.ndarray, config: RecalibrationConfig, name: str) ->
     fitted = fit_map(y, p, config.lo, config.hi)
     k_interval, b_interval = bootstrap_intervals(y, p, config)
     mapped = fitted.apply(y)
-    clipped = float(np.mean((fitted.k * y + fitted.b < config.lo) |
-                            (fitted.k * y + fitted.b > config.hi)))
+    clipped = float(
+        np.mean((fitted.k * y + fitted.b < config.lo) | (fitted.k * y + fitted.b > config.hi))
+    )
     return FitResult(
-        n=len(y), map=fitted, k_interval=k_interval, b_interval=b_interval,
-        mse_before=float(np.mean((y - p) ** 2)), mse_after=float(np.mean((mapped - p) ** 2)),
-        plcc_before=plcc(y, p), plcc_after=plcc(mapped, p),
-        extra={"closed_form": list(closed_form(y, p)), "clipped_fraction": clipped})
+        n=len(y),
+        map=fitted,
+        k_interval=k_interval,
+        b_interval=b_interval,
+        mse_before=float(np.mean((y - p) ** 2)),
+        mse_after=float(np.mean((mapped - p) ** 2)),
+        plcc_before=plcc(y, p),
+        plcc_after=plcc(mapped, p),
+        extra={"closed_form": list(closed_form(y, p)), "clipped_fraction": clipped},
+    )

@@ -20,6 +20,7 @@ from features.store.view import FeatureView
 from features.training_input import BlockReader, InputConfig, RowSelection, make_dataset
 from features.training_input import select_rows as select_split_rows
 from features.training_labels import TrainingLabels
+from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -112,9 +113,7 @@ class TrainConfig:
         Raises:
             ConfigError: unknown fields or invalid values.
         """
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"train config: unknown field(s) {unknown}")
+        reject_unknown_fields(cls, data, "train config")
         values = dict(data)
         values["learning_rates"] = tuple(values.get("learning_rates") or ())
         return cls(**values)

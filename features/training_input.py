@@ -15,6 +15,7 @@ import pyarrow as pa
 from features.query import read_feature_rows
 from features.store.view import FeatureView
 from features.training_labels import TrainingLabels
+from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError
 from schemas.status import RowStatus
 
@@ -81,9 +82,7 @@ class InputConfig:
         Raises:
             ConfigError: unknown fields or invalid values.
         """
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ConfigError(f"input config: unknown field(s) {unknown}")
+        reject_unknown_fields(cls, data, "input config")
         return cls(**dict(data))
 
 

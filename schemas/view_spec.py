@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError
 
 BACKBONE_INCEPTION_RESNET_V2 = "InceptionResNetV2"
@@ -175,10 +176,7 @@ class FeatureViewSpec:
         Raises:
             ConfigError: an unknown field, or a value that fails validation.
         """
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"invalid view spec: unknown field(s) {unknown}")
+        reject_unknown_fields(cls, data, "invalid view spec")
         values = dict(data)
         pooling = dict(values.get("pooling") or {})
         if pooling.get("grid") is not None:
