@@ -283,6 +283,17 @@ class FeatureView:
             raise problems[0]
         return markers
 
+    def is_committed(self, shard: ShardSpec) -> bool:
+        """Whether one shard has a valid marker, reading only that marker (workers ask per shard).
+
+        Raises:
+            StoreError: the marker exists but disagrees with the shard, its rows or the spec.
+        """
+        if not files.exists(self.marker_path(shard)):
+            return False
+        self._read_marker(shard)
+        return True
+
     def inspect_markers(self) -> tuple[dict[int, CommitMarker], list[StoreError]]:
         """Valid markers by shard index, and one error per invalid marker (for verification)."""
         shards = {shard.name: shard for shard in self.shards()}
@@ -294,19 +305,20 @@ class FeatureView:
                 continue  # temp files of an interrupted write, or foreign files
             shard = shards[stem]
             try:
-                data = json.loads(files.read_bytes(self.marker_path(shard)))
-                marker = CommitMarker.from_dict(data)
-                self._check_marker(shard, marker)
+                markers[shard.index] = self._read_marker(shard)
             except StoreError as error:
                 problems.append(error)
-                continue
-            except (ValueError, TypeError) as error:
-                problems.append(
-                    StoreError(f"{self.marker_path(shard)}: unreadable marker ({error})")
-                )
-                continue
-            markers[shard.index] = marker
         return markers, problems
+
+    def _read_marker(self, shard: ShardSpec) -> CommitMarker:
+        """Read and validate a shard's marker; any defect is a StoreError naming the file."""
+        path = self.marker_path(shard)
+        try:
+            marker = CommitMarker.from_dict(json.loads(files.read_bytes(path)))
+        except (ValueError, TypeError) as error:
+            raise StoreError(f"{path}: unreadable marker ({error})") from error
+        self._check_marker(shard, marker)
+        return marker
 
     def _check_marker(self, shard: ShardSpec, marker: CommitMarker) -> None:
         if (marker.row_start, marker.row_stop) != (shard.row_start, shard.row_stop):
