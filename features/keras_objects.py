@@ -1,11 +1,20 @@
-"""Keras pieces of head training: NIMA's EMD loss and an exact streaming PLCC metric."""
+"""Registered Keras objects: NIMA's EMD loss, an exact streaming PLCC, the scoring model's layers.
+
+This is the one module of ours that imports Keras at module level. Import it lazily (inside the
+function that needs it), so CLIs answer --help and modules import without TensorFlow; loading a
+saved model through features.run_outputs.load_keras_model imports it to register these objects.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import keras
 from keras import ops
+
+from features.mlsp import pool_taps
+from schemas.view_spec import PoolingSpec
 
 SCORE_READERS = ("value", "distribution")
 
@@ -86,3 +95,30 @@ LOSSES: dict[str, Any] = {
     "mean_squared_error": "mean_squared_error",
     "earth_movers_distance": earth_movers_distance,
 }
+
+
+@keras.saving.register_keras_serializable(package="mlsp", name="InceptionPreprocess")
+class InceptionPreprocess(keras.layers.Layer):
+    """uint8 RGB -> x / 127.5 - 1 (inception_resnet_v2.preprocess_input, as extraction does)."""
+
+    def call(self, images: Any) -> Any:
+        """Scale pixels to [-1, 1]."""
+        return ops.cast(images, "float32") / 127.5 - 1.0
+
+
+@keras.saving.register_keras_serializable(package="mlsp", name="PoolTaps")
+class PoolTaps(keras.layers.Layer):
+    """MLSP pooling of the tap outputs (features.mlsp.pool_taps) inside a Keras model."""
+
+    def __init__(self, kind: str = "gap", grid: Sequence[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pooling = PoolingSpec(kind, tuple(grid) if grid is not None else None)  # type: ignore[arg-type]
+
+    def call(self, taps: Sequence[Any]) -> Any:
+        """Pool and concatenate the taps in float32."""
+        return pool_taps([ops.cast(tap, "float32") for tap in taps], self.pooling)
+
+    def get_config(self) -> dict[str, Any]:
+        """Serialisable config."""
+        grid = list(self.pooling.grid) if self.pooling.grid is not None else None
+        return {**super().get_config(), "kind": self.pooling.kind, "grid": grid}

@@ -7,21 +7,23 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import keras
 import numpy as np
 import pyarrow as pa
 
 from features.evaluation import scores_from_outputs
 from features.images import DecodedImage, load_image
 from features.manifest import entries_from_folder, read_manifest
-from features.mlsp import build_backbone, pool_taps, tap_layers
+from features.mlsp import build_backbone, tap_layers
 from features.variants import stack_variants, variant_size
 from features.weights import load_weights_into, parse_weights_id
 from schemas.errors import StoreError
 from schemas.status import RowStatus
-from schemas.view_spec import FeatureViewSpec, PoolingSpec
+from schemas.view_spec import FeatureViewSpec
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) load only inside the functions that build models
+    import keras
 
 LOGGER = logging.getLogger(__name__)
 
@@ -35,40 +37,24 @@ PREDICTIONS_SCHEMA = pa.schema(
 )
 
 
-@keras.saving.register_keras_serializable(package="mlsp", name="InceptionPreprocess")
-class InceptionPreprocess(keras.layers.Layer):
-    """uint8 RGB -> x / 127.5 - 1 (inception_resnet_v2.preprocess_input, as extraction does)."""
-
-    def call(self, images: Any) -> Any:
-        """Scale pixels to [-1, 1]."""
-        return keras.ops.cast(images, "float32") / 127.5 - 1.0
-
-
-@keras.saving.register_keras_serializable(package="mlsp", name="PoolTaps")
-class PoolTaps(keras.layers.Layer):
-    """MLSP pooling of the tap outputs (features.mlsp.pool_taps) inside a Keras model."""
-
-    def __init__(self, kind: str = "gap", grid: Sequence[int] | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.pooling = PoolingSpec(kind, tuple(grid) if grid is not None else None)  # type: ignore[arg-type]
-
-    def call(self, taps: Sequence[Any]) -> Any:
-        """Pool and concatenate the taps in float32."""
-        return pool_taps([keras.ops.cast(tap, "float32") for tap in taps], self.pooling)
-
-    def get_config(self) -> dict[str, Any]:
-        """Serialisable config."""
-        grid = list(self.pooling.grid) if self.pooling.grid is not None else None
-        return {**super().get_config(), "kind": self.pooling.kind, "grid": grid}
-
-
-def build_scoring_model(spec: FeatureViewSpec, head: Any) -> Any:
+def build_scoring_model(spec: FeatureViewSpec, head: keras.Model) -> keras.Model:
     """uint8 images [N, H, W, 3] -> head outputs, with the backbone and weights that made the view.
+
+    Args:
+        spec: the view the head was trained on (weights, taps, pooling, compute dtype).
+        head: the trained head, mapping one variant's features to its outputs.
+
+    Returns:
+        keras.Model from uint8 images of any size to the head's outputs.
 
     Raises:
         StoreError: the loaded weights' sha256 differs from the one recorded in the view spec.
         WeightsUnavailableError: the weights cannot be loaded.
     """
+    import keras
+
+    from features.keras_objects import InceptionPreprocess, PoolTaps
+
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(spec.compute_dtype)
     try:
@@ -125,7 +111,7 @@ def check_variant_size(image: DecodedImage, uri: str, spec: FeatureViewSpec) -> 
     return DecodedImage(None, RowStatus.TOO_SMALL, message, image.read_ms, image.decode_ms)
 
 
-def compiled_forward(model: Any) -> Callable[[np.ndarray], np.ndarray]:
+def compiled_forward(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
     """The model as one traced function over any batch and image size (no per-size retrace)."""
     import tensorflow as tf
 
@@ -146,7 +132,7 @@ def _size_groups(decoded: dict[int, np.ndarray], batch_size: int) -> Iterator[li
 
 
 def score_images(
-    model: Any,
+    model: keras.Model,
     spec: FeatureViewSpec,
     items: Sequence[ImageItem],
     batch_size: int = 8,

@@ -21,6 +21,30 @@ def test_help(module) -> None:
     assert result.returncode == 0 and "usage:" in result.stdout
 
 
+def imported_modules(importtime_log: str) -> set[str]:
+    """Module names from `python -X importtime` stderr ('import time: self | cumulative | name')."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in importtime_log.splitlines()
+        if line.startswith("import time:") and line.count("|") == 2
+    }
+
+
+@pytest.mark.parametrize("job", ["jobs.train", "jobs.evaluate", "jobs.predict", "jobs.recalibrate"])
+def test_job_help_imports_no_tensorflow_or_keras(job) -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", job, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0 and f"python -m {job}" in result.stdout
+    modules = imported_modules(result.stderr)
+    assert "features.cli" in modules  # the log is parsed: the job's own imports are listed
+    heavy = sorted(m for m in modules if m.split(".")[0] in {"tensorflow", "keras", "tf_keras"})
+    assert heavy == [], f"{job} --help imported {heavy[:5]}"
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
