@@ -13,6 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from features.query import read_feature_rows
+from features.store.row_scatter import ScatterRequest
+from features.store.shard_reader import decode_threads
 from features.store.view import FeatureView
 from features.training_labels import TrainingLabels
 from schemas.config_fields import reject_unknown_fields
@@ -21,10 +23,6 @@ from schemas.status import RowStatus
 
 LOGGER = logging.getLogger(__name__)
 VARIANT_MODES = ("random", "fixed")
-# Small blocks (narrow views) are read this many bytes ahead, in as many threads (at most
-# MAX_READ_AHEAD): per-block file and decode set-up then overlaps other blocks' decoding.
-READ_AHEAD_BYTES = 8 << 20
-MAX_READ_AHEAD = 4
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, targets, positions
 
 
@@ -167,8 +165,41 @@ def plan_blocks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
     return np.split(np.arange(len(rows)), breaks)
 
 
+@dataclass
+class Window:
+    """One shuffle window: samples read in place into the slots of the batches they will be in.
+
+    Attributes:
+        features: [n, *shape] (storage dtype), 64-byte aligned, filled by the read tasks.
+        targets: [n, units] targets, placed at plan time.
+        positions: [n] selection positions, placed at plan time.
+        carry_slots: slots of the samples carried over from the previous window.
+        reads: pending read tasks.
+        final: the epoch's last window (its short last batch is emitted).
+    """
+
+    features: np.ndarray
+    targets: np.ndarray
+    positions: np.ndarray
+    carry_slots: np.ndarray
+    reads: list[Future[None]]
+    final: bool
+
+    def wait(self) -> None:
+        """Block until every read task is done (re-raising the first error)."""
+        for future in self.reads:
+            future.result()
+
+
 class BlockReader:
-    """Reads a selection block by block, choosing variants; the generator behind the dataset."""
+    """Reads a selection window by window, choosing variants; the generator behind the dataset.
+
+    An epoch permutes the chunk-aligned blocks, groups them into windows of about the shuffle
+    buffer's size and permutes each window's samples: that permutation decides, before any
+    byte is read, which slot of which batch a sample lands in, so every sample is read (and
+    decoded) straight into its batch. Batches are slices of the window's buffer, handed to
+    TensorFlow without a copy. The next window is read while this one's batches are consumed.
+    """
 
     def __init__(self, view: FeatureView, selection: RowSelection, config: InputConfig) -> None:
         self.view = view
@@ -179,61 +210,9 @@ class BlockReader:
             raise ConfigError(
                 f"--variant {config.variant}: view {view.name!r} has {self.variants} variant(s)"
             )
-        block_rows = view.shard_rows * config.blocks_per_read
-        self.blocks = plan_blocks(selection.rows, block_rows)
+        self.blocks = plan_blocks(selection.rows, view.shard_rows * config.blocks_per_read)
         self.epoch = 0
-        spec = view.spec
-        block_bytes = block_rows * self.variants * int(np.prod(spec.feature_shape))
-        block_bytes *= np.dtype(spec.storage_dtype).itemsize
-        by_size = min(MAX_READ_AHEAD, READ_AHEAD_BYTES // max(1, block_bytes))
-        self.read_ahead = max(config.read_threads, by_size)
-
-    def _read(self, positions: np.ndarray) -> np.ndarray:
-        rows = self.selection.rows[positions]
-        if rows[-1] - rows[0] + 1 == len(rows):  # a whole contiguous run: one range read
-            return self.view.array.read_range(int(rows[0]), int(rows[-1]) + 1)
-        return read_feature_rows(self.view, rows)
-
-    def _prefetched(self, order: list[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(positions, values) per block in order, reading up to read_ahead blocks ahead."""
-        with ThreadPoolExecutor(self.read_ahead) as pool:
-            pending: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
-            for positions in order:
-                pending.append((positions, pool.submit(self._read, positions)))
-                if len(pending) > self.read_ahead:
-                    head, future = pending.popleft()
-                    yield head, future.result()
-            while pending:
-                head, future = pending.popleft()
-                yield head, future.result()
-
-    def epoch_blocks(
-        self, epoch: int, rng: np.random.Generator
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """One epoch as blocks of (features [n, *shape], targets [n, units], positions [n]).
-
-        Shuffled epochs permute the block order (samples are mixed later, in the shuffle
-        buffer); each sample gets a variant drawn uniformly per epoch (or the fixed variant).
-        """
-        config = self.config
-        order = (
-            [self.blocks[i] for i in rng.permutation(len(self.blocks))]
-            if config.shuffle
-            else list(self.blocks)
-        )
-        for positions, values in self._prefetched(order):
-            count = len(positions)
-            if self.variants == 1:
-                features = values[:, 0]  # a view: no copy
-            elif config.variant_mode == "random":
-                features = values[np.arange(count), rng.integers(0, self.variants, size=count)]
-            else:
-                features = values[:, config.variant]
-            targets = self.selection.targets[positions]
-            if config.label_noise > 0:
-                noise = rng.normal(0.0, config.label_noise, targets.shape)
-                targets = (targets + noise).astype(np.float32)
-            yield features, targets, positions.astype(np.int64)
+        self.read_threads = max(config.read_threads, decode_threads())
 
     def window_size(self) -> int:
         """Samples mixed together: the shuffle buffer when shuffling, else one batch."""
@@ -243,60 +222,103 @@ class BlockReader:
         sample_bytes = int(np.prod(spec.feature_shape)) * np.dtype(spec.storage_dtype).itemsize
         return max(self.config.batch_size, shuffle_capacity(self.config, sample_bytes))
 
-    def epoch_batches(self, epoch: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """One epoch as batches: blocks fill a shuffle buffer, which is permuted and cut.
+    def _window_groups(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
+        """The epoch's blocks (shuffled when shuffling), grouped into windows."""
+        count = len(self.blocks)
+        order = rng.permutation(count) if self.config.shuffle else np.arange(count)
+        limit, filled = self.window_size(), 0
+        groups: list[list[np.ndarray]] = []
+        for index in order:
+            if not groups or filled >= limit:
+                groups.append([])
+                filled = 0
+            groups[-1].append(self.blocks[index])
+            filled += len(self.blocks[index])
+        return groups
 
-        Only the last batch of the epoch may be short; samples that do not fill a batch are
-        carried into the next buffer.
+    def _variants(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Variant index per sample: uniform per epoch, or the fixed one."""
+        if self.config.variant_mode == "random" and self.variants > 1:
+            return rng.integers(0, self.variants, size=count)
+        return np.full(count, self.config.variant, dtype=np.int64)
+
+    def _plan_window(
+        self,
+        blocks: list[np.ndarray],
+        carried: int,
+        final: bool,
+        rng: np.random.Generator,
+        pool: ThreadPoolExecutor,
+    ) -> Window:
+        """Draw the window's permutation, variants and noise, then submit its reads.
+
+        Every random draw happens here, in the consumer's thread and in a fixed order, so an
+        epoch is reproducible whatever the timing of the read threads.
         """
-        rng = np.random.default_rng([self.config.seed, epoch])
-        window, count = self.window_size(), 0
-        parts: list[Batch] = []
-        for block in self.epoch_blocks(epoch, rng):
-            parts.append(block)
-            count += len(block[2])
-            if count >= window:
-                parts = yield from self._cut(parts, rng, final=False)
-                count = sum(len(part[2]) for part in parts)
-        yield from self._cut(parts, rng, final=True)
+        spec, selection = self.view.spec, self.selection
+        total = carried + sum(len(block) for block in blocks)
+        slots = rng.permutation(total) if self.config.shuffle else np.arange(total)
+        window = Window(
+            aligned_empty((total, *spec.feature_shape), np.dtype(spec.storage_dtype)),
+            np.empty((total, selection.targets.shape[1]), np.float32),
+            np.empty(total, np.int64),
+            slots[:carried],
+            [],
+            final,
+        )
+        offset = carried
+        for positions in blocks:
+            block_slots = slots[offset : offset + len(positions)]
+            offset += len(positions)
+            targets = selection.targets[positions]
+            if self.config.label_noise > 0:
+                targets = targets + rng.normal(0.0, self.config.label_noise, targets.shape)
+            window.targets[block_slots] = targets
+            window.positions[block_slots] = positions
+            request = ScatterRequest(
+                selection.rows[positions], self._variants(len(positions), rng), block_slots
+            )
+            window.reads.append(pool.submit(self.view.array.scatter_rows, request, window.features))
+        return window
 
-    def _cut(
-        self, parts: list[Batch], rng: np.random.Generator, final: bool
-    ) -> Generator[Batch, None, list[Batch]]:
-        """Permute the buffered samples and emit full batches; return what is left over."""
-        if not parts:
-            return []
-        offsets = np.cumsum([0] + [len(part[2]) for part in parts])
-        total, size = int(offsets[-1]), self.config.batch_size
-        order = rng.permutation(total) if self.config.shuffle else np.arange(total)
-        full = total if final else total - total % size
+    def _emit(self, window: Window, carry: Batch | None) -> Generator[Batch, None, Batch | None]:
+        """Wait for the window, place the carried samples, yield its batches; return the rest."""
+        window.wait()
+        columns = (window.features, window.targets, window.positions)
+        if carry is not None:
+            for column, carried in zip(columns, carry, strict=True):
+                column[window.carry_slots] = carried
+        total, size = len(window.positions), self.config.batch_size
+        full = total if window.final else total - total % size
         for start in range(0, full, size):
-            yield gather_parts(parts, offsets, order[start : min(start + size, full)])
-        rest = order[full:]
-        return [gather_parts(parts, offsets, rest)] if len(rest) else []
+            stop = min(start + size, full)
+            yield columns[0][start:stop], columns[1][start:stop], columns[2][start:stop]
+        if full == total:
+            return None
+        return columns[0][full:].copy(), columns[1][full:].copy(), columns[2][full:].copy()
 
-    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """One epoch as batches; only the last may be short (samples that do not fill a batch
+        are carried into the next window, at random slots of it)."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        groups = self._window_groups(rng)
+        size, carried, carry = self.config.batch_size, 0, None
+        with ThreadPoolExecutor(self.read_threads, "block-read") as pool:
+            pending: deque[Window] = deque()
+            for number, blocks in enumerate(groups):
+                final = number == len(groups) - 1
+                window = self._plan_window(blocks, carried, final, rng, pool)
+                carried = len(window.positions) % size
+                pending.append(window)
+                if len(pending) > 1:  # one window is read ahead of the one being consumed
+                    carry = yield from self._emit(pending.popleft(), carry)
+            while pending:
+                carry = yield from self._emit(pending.popleft(), carry)
+
+    def __call__(self) -> Iterator[Batch]:
         """Generator of the next epoch's batches (tf.data calls this once per iteration)."""
         epoch, self.epoch = self.epoch, self.epoch + 1
         yield from self.epoch_batches(epoch)
-
-
-def gather_parts(parts: list[Batch], offsets: np.ndarray, picked: np.ndarray) -> Batch:
-    """Samples at global indices `picked` of the concatenated parts, copied once.
-
-    The indices are sorted first (order inside a batch does not matter to training, and the
-    batches themselves are random subsets), so each part fills one contiguous output slice.
-    """
-    picked = np.sort(picked)
-    owners = np.searchsorted(offsets, picked, side="right") - 1
-    bounds = np.searchsorted(owners, np.arange(len(parts) + 1))
-    outputs = [aligned_empty((len(picked), *column.shape[1:]), column.dtype) for column in parts[0]]
-    for part_index in np.unique(owners):
-        start, stop = bounds[part_index], bounds[part_index + 1]
-        local = picked[start:stop] - offsets[part_index]
-        for column, output in zip(parts[part_index], outputs, strict=True):
-            np.take(column, local, axis=0, out=output[start:stop], mode="clip")
-    return outputs[0], outputs[1], outputs[2]
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any], alignment: int = 64) -> np.ndarray:

@@ -5,15 +5,45 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from features.store import files
-from schemas.errors import StoreError
+from features.store.row_scatter import RowScatter, ScatterRequest, scatter_from_values
+from schemas.errors import ConfigError, StoreError
 
 # Inner chunks of about 1 MiB: few enough for fast scans, small enough for point lookups.
 TARGET_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class BloscSettings:
+    """Blosc parameters of the features array's inner chunks (Zarr's `blosc` codec)."""
+
+    cname: str
+    clevel: int
+    shuffle: str
+
+
+# Compression of the inner chunks, by name; None stores raw little-endian bytes.
+COMPRESSIONS: dict[str, BloscSettings | None] = {
+    "zstd": BloscSettings("zstd", 1, "shuffle"),  # smallest; the default
+    "lz4": BloscSettings("lz4", 5, "bitshuffle"),  # faster to decode, somewhat larger
+    "none": None,  # reads are plain copies; largest
+}
+DEFAULT_COMPRESSION = "zstd"
+
+
+def check_compression(name: str) -> str:
+    """Return name if it is a registered compression.
+
+    Raises:
+        ConfigError: an unknown name; the message lists the choices.
+    """
+    if name not in COMPRESSIONS:
+        raise ConfigError(f"compression {name!r} is unknown; choose one of {sorted(COMPRESSIONS)}")
+    return name
 
 
 @dataclass(frozen=True)
@@ -26,6 +56,10 @@ class ArrayLayout:
         feature_shape: shape of one variant's features.
         dtype: storage dtype name.
         shard_rows: rows per shard, the unit one worker writes in one go.
+        compression: a key of COMPRESSIONS.
+
+    Raises:
+        ConfigError: an unknown compression.
     """
 
     rows: int
@@ -33,6 +67,10 @@ class ArrayLayout:
     feature_shape: tuple[int, ...]
     dtype: str
     shard_rows: int
+    compression: str = DEFAULT_COMPRESSION
+
+    def __post_init__(self) -> None:
+        check_compression(self.compression)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -89,6 +127,18 @@ class FeatureArray(abc.ABC):
     def resize(self, rows: int) -> None:
         """Grow the row axis (new rows are NaN); existing rows are untouched."""
 
+    def scatter_rows(self, request: ScatterRequest, out: np.ndarray) -> None:
+        """Copy rows (one variant each, or all) into slots of out: out[slots[i]] = row i.
+
+        Formats with a faster path override this; this one reads the rows, then places them.
+        """
+        rows = request.rows
+        if len(rows) == 0:
+            return
+        contiguous = int(rows[-1]) - int(rows[0]) + 1 == len(rows)
+        values = self.read_range(int(rows[0]), int(rows[-1]) + 1) if contiguous else None
+        scatter_from_values(self.read_rows(rows) if values is None else values, request, out)
+
     def finalize(self, committed: Sequence[Any]) -> None:
         """Publish reader-side metadata after a run (committed: ShardSpecs with markers)."""
         del committed  # formats whose writes are self-describing need nothing here
@@ -109,6 +159,7 @@ class ZarrFeatureArray(FeatureArray):
 
     format_name = "zarr"
     directory_name = "features.zarr"
+    _scatter: RowScatter | Literal[False] | None = None  # opened on first scatter_rows
 
     def _open(self) -> Any:
         import zarr
@@ -126,13 +177,16 @@ class ZarrFeatureArray(FeatureArray):
         import zarr
         from zarr.codecs import BloscCodec
 
+        blosc = COMPRESSIONS[layout.compression]
         array = zarr.create_array(
             store=files.native(self.path),
             shape=layout.shape,
             dtype=layout.dtype,
             chunks=(layout.chunk_rows, layout.variants, *layout.feature_shape),
             shards=(layout.shard_rows, layout.variants, *layout.feature_shape),
-            compressors=[BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")],
+            compressors=None
+            if blosc is None
+            else [BloscCodec(cname=blosc.cname, clevel=blosc.clevel, shuffle=blosc.shuffle)],
             fill_value=float("nan"),
             dimension_names=[
                 "row",
@@ -152,7 +206,28 @@ class ZarrFeatureArray(FeatureArray):
             feature_shape=shape[2:],
             dtype=str(array.dtype),
             shard_rows=int(array.attrs["shard_rows"]),
+            compression=self._compression_name(array.compressors),
         )
+
+    def _compression_name(self, compressors: Sequence[Any]) -> str:
+        """The COMPRESSIONS name of an array's inner compressors, as zarr.json records them.
+
+        Raises:
+            StoreError: codecs this store never writes.
+        """
+        configs = [codec.to_dict() for codec in compressors]
+        found: BloscSettings | None = None
+        if len(configs) == 1 and configs[0].get("name") == "blosc":
+            config = configs[0]["configuration"]
+            found = BloscSettings(
+                str(config["cname"]), int(config["clevel"]), str(config["shuffle"])
+            )
+        names = [name for name, blosc in COMPRESSIONS.items() if blosc == found]
+        if not names or len(configs) > 1 or (configs and found is None):
+            raise StoreError(
+                f"{self.path}: inner codecs {configs} are none of {sorted(COMPRESSIONS)}"
+            )
+        return names[0]
 
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         self._open()[row_start : row_start + values.shape[0]] = values
@@ -184,6 +259,20 @@ class ZarrFeatureArray(FeatureArray):
             return np.asarray(array[0][start:stop])
 
         return scanner.read_range(row_start, row_stop, through_zarr)
+
+    def scatter_rows(self, request: ScatterRequest, out: np.ndarray) -> None:
+        """Rows read straight into their slots (features.store.row_scatter) when the layout
+        is the one this store writes; otherwise the generic read-then-place."""
+        scatter, rows = self._scatter, request.rows
+        grown = (
+            isinstance(scatter, RowScatter) and len(rows) and rows[-1] >= scatter.format.shape[0]
+        )
+        if scatter is None or grown:  # opened once, and again only after the array grew
+            scatter = self._scatter = RowScatter.open(self.path) or False
+        if scatter:
+            scatter.scatter(request, out)
+        else:
+            super().scatter_rows(request, out)
 
 
 def _registry() -> dict[str, type[FeatureArray]]:

@@ -135,23 +135,6 @@ def test_config_validation_and_buffer_cap() -> None:
     assert InputConfig.from_dict(config.to_dict()) == config
 
 
-def test_small_blocks_are_read_further_ahead() -> None:
-    from types import SimpleNamespace
-
-    from features.training_input import MAX_READ_AHEAD, RowSelection
-
-    selection = RowSelection(np.arange(4), np.array(["a"] * 4), np.zeros((4, 1)), {})
-    for spec, shard_rows, threads, expected in [
-        (FeatureViewSpec(name="n", weights_id="random:1"), 64, 1, 3),  # 2.1 MB blocks
-        (FeatureViewSpec(name="n", weights_id="random:1"), 2, 1, MAX_READ_AHEAD),
-        (FeatureViewSpec(name="w", pooling=PoolingSpec("grid", (5, 5))), 64, 1, 1),  # 54 MB
-        (FeatureViewSpec(name="w", pooling=PoolingSpec("grid", (5, 5))), 64, 6, 6),
-    ]:
-        view = SimpleNamespace(spec=spec, shard_rows=shard_rows, name=spec.name)
-        reader = BlockReader(view, selection, InputConfig(read_threads=threads))  # type: ignore[arg-type]
-        assert reader.read_ahead == expected
-
-
 def test_retain_freed_memory_is_applied_on_glibc() -> None:
     import platform
 
