@@ -15,6 +15,7 @@ import numpy as np
 from features.cli import add_common_arguments, configure_logging, run_cli
 from features.planning import ensure_store
 from features.store import BACKENDS, files
+from features.store.backends import COMPRESSIONS
 from features.store.view import FeatureView
 from schemas.errors import ConfigError
 
@@ -22,12 +23,30 @@ LOGGER = logging.getLogger(__name__)
 
 
 def convert_view(
-    source: FeatureView, target_store: str, format_name: str, name: str | None = None
+    source: FeatureView,
+    target_store: str,
+    format_name: str,
+    name: str | None = None,
+    compression: str | None = None,
 ) -> FeatureView:
     """Copy a view's committed shards into a new view of another format (same spec and rows).
 
     Markers are copied unchanged: they describe rows, ids and spec, none of which depend on
-    the format. Shards are written through the target backend, index part first, marker last.
+    the format or the compression. Shards are written through the target backend, index part
+    first, marker last.
+
+    Args:
+        source: the view to copy.
+        target_store: store root of the new view.
+        format_name: a key of BACKENDS.
+        name: name of the new view (None = the source's).
+        compression: a key of COMPRESSIONS (None = the source view's).
+
+    Returns:
+        The new view.
+
+    Raises:
+        ConfigError: the target view exists, or an unknown compression.
     """
     spec = (
         source.spec
@@ -38,7 +57,8 @@ def convert_view(
     target = FeatureView(target_store, spec.name)
     if target.exists():
         raise ConfigError(f"--out {target_store}: view {spec.name!r} already exists there")
-    target.create(spec, source.allocation, source.shard_rows, format_name)
+    compression = compression or source.compression
+    target.create(spec, source.allocation, source.shard_rows, format_name, compression)
     markers = source.committed()
     removed = files.join(source.path, "removed.json")
     if files.exists(removed):
@@ -55,10 +75,11 @@ def convert_view(
             files.join(target.path, "runs", f"{run['run_id']}.json"), json.dumps(run, indent=2)
         )
     LOGGER.info(
-        "converted %s (%d committed shards) to %s at %s",
+        "converted %s (%d committed shards) to %s (%s) at %s",
         source.name,
         len(markers),
         format_name,
+        compression,
         target.path,
     )
     return target
@@ -124,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--to", choices=sorted(BACKENDS), help="target store format")
     target.add_argument("--layout", choices=["ava-mlsp"], help="export in the ava-mlsp HDF5 layout")
     parser.add_argument("--view-name", help="name of the converted view (default: same name)")
+    parser.add_argument(
+        "--compression",
+        choices=sorted(COMPRESSIONS),
+        help="compression of the converted view (default: the source view's; see "
+        "`python -m pipelines.extract --help`)",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -133,11 +160,13 @@ def _main(argv: Sequence[str] | None) -> int:
 
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    if args.layout is not None and args.compression is not None:
+        raise ConfigError(f"--compression applies to --to, not to --layout {args.layout}")
     view = FeatureStore(args.store).view(args.view)
     if args.layout == "ava-mlsp":
         print(f"exported {args.view} to {export_ava_mlsp(view, args.out)}")
         return 0
-    target = convert_view(view, args.out, args.to, args.view_name)
+    target = convert_view(view, args.out, args.to, args.view_name, args.compression)
     print(f"converted {args.view} ({view.format_name}) to {target.path} ({args.to})")
     return 0
 

@@ -117,13 +117,31 @@ def prepare_views(
     allocation: pa.Table,
     shard_rows: int | None,
     format_name: str,
+    compression: str | None = None,
 ) -> list[FeatureView]:
-    """Create or validate every view; they share one row allocation and shard size."""
+    """Create or validate every view; they share one row allocation and shard size.
+
+    Args:
+        store: store root.
+        specs: one spec per view.
+        allocation: row allocation of the manifest.
+        shard_rows: rows per shard of new views (None = default; existing views keep theirs).
+        format_name: a key of BACKENDS.
+        compression: a key of COMPRESSIONS for new views (None = default; existing views
+            keep theirs, and a different one is refused).
+
+    Returns:
+        The views, in the order of specs.
+
+    Raises:
+        ConfigError: views with different shard sizes, or an unknown compression.
+        StoreError: an existing view differs from what is asked.
+    """
     ensure_store(store)
     views = []
     for spec in specs:
         view = FeatureView(store, spec.name)
-        view.ensure(spec, allocation, shard_rows, format_name)
+        view.ensure(spec, allocation, shard_rows, format_name, compression)
         views.append(view)
     if len({view.shard_rows for view in views}) > 1:
         raise ConfigError("views extracted together must share a shard size; run them separately")

@@ -44,6 +44,8 @@ def _check_layout(view: FeatureView, report: VerificationReport) -> None:
         )
     if layout.shard_rows != view.shard_rows:
         report.problems.append(f"array shard rows {layout.shard_rows} != view {view.shard_rows}")
+    if layout.compression != view.compression:
+        report.problems.append(f"array compression {layout.compression} != view {view.compression}")
 
 
 def _check_committed_shard(

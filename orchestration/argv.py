@@ -70,7 +70,11 @@ def extract_options(config: PipelineConfig, view: str) -> dict[str, Any]:
         "view": [VIEWS[short_view(view)]],
         "weights": config.weights,
     }
-    optional = {"shard-size": config.shard_size, "max-side": config.max_side}
+    optional = {
+        "shard-size": config.shard_size,
+        "max-side": config.max_side,
+        "compression": config.compression,
+    }
     options.update({key: value for key, value in optional.items() if value is not None})
     if config.variants != "orig":
         options["variants"] = config.variants

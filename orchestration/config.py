@@ -20,7 +20,8 @@ SCORE_RANGES: dict[str, tuple[float, float]] = {"ava": (1.0, 10.0), "scut-fbp550
 METRIC_SETS: dict[str, str] = {"ava": "ava", "scut-fbp5500": "scut", "folder": "ava"}
 # Flags the DAG sets itself; runner_options may not override them.
 RESERVED_OPTIONS = frozenset(
-    {"manifest", "store", "view", "weights", "runner", "shard-size", "max-side", "variants"}
+    {"manifest", "store", "view", "weights", "runner", "variants"}
+    | {"shard-size", "max-side", "compression"}
 )
 _OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 T = TypeVar("T")
@@ -173,6 +174,15 @@ def _check_variants(variants: str) -> None:
     parse_variants(variants)  # raises ConfigError naming the bad variant
 
 
+def _check_compression(compression: Any) -> None:
+    if compression is None:
+        return
+    from features.store.backends import COMPRESSIONS  # lazy: DAG parsing imports no pyarrow
+
+    known = isinstance(compression, str) and compression in COMPRESSIONS
+    _require(known, "compression", f"null or one of {sorted(COMPRESSIONS)}")
+
+
 def _check_runner_options(options: Mapping[str, Any]) -> None:
     for key, value in options.items():
         _require(
@@ -212,6 +222,7 @@ class PipelineConfig:
         runner_options: extra Beam pipeline options, e.g. {"direct_num_workers": 2}.
         shard_size: rows per shard of a new view (None = the CLI default).
         max_side: downscale images above this side (None = original resolution).
+        compression: features compression of a new view (None = the CLI default, zstd).
         fail_on_errors: fail extraction when any row is not ok.
         evaluate_split: split the evaluation reports on.
         reference_run: run folder of a reference model; recalibrate labels against it.
@@ -235,6 +246,7 @@ class PipelineConfig:
     runner_options: Mapping[str, Any] | None = None
     shard_size: int | None = None
     max_side: int | None = None
+    compression: str | None = None
     fail_on_errors: bool = False
     download: DownloadSettings = DownloadSettings()
     labels: LabelSettings = LabelSettings()
@@ -283,6 +295,7 @@ class PipelineConfig:
         _check_runner_options(self.runner_options or {})
         _optional_positive(self.shard_size, "shard_size")
         _optional_positive(self.max_side, "max_side")
+        _check_compression(self.compression)
         _require(isinstance(self.fail_on_errors, bool), "fail_on_errors", "must be true or false")
         if self.recalibrate:
             lo_hi = self.score_range

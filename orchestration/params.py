@@ -14,6 +14,8 @@ DEFAULT_DATA_ROOT = "/tmp/mlsp"
 _STRING = {"type": "string"}
 _NULL_OR_POSITIVE = {"type": ["null", "integer"], "minimum": 1}
 _NUMBER = {"type": "number"}
+# features.store.backends.COMPRESSIONS, not imported: parsing the DAG imports no pyarrow.
+COMPRESSION_CHOICES = (None, "lz4", "none", "zstd")
 
 _NESTED_SCHEMAS: dict[str, dict[str, Any]] = {
     "download": {
@@ -89,6 +91,10 @@ def _extract_specs() -> dict[str, dict[str, Any]]:
         "runner_options": _described({"default": {}, "type": "object"}, "extra Beam options"),
         "shard_size": {"default": None, **_NULL_OR_POSITIVE},
         "max_side": {"default": None, **_NULL_OR_POSITIVE},
+        "compression": _described(
+            {"default": None, "type": ["null", "string"], "enum": list(COMPRESSION_CHOICES)},
+            "new views: null = zstd (smallest), lz4 (faster reads), none (fastest, largest)",
+        ),
         "fail_on_errors": {"default": False, "type": "boolean"},
     }
 

@@ -19,6 +19,7 @@ from features.images import DEFAULT_MAX_PIXELS
 from features.manifest import read_manifest
 from features.planning import allocate_rows, pending_shards, prepare_views, resolve_specs, summarize
 from features.store import BACKENDS, files
+from features.store.backends import COMPRESSIONS
 from features.store.lease import ViewLease
 from features.store.view import FeatureView, ShardSpec
 from features.variants import parse_variants
@@ -117,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="zarr",
         choices=sorted(BACKENDS),
         help="features array format of a new view (default zarr)",
+    )
+    parser.add_argument(
+        "--compression",
+        default=None,
+        choices=sorted(COMPRESSIONS),
+        help="inner-chunk compression of a new view (default zstd; an existing view keeps its "
+        "own, and a different value is refused). zstd: smallest, decodes about 0.7 GB/s per "
+        "core; lz4: about 1.7 GB/s per core, 10-20%% larger; none: fastest reads (plain "
+        "copies), largest (about 1.5x zstd). HDF5 has no Blosc: zstd and lz4 both store LZF",
     )
     parser.add_argument(
         "--fail-on-errors",
@@ -228,7 +238,9 @@ def _prepare(args: argparse.Namespace) -> list[FeatureView]:
         names=names,
     )
     allocation = allocate_rows(read_manifest(args.manifest))
-    return prepare_views(args.store, specs, allocation, args.shard_size, args.format)
+    return prepare_views(
+        args.store, specs, allocation, args.shard_size, args.format, args.compression
+    )
 
 
 def _execute(

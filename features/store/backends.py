@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -21,9 +21,17 @@ TARGET_CHUNK_BYTES = 1 << 20
 class BloscSettings:
     """Blosc parameters of the features array's inner chunks (Zarr's `blosc` codec)."""
 
-    cname: str
+    cname: Literal["zstd", "lz4"]
     clevel: int
-    shuffle: str
+    shuffle: Literal["shuffle", "bitshuffle"]
+
+    def matches(self, codecs: Sequence[Mapping[str, Any]]) -> bool:
+        """Whether zarr.json's inner compressors (codec dicts) are exactly these settings."""
+        wanted = {"cname": self.cname, "clevel": self.clevel, "shuffle": self.shuffle}
+        if len(codecs) != 1 or codecs[0].get("name") != "blosc":
+            return False
+        config = codecs[0].get("configuration") or {}
+        return {key: config.get(key) for key in wanted} == wanted
 
 
 # Compression of the inner chunks, by name; None stores raw little-endian bytes.
@@ -215,19 +223,11 @@ class ZarrFeatureArray(FeatureArray):
         Raises:
             StoreError: codecs this store never writes.
         """
-        configs = [codec.to_dict() for codec in compressors]
-        found: BloscSettings | None = None
-        if len(configs) == 1 and configs[0].get("name") == "blosc":
-            config = configs[0]["configuration"]
-            found = BloscSettings(
-                str(config["cname"]), int(config["clevel"]), str(config["shuffle"])
-            )
-        names = [name for name, blosc in COMPRESSIONS.items() if blosc == found]
-        if not names or len(configs) > 1 or (configs and found is None):
-            raise StoreError(
-                f"{self.path}: inner codecs {configs} are none of {sorted(COMPRESSIONS)}"
-            )
-        return names[0]
+        codecs = [codec.to_dict() for codec in compressors]
+        for name, blosc in COMPRESSIONS.items():
+            if (blosc is None and not codecs) or (blosc is not None and blosc.matches(codecs)):
+                return name
+        raise StoreError(f"{self.path}: inner codecs {codecs} are none of {sorted(COMPRESSIONS)}")
 
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         self._open()[row_start : row_start + values.shape[0]] = values

@@ -6,6 +6,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,10 @@ from schemas.errors import StoreError
 
 DATASET = "features"
 VIRTUAL_FILE = "features.h5"
+# h5py filter of each COMPRESSIONS name: h5py has no Blosc, so both Blosc choices use LZF.
+HDF5_FILTERS: dict[str, str | None] = {"zstd": "lzf", "lz4": "lzf", "none": None}
+# Stores written before compression was a choice have no "compression" in layout.json.
+LEGACY_COMPRESSION = "zstd"
 
 
 class HDF5FeatureArray(FeatureArray):
@@ -37,10 +42,18 @@ class HDF5FeatureArray(FeatureArray):
         """File of one shard."""
         return files.join(self.path, "shards", f"shard-{shard_index:06d}.h5")
 
+    def _write_layout(self, layout: ArrayLayout) -> None:
+        data = {
+            "shape": list(layout.shape),
+            "dtype": layout.dtype,
+            "shard_rows": layout.shard_rows,
+            "compression": layout.compression,
+        }
+        files.atomic_write_text(self._layout_path(), json.dumps(data))
+
     def create(self, layout: ArrayLayout) -> None:
         files.makedirs(files.join(self.path, "shards"))
-        data = {"shape": list(layout.shape), "dtype": layout.dtype, "shard_rows": layout.shard_rows}
-        files.atomic_write_text(self._layout_path(), json.dumps(data))
+        self._write_layout(layout)
         self.finalize([])
 
     def layout(self) -> ArrayLayout:
@@ -49,16 +62,17 @@ class HDF5FeatureArray(FeatureArray):
         except FileNotFoundError as error:
             raise StoreError(f"{self.path}: not an HDF5 features directory ({error})") from error
         shape = tuple(data["shape"])
-        return ArrayLayout(shape[0], shape[1], shape[2:], data["dtype"], int(data["shard_rows"]))
+        return ArrayLayout(
+            shape[0],
+            shape[1],
+            shape[2:],
+            data["dtype"],
+            int(data["shard_rows"]),
+            str(data.get("compression", LEGACY_COMPRESSION)),
+        )
 
     def resize(self, rows: int) -> None:
-        layout = self.layout()
-        data = {
-            "shape": [rows, layout.variants, *layout.feature_shape],
-            "dtype": layout.dtype,
-            "shard_rows": layout.shard_rows,
-        }
-        files.atomic_write_text(self._layout_path(), json.dumps(data))
+        self._write_layout(replace(self.layout(), rows=rows))
 
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         import h5py
@@ -74,7 +88,7 @@ class HDF5FeatureArray(FeatureArray):
                     DATASET,
                     data=values.astype(layout.dtype, copy=False),
                     chunks=(min(layout.chunk_rows, len(values)), *values.shape[1:]),
-                    compression="lzf",
+                    compression=HDF5_FILTERS[layout.compression],
                 )
             with open(local_file, "rb") as stream:
                 files.atomic_write_bytes(

@@ -14,7 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from features.store import files
-from features.store.backends import ArrayLayout, FeatureArray, backend_for
+from features.store.backends import (
+    DEFAULT_COMPRESSION,
+    ArrayLayout,
+    FeatureArray,
+    backend_for,
+    check_compression,
+)
 from schemas.errors import SpecMismatchError, StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA, ROW_ALLOCATION_SCHEMA
 from schemas.view_spec import FeatureViewSpec
@@ -106,31 +112,46 @@ class FeatureView:
         return files.exists(self._file("view.json"))
 
     def create(
-        self, spec: FeatureViewSpec, allocation: pa.Table, shard_rows: int, format_name: str
+        self,
+        spec: FeatureViewSpec,
+        allocation: pa.Table,
+        shard_rows: int,
+        format_name: str,
+        compression: str | None = None,
     ) -> None:
         """Create the view: features array, row allocation, spec, then view.json last.
 
         A crash before view.json leaves a directory that the next create() overwrites.
+
+        Args:
+            spec, allocation, shard_rows, format_name: the view's spec, rows and layout.
+            compression: a key of COMPRESSIONS (None = DEFAULT_COMPRESSION).
+
+        Raises:
+            ConfigError: an unknown compression.
+            StoreError: shard_rows < 1 or an unknown format.
         """
         if shard_rows < 1:
             raise StoreError(f"shard_rows must be >= 1, got {shard_rows}")
         allocation = allocation.cast(ROW_ALLOCATION_SCHEMA)
         rows = allocation.column("row").to_numpy()
         total_rows = int(rows[-1]) + 1 if len(rows) else 0  # appended segments leave gaps
-        files.remove_tree(self.path)
-        files.makedirs(self.path)
         layout = ArrayLayout(
             total_rows,
             len(spec.variants),
             spec.feature_shape,
             spec.storage_dtype,
             shard_rows,
+            compression or DEFAULT_COMPRESSION,
         )
+        files.remove_tree(self.path)
+        files.makedirs(self.path)
         backend_for(format_name, self.path).create(layout)
         files.atomic_write_parquet(self._file("rows.parquet"), allocation)
         files.atomic_write_text(self._file("spec.json"), spec.to_json())
         meta = {
             "format": format_name,
+            "compression": layout.compression,
             "shard_rows": shard_rows,
             "rows": total_rows,
             "format_version": VIEW_FORMAT_VERSION,
@@ -139,24 +160,38 @@ class FeatureView:
         files.atomic_write_text(self._file("view.json"), json.dumps(meta, indent=2))
         self._meta, self._spec, self._allocation = meta, spec, allocation
         LOGGER.info(
-            "created view %s: %d rows, shards of %d, %s",
+            "created view %s: %d rows, shards of %d, %s (%s)",
             self.path,
             allocation.num_rows,
             shard_rows,
             format_name,
+            layout.compression,
         )
 
     def ensure(
-        self, spec: FeatureViewSpec, allocation: pa.Table, shard_rows: int | None, format_name: str
+        self,
+        spec: FeatureViewSpec,
+        allocation: pa.Table,
+        shard_rows: int | None,
+        format_name: str,
+        compression: str | None = None,
     ) -> None:
         """Create the view, or check that the existing one matches spec, rows and layout.
 
+        Args:
+            spec, allocation, format_name: the view's spec, rows and format.
+            shard_rows, compression: for a new view (None = 64 rows, DEFAULT_COMPRESSION); an
+                existing view keeps its own when they are None.
+
         Raises:
+            ConfigError: an unknown compression.
             SpecMismatchError: the existing view was made with another spec.
-            StoreError: its rows, shard size or format differ from what is asked.
+            StoreError: its rows, shard size, format or compression differ from what is asked.
         """
+        if compression is not None:
+            check_compression(compression)
         if not self.exists():
-            self.create(spec, allocation, shard_rows or 64, format_name)
+            self.create(spec, allocation, shard_rows or 64, format_name, compression)
             return
         differences = self.spec.differences(spec)
         if differences:
@@ -172,6 +207,11 @@ class FeatureView:
         if format_name != self.format_name:
             raise StoreError(
                 f"view {self.name!r} is stored as {self.format_name}, not {format_name}"
+            )
+        if compression is not None and compression != self.compression:
+            raise StoreError(
+                f"view {self.name!r} is stored with {self.compression} compression, not "
+                f"{compression} (omit --compression to reuse it, or use a new view name)"
             )
         from features.store.append import reconcile_manifest
 
@@ -212,6 +252,13 @@ class FeatureView:
     def format_name(self) -> str:
         """Storage format of the features array."""
         return str(self.meta["format"])
+
+    @property
+    def compression(self) -> str:
+        """Compression of the features array (views older than the choice: read from it)."""
+        if "compression" not in self.meta:
+            return self.array.layout().compression
+        return str(self.meta["compression"])
 
     @property
     def array(self) -> FeatureArray:

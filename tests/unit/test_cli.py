@@ -59,6 +59,10 @@ def test_job_help_imports_no_tensorflow_or_keras(job) -> None:
         ),
         (["--manifest", "m", "--store", "s", "--view", "irnv2_mlsp_narrow", "stray"], "stray"),
         (["--store", "s", "--view", "irnv2_mlsp_narrow"], "--manifest"),
+        (
+            ["--manifest", "m", "--store", "s", "--view", "irnv2_mlsp_wide", "--compression=gzip"],
+            "--compression",
+        ),
     ],
 )
 def test_extract_bad_arguments_exit_2_naming_them(argv, named, capsys) -> None:

@@ -12,8 +12,8 @@ from features.store import BACKENDS
 from tests.unit.test_store import SMALL_WIDE, commit, new_view
 
 
-def _filled(tmp_path, backend):
-    view = new_view(str(tmp_path / "src"), backend, SMALL_WIDE, 5, 2)
+def _filled(tmp_path, backend, compression=None):
+    view = new_view(str(tmp_path / "src"), backend, SMALL_WIDE, 5, 2, compression)
     values = np.random.default_rng(1).standard_normal((5, 1, 2, 2, 320)).astype(np.float16)
     values[2] = np.nan
     for shard in view.shards()[:2]:  # the last shard stays uncommitted
@@ -35,6 +35,22 @@ def test_round_trip_between_formats(tmp_path, source, target) -> None:
         b = FeatureStore(other.store_root).table("wide")
         assert a.equals(b)
     assert sorted(converted.committed()) == [0, 1]
+
+
+def test_conversion_keeps_the_compression_unless_told(tmp_path) -> None:
+    view, _ = _filled(tmp_path, "zarr", "lz4")
+    as_hdf5 = convert.convert_view(view, str(tmp_path / "h5"), "hdf5")
+    assert as_hdf5.compression == as_hdf5.array.layout().compression == "lz4"
+    back = convert.convert_view(as_hdf5, str(tmp_path / "back"), "zarr")
+    assert back.array.layout().compression == "lz4"
+    argv = ["--store", view.store_root, "--view", "wide", "--to", "zarr", "--compression", "none"]
+    assert convert.run([*argv, "--out", str(tmp_path / "raw")]) == 0
+    raw = FeatureStore(str(tmp_path / "raw")).view("wide")
+    assert raw.compression == raw.array.layout().compression == "none"
+    source_table = FeatureStore(view.store_root).table("wide")
+    assert source_table.equals(FeatureStore(raw.store_root).table("wide"))
+    ava = ["--layout", "ava-mlsp", "--out", str(tmp_path / "ava"), "--compression", "none"]
+    assert convert.run([*argv[:4], *ava]) == 2
 
 
 def test_ava_mlsp_export_layout(tmp_path) -> None:

@@ -46,9 +46,10 @@ def test_round_trip_through_dict() -> None:
         head={"epochs_per_stage": 2, "learning_rates": [1e-3, 1e-4], "batch_size": 8},
         reference_run="/runs/ref",
         recalibration_range=[1, 5],
+        compression="lz4",
     )
     data = config.to_dict()
-    assert data["views"] == ["narrow"]
+    assert data["views"] == ["narrow"] and data["compression"] == "lz4"
     assert data["head"]["learning_rates"] == [1e-3, 1e-4]
     assert PipelineConfig.from_dict(data) == config
     assert config.beam_runner == "DataflowRunner"
@@ -73,6 +74,9 @@ def test_round_trip_through_dict() -> None:
         ({"runner_options": {"nested": {"a": 1}}}, "runner_options"),
         ({"shard_size": 0}, "shard_size"),
         ({"max_side": True}, "max_side"),
+        ({"compression": "gzip"}, "compression"),
+        ({"compression": ["zstd"]}, "compression"),
+        ({"runner_options": {"compression": "none"}}, "runner_options"),
         ({"head": {"epochs_per_stage": 0}}, "head.epochs_per_stage"),
         ({"head": {"learning_rates": [-1]}}, "head.learning_rates"),
         ({"head": {"target": "nima"}}, "head.target"),
@@ -157,6 +161,7 @@ def test_extract_options_reach_the_extract_cli() -> None:
         weights="random:0",
         shard_size=8,
         max_side=160,
+        compression="none",
         fail_on_errors=True,
         runner="dataflow",
         runner_options={"direct_num_workers": 1},
@@ -166,6 +171,8 @@ def test_extract_options_reach_the_extract_cli() -> None:
     args, beam_args = extract.build_parser().parse_known_args(argv)
     assert args.runner == "dataflow" and args.view == ["irnv2_mlsp_wide"]
     assert (args.shard_size, args.max_side, args.fail_on_errors) == (8, 160, True)
+    assert args.compression == "none"
+    assert "compression" not in argvs.extract_options(make(), "wide")  # the CLI default
     assert args.weights == "random:0" and args.store == config.store_root
     assert beam_args == ["--direct_num_workers=1"]
 
@@ -199,6 +206,12 @@ def test_param_defaults_build_a_valid_config() -> None:
     assert config.views == ("narrow", "wide") and config.weights == "imagenet"
     for name in ("download", "labels", "head"):
         assert set(specs[name]["properties"]) == set(defaults[name])
+
+
+def test_compression_param_lists_the_store_choices() -> None:
+    from features.store.backends import COMPRESSIONS
+
+    assert param_specs()["compression"]["enum"] == [None, *sorted(COMPRESSIONS)]
 
 
 def test_param_schemas_accept_their_defaults() -> None:

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from features.planning import allocate_rows, ensure_store
 from features.query import FeatureStore, tensor_array
 from features.store import BACKENDS, files
+from features.store.backends import COMPRESSIONS
 from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
-from schemas.errors import SpecMismatchError, StoreError, UnknownImageIdsError
+from schemas.errors import ConfigError, SpecMismatchError, StoreError, UnknownImageIdsError
 from schemas.tables import MANIFEST_SCHEMA
 from schemas.view_spec import FeatureViewSpec, PoolingSpec
 
@@ -82,27 +83,39 @@ def backend(request) -> str:
     return request.param
 
 
+@pytest.fixture(params=sorted(COMPRESSIONS))
+def compression(request) -> str:
+    return request.param
+
+
 def new_view(
-    root: str, backend: str, spec: FeatureViewSpec, n: int, shard_rows: int
+    root: str,
+    backend: str,
+    spec: FeatureViewSpec,
+    n: int,
+    shard_rows: int,
+    compression: str | None = None,
 ) -> FeatureView:
     ensure_store(root)
     view = FeatureView(root, spec.name)
-    view.ensure(spec, allocate_rows(manifest(n)), shard_rows, backend)
+    view.ensure(spec, allocate_rows(manifest(n)), shard_rows, backend, compression)
     return view
 
 
 @settings(
-    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     n=st.integers(1, 11), shard_rows=st.integers(1, 4), wide=st.booleans(), seed=st.integers(0, 99)
 )
 def test_round_trip_through_store_and_arrow(
-    tmp_path_factory, backend, n, shard_rows, wide, seed
+    tmp_path_factory, backend, compression, n, shard_rows, wide, seed
 ) -> None:
     root = str(tmp_path_factory.mktemp("store"))
     spec = SMALL_WIDE if wide else SMALL_NARROW
-    view = new_view(root, backend, spec, n, shard_rows)
+    view = new_view(root, backend, spec, n, shard_rows, compression)
+    reopened = FeatureView(root, spec.name)
+    assert reopened.compression == reopened.array.layout().compression == compression
     rng = np.random.default_rng(seed)
     values = rng.standard_normal((n, 1, *spec.feature_shape)).astype(np.float16)
     statuses = [("ok" if rng.uniform() < 0.8 else "decode_error") for _ in range(n)]
@@ -173,8 +186,22 @@ def test_existing_view_refuses_other_spec_and_grows_with_the_manifest(tmp_path, 
         view.ensure(SMALL_NARROW, allocate_rows(manifest(4)), 3, backend)
 
 
-def test_failed_write_then_retry_is_exact(tmp_path, backend, monkeypatch) -> None:
-    view = new_view(str(tmp_path), backend, SMALL_WIDE, 4, 4)
+def test_existing_view_keeps_its_compression_and_refuses_another(tmp_path, backend) -> None:
+    new_view(str(tmp_path), backend, SMALL_NARROW, 4, 2, "lz4")
+    view = FeatureView(str(tmp_path), "narrow")
+    rows = allocate_rows(manifest(4))
+    view.ensure(SMALL_NARROW, rows, None, backend)  # None reuses the view's own
+    view.ensure(SMALL_NARROW, rows, None, backend, "lz4")
+    with pytest.raises(StoreError, match=r"view 'narrow' is stored with lz4 compression, not none"):
+        view.ensure(SMALL_NARROW, rows, None, backend, "none")
+    with pytest.raises(ConfigError, match=r"'gzip'.*\['lz4', 'none', 'zstd'\]"):
+        view.ensure(SMALL_NARROW, rows, None, backend, "gzip")
+    assert FeatureView(str(tmp_path), "narrow").compression == "lz4"
+    assert view.array.layout().compression == "lz4"
+
+
+def test_failed_write_then_retry_is_exact(tmp_path, backend, compression, monkeypatch) -> None:
+    view = new_view(str(tmp_path), backend, SMALL_WIDE, 4, 4, compression)
     shard = view.shards()[0]
     values = (
         np.arange(4 * 2 * 2 * 320, dtype=np.float32).reshape(4, 1, 2, 2, 320).astype(np.float16)
