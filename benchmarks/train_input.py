@@ -18,9 +18,17 @@ import zarr
 
 from benchmarks.reference_hdf5 import reference_batches, write_reference_file
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.heads import HEADS
 from features.planning import allocate_rows, ensure_store
+from features.store.backends import COMPRESSIONS
 from features.store.view import CommitMarker, FeatureView, image_ids_digest
-from features.training_input import BlockReader, InputConfig, make_dataset, select_rows
+from features.training_input import (
+    BlockReader,
+    InputConfig,
+    make_dataset,
+    retain_freed_memory,
+    select_rows,
+)
 from features.training_labels import TrainingLabels
 from schemas.tables import MANIFEST_SCHEMA
 from schemas.view_spec import NARROW_VIEW, PREDEFINED_VIEWS, WIDE_VIEW, FeatureViewSpec
@@ -33,6 +41,7 @@ class Measurement:
     """One timed pass over the same samples."""
 
     view: str
+    compression: str
     method: str
     samples: int
     megabytes: float
@@ -71,11 +80,13 @@ def relu_like(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     return np.maximum(rng.normal(0.3, 1.0, shape), 0.0).astype(np.float16)
 
 
-def build_view(root: str, spec: FeatureViewSpec, rows: int, shard_rows: int) -> FeatureView:
+def build_view(
+    root: str, spec: FeatureViewSpec, rows: int, shard_rows: int, compression: str
+) -> FeatureView:
     """A committed synthetic view of `rows` rows."""
     ensure_store(root)
     view = FeatureView(root, spec.name)
-    view.ensure(spec, allocate_rows(_manifest(rows)), shard_rows, "zarr")
+    view.ensure(spec, allocate_rows(_manifest(rows)), shard_rows, "zarr", compression)
     rng = np.random.default_rng(0)
     for shard in view.shards():
         ids = view.shard_image_ids(shard)
@@ -111,15 +122,18 @@ def build_view(root: str, spec: FeatureViewSpec, rows: int, shard_rows: int) -> 
 
 
 def _timed(
-    view: str, method: str, sample_bytes: int, run: Callable[[], int], repeats: int
+    label: tuple[str, str, str], sample_bytes: int, run: Callable[[], int], repeats: int
 ) -> Measurement:
-    """Best (fastest) of `repeats` passes: the least disturbed by other load on the machine."""
+    """Best (fastest) of `repeats` passes: the least disturbed by other load on the machine.
+
+    label is (view, compression, method).
+    """
     timings = []
     for _ in range(repeats):
         started = time.perf_counter()
         samples = run()
         timings.append(time.perf_counter() - started)
-    return Measurement(view, method, samples, samples * sample_bytes / 1e6, min(timings))
+    return Measurement(*label, samples, samples * sample_bytes / 1e6, min(timings))
 
 
 def _labels(ids: list[str]) -> TrainingLabels:
@@ -135,73 +149,111 @@ def _labels(ids: list[str]) -> TrainingLabels:
     )
 
 
-def sequential_reads(view: FeatureView) -> list[tuple[str, Callable[[], int]]]:
-    """Shard-by-shard reads of every row: through the store backend, and through zarr-python
-    directly (what the backend did before its whole-shard scans)."""
+def sequential_reads(view: FeatureView, range_rows: int) -> list[tuple[str, Callable[[], int]]]:
+    """Reads of every row in order, range_rows at a time (the pipeline's window, so the same
+    memory): through the store backend (decoded: the baseline), through zarr-python, and
+    the shard objects' bytes alone (no decoding; for compressed stores, the I/O share).
+    """
     rows = int(view.meta["rows"])
+    ranges = [(start, min(rows, start + range_rows)) for start in range(0, rows, range_rows)]
 
     def raw() -> int:
-        for shard in view.shards():
-            view.array.read_range(shard.row_start, shard.row_stop)
+        for start, stop in ranges:
+            view.array.read_range(start, stop)
         return rows
 
     def zarr_python() -> int:
         array = zarr.open_array(store=os.path.join(view.path, "features.zarr"), mode="r")
-        for shard in view.shards():
-            np.asarray(array[shard.row_start : shard.row_stop])
+        for start, stop in ranges:
+            np.asarray(array[start:stop])
         return rows
 
-    return [("raw sequential read (store)", raw), ("zarr-python sequential read", zarr_python)]
+    def file_bytes() -> int:
+        shard_files = os.path.join(view.path, "features.zarr", "c")
+        for folder, _, names in os.walk(shard_files):
+            for name in names:
+                with open(os.path.join(folder, name), "rb") as handle:
+                    handle.read()
+        return rows
+
+    return [
+        ("raw sequential read (store)", raw),
+        ("zarr-python sequential read", zarr_python),
+        ("shard file bytes only, not decoded", file_bytes),
+    ]
 
 
-def measure_view(
-    root: str, spec: FeatureViewSpec, rows: int, shard_rows: int, batch_size: int, repeats: int = 3
-) -> list[Measurement]:
-    """Pipeline, raw sequential reads and reference HDF5 generator over the same rows."""
-    view = build_view(root, spec, rows, shard_rows)
+@dataclass(frozen=True)
+class BenchmarkCase:
+    """One view at one compression, with the training batch size."""
+
+    spec: FeatureViewSpec
+    rows: int
+    shard_rows: int
+    batch_size: int
+    compression: str
+    repeats: int
+
+
+def measure_case(root: str, case: BenchmarkCase, with_reference: bool) -> list[Measurement]:
+    """Pipeline and raw sequential reads (and optionally the reference HDF5 generator), all
+    over the same rows."""
+    spec = case.spec
+    view = build_view(root, spec, case.rows, case.shard_rows, case.compression)
     ids = view.allocation.column("image_id").to_pylist()
     selection = select_rows(view.committed_index(), _labels(ids), "train")
     sample_bytes = int(np.prod(spec.feature_shape)) * 2
-    config = InputConfig(batch_size=batch_size, shuffle=True, shuffle_buffer=4096)
-    dataset = make_dataset(BlockReader(view, selection, config))
+    config = InputConfig(batch_size=case.batch_size, shuffle=True, shuffle_buffer=4096)
+    reader = BlockReader(view, selection, config)
+    dataset = make_dataset(reader)
 
     def pipeline() -> int:
         return sum(int(features.shape[0]) for features, _ in dataset)
 
-    h5_path = os.path.join(root, f"{spec.name}_reference.h5")
-    write_reference_file(h5_path, ids, view.array.read_range(0, rows))
-
-    def reference() -> int:
-        return sum(
-            len(b) for b, _ in reference_batches(h5_path, ids, selection.targets, batch_size)
-        )
-
     pipeline()  # warm-up: traces the tf.data graph once
     methods = [
-        *sequential_reads(view),
+        *sequential_reads(view, reader.window_size()),
         ("training input pipeline", pipeline),
-        ("reference HDF5 per-image generator", reference),
     ]
-    return [_timed(spec.name, name, sample_bytes, run, repeats) for name, run in methods]
+    if with_reference:
+        h5_path = os.path.join(root, f"{spec.name}_reference.h5")
+        write_reference_file(h5_path, ids, view.array.read_range(0, case.rows))
+
+        def reference() -> int:
+            batches = reference_batches(h5_path, ids, selection.targets, case.batch_size)
+            return sum(len(batch) for batch, _ in batches)
+
+        methods.append(("reference HDF5 per-image generator", reference))
+    label = (spec.name, case.compression)
+    return [_timed((*label, name), sample_bytes, run, case.repeats) for name, run in methods]
 
 
 def markdown_table(results: Sequence[Measurement]) -> str:
-    """Results, then pipeline/raw and pipeline/reference ratios per view."""
+    """Results, then pipeline/raw and pipeline/reference ratios per view and compression."""
     lines = [
-        "| view | method | samples | MB | s | MB/s | samples/s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| view | compression | method | samples | MB | s | MB/s | samples/s |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
     lines += [
-        f"| {m.view} | {m.method} | {m.samples} | {m.megabytes:.0f} | {m.seconds:.2f} | "
-        f"{m.mb_per_s:.0f} | {m.samples_per_s:.0f} |"
+        f"| {m.view} | {m.compression} | {m.method} | {m.samples} | {m.megabytes:.0f} | "
+        f"{m.seconds:.2f} | {m.mb_per_s:.0f} | {m.samples_per_s:.0f} |"
         for m in results
     ]
-    lines += ["", "| view | pipeline / raw read | pipeline / reference layout |", "|---|---:|---:|"]
-    for view in dict.fromkeys(m.view for m in results):
-        rate = {m.method.split()[0]: m.mb_per_s for m in results if m.view == view}
+    lines += [
+        "",
+        "| view | compression | pipeline / raw read | pipeline / reference layout |",
+        "|---|---|---:|---:|",
+    ]
+    reference = {m.view: m.mb_per_s for m in results if m.method.startswith("reference")}
+    for view, compression in dict.fromkeys((m.view, m.compression) for m in results):
+        rate = {
+            m.method.split()[0]: m.mb_per_s
+            for m in results
+            if (m.view, m.compression) == (view, compression)
+        }
         lines.append(
-            f"| {view} | {rate['training'] / rate['raw']:.2f} | "
-            f"{rate['training'] / rate['reference']:.1f} |"
+            f"| {view} | {compression} | {rate['training'] / rate['raw']:.2f} | "
+            f"{rate['training'] / reference[view]:.1f} |"
         )
     return "\n".join(lines)
 
@@ -212,10 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.train_input",
         description="Training-input delivery rate benchmark.",
     )
-    parser.add_argument("--narrow-rows", type=positive_int("--narrow-rows"), default=4096)
-    parser.add_argument("--wide-rows", type=positive_int("--wide-rows"), default=192)
+    parser.add_argument("--narrow-rows", type=positive_int("--narrow-rows"), default=16384)
+    parser.add_argument("--wide-rows", type=positive_int("--wide-rows"), default=512)
     parser.add_argument("--shard-rows", type=positive_int("--shard-rows"), default=64)
-    parser.add_argument("--batch-size", type=positive_int("--batch-size"), default=64)
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int("--batch-size"),
+        help="samples per batch (default: the head's reference size, 256 narrow, 128 wide)",
+    )
+    parser.add_argument(
+        "--compressions",
+        type=_compressions,
+        default=("zstd", "none"),
+        help="comma-separated store compressions to measure (default zstd,none)",
+    )
     parser.add_argument(
         "--repeats",
         type=positive_int("--repeats"),
@@ -227,21 +289,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _compressions(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in COMPRESSIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown compression(s) {unknown}; choose from {sorted(COMPRESSIONS)}"
+        )
+    return names
+
+
+def _cases(args: argparse.Namespace) -> list[BenchmarkCase]:
+    cases = []
+    for view, head, rows in (
+        (NARROW_VIEW, "narrow", args.narrow_rows),
+        (WIDE_VIEW, "wide", args.wide_rows),
+    ):
+        batch = args.batch_size or HEADS[head].batch_size
+        for compression in args.compressions:
+            spec = PREDEFINED_VIEWS[view]
+            cases.append(
+                BenchmarkCase(spec, rows, args.shard_rows, batch, compression, args.repeats)
+            )
+    return cases
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
-    with tempfile.TemporaryDirectory(dir=args.work) as scratch:
-        results = []
-        for name, rows in ((NARROW_VIEW, args.narrow_rows), (WIDE_VIEW, args.wide_rows)):
-            LOGGER.info("building %s with %d rows", name, rows)
-            results += measure_view(
-                os.path.join(scratch, "store"),
-                PREDEFINED_VIEWS[name],
-                rows,
-                args.shard_rows,
-                args.batch_size,
-                args.repeats,
-            )
+    retain_freed_memory()  # as training does, for every method alike
+    results: list[Measurement] = []
+    for case in _cases(args):
+        LOGGER.info("building %s (%s) with %d rows", case.spec.name, case.compression, case.rows)
+        with tempfile.TemporaryDirectory(dir=args.work) as scratch:
+            first = not any(m.view == case.spec.name for m in results)
+            results += measure_case(os.path.join(scratch, "store"), case, with_reference=first)
     print(markdown_table(results))
     return 0
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import sys
 from collections import Counter, deque
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -165,7 +167,7 @@ def plan_blocks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
     return np.split(np.arange(len(rows)), breaks)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Window:
     """One shuffle window: samples read in place into the slots of the batches they will be in.
 
@@ -173,32 +175,37 @@ class Window:
         features: [n, *shape] (storage dtype), 64-byte aligned, filled by the read tasks.
         targets: [n, units] targets, placed at plan time.
         positions: [n] selection positions, placed at plan time.
-        carry_slots: slots of the samples carried over from the previous window.
         reads: pending read tasks.
-        final: the epoch's last window (its short last batch is emitted).
     """
 
     features: np.ndarray
     targets: np.ndarray
     positions: np.ndarray
-    carry_slots: np.ndarray
     reads: list[Future[None]]
-    final: bool
 
-    def wait(self) -> None:
-        """Block until every read task is done (re-raising the first error)."""
+    def filled(self) -> Window:
+        """The window once every read task is done (re-raising the first error)."""
         for future in self.reads:
             future.result()
+        return self
+
+    def batches(self, batch_size: int) -> Iterator[Batch]:
+        """Consecutive slices of batch_size samples (views, no copies)."""
+        for start in range(0, len(self.positions), batch_size):
+            stop = start + batch_size
+            yield self.features[start:stop], self.targets[start:stop], self.positions[start:stop]
 
 
 class BlockReader:
     """Reads a selection window by window, choosing variants; the generator behind the dataset.
 
-    An epoch permutes the chunk-aligned blocks, groups them into windows of about the shuffle
-    buffer's size and permutes each window's samples: that permutation decides, before any
-    byte is read, which slot of which batch a sample lands in, so every sample is read (and
-    decoded) straight into its batch. Batches are slices of the window's buffer, handed to
-    TensorFlow without a copy. The next window is read while this one's batches are consumed.
+    An epoch permutes the chunk-aligned blocks and cuts the resulting sample sequence into
+    windows of a whole number of batches (about the shuffle buffer's size), then permutes each
+    window's samples. That permutation decides, before any byte is read, which slot of which
+    batch a sample lands in, so every sample is read (and decoded) straight into its batch.
+    Batches are slices of the window's buffer, handed to TensorFlow without a copy; the next
+    window is read while this one's batches are consumed. A block cut by a window edge is
+    read in two parts (whole inner chunks, at most one decoded twice).
     """
 
     def __init__(self, view: FeatureView, selection: RowSelection, config: InputConfig) -> None:
@@ -213,28 +220,25 @@ class BlockReader:
         self.blocks = plan_blocks(selection.rows, view.shard_rows * config.blocks_per_read)
         self.epoch = 0
         self.read_threads = max(config.read_threads, decode_threads())
+        self.buffers = BufferPool()
 
     def window_size(self) -> int:
-        """Samples mixed together: the shuffle buffer when shuffling, else one batch."""
+        """Samples mixed together, a multiple of the batch size: about the shuffle buffer (at
+        least one batch) when shuffling, else one batch."""
+        size = self.config.batch_size
         if not self.config.shuffle:
-            return self.config.batch_size
+            return size
         spec = self.view.spec
         sample_bytes = int(np.prod(spec.feature_shape)) * np.dtype(spec.storage_dtype).itemsize
-        return max(self.config.batch_size, shuffle_capacity(self.config, sample_bytes))
+        return max(size, shuffle_capacity(self.config, sample_bytes) // size * size)
 
-    def _window_groups(self, rng: np.random.Generator) -> list[list[np.ndarray]]:
-        """The epoch's blocks (shuffled when shuffling), grouped into windows."""
+    def _epoch_order(self, rng: np.random.Generator) -> np.ndarray:
+        """Selection positions in epoch order: blocks in shuffled order, rows sorted in each."""
+        if not self.blocks:
+            return np.empty(0, np.int64)
         count = len(self.blocks)
         order = rng.permutation(count) if self.config.shuffle else np.arange(count)
-        limit, filled = self.window_size(), 0
-        groups: list[list[np.ndarray]] = []
-        for index in order:
-            if not groups or filled >= limit:
-                groups.append([])
-                filled = 0
-            groups[-1].append(self.blocks[index])
-            filled += len(self.blocks[index])
-        return groups
+        return np.concatenate([self.blocks[index] for index in order])
 
     def _variants(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """Variant index per sample: uniform per epoch, or the fixed one."""
@@ -243,82 +247,100 @@ class BlockReader:
         return np.full(count, self.config.variant, dtype=np.int64)
 
     def _plan_window(
-        self,
-        blocks: list[np.ndarray],
-        carried: int,
-        final: bool,
-        rng: np.random.Generator,
-        pool: ThreadPoolExecutor,
+        self, positions: np.ndarray, rng: np.random.Generator, pool: ThreadPoolExecutor
     ) -> Window:
-        """Draw the window's permutation, variants and noise, then submit its reads.
+        """Draw the window's permutation, variants and noise, then submit its reads (one per
+        block piece).
 
         Every random draw happens here, in the consumer's thread and in a fixed order, so an
         epoch is reproducible whatever the timing of the read threads.
         """
-        spec, selection = self.view.spec, self.selection
-        total = carried + sum(len(block) for block in blocks)
+        spec, selection, total = self.view.spec, self.selection, len(positions)
         slots = rng.permutation(total) if self.config.shuffle else np.arange(total)
+        variants = self._variants(total, rng)
+        targets = selection.targets[positions]
+        if self.config.label_noise > 0:
+            targets = targets + rng.normal(0.0, self.config.label_noise, targets.shape)
         window = Window(
-            aligned_empty((total, *spec.feature_shape), np.dtype(spec.storage_dtype)),
+            self.buffers.empty((total, *spec.feature_shape), np.dtype(spec.storage_dtype)),
             np.empty((total, selection.targets.shape[1]), np.float32),
             np.empty(total, np.int64),
-            slots[:carried],
             [],
-            final,
         )
-        offset = carried
-        for positions in blocks:
-            block_slots = slots[offset : offset + len(positions)]
-            offset += len(positions)
-            targets = selection.targets[positions]
-            if self.config.label_noise > 0:
-                targets = targets + rng.normal(0.0, self.config.label_noise, targets.shape)
-            window.targets[block_slots] = targets
-            window.positions[block_slots] = positions
-            request = ScatterRequest(
-                selection.rows[positions], self._variants(len(positions), rng), block_slots
-            )
+        window.targets[slots] = targets
+        window.positions[slots] = positions
+        rows = selection.rows[positions]
+        block_ids = rows // (self.view.shard_rows * self.config.blocks_per_read)
+        breaks = [0, *(np.flatnonzero(np.diff(block_ids)) + 1).tolist(), total]
+        for start, stop in itertools.pairwise(breaks):
+            request = ScatterRequest(rows[start:stop], variants[start:stop], slots[start:stop])
             window.reads.append(pool.submit(self.view.array.scatter_rows, request, window.features))
         return window
 
-    def _emit(self, window: Window, carry: Batch | None) -> Generator[Batch, None, Batch | None]:
-        """Wait for the window, place the carried samples, yield its batches; return the rest."""
-        window.wait()
-        columns = (window.features, window.targets, window.positions)
-        if carry is not None:
-            for column, carried in zip(columns, carry, strict=True):
-                column[window.carry_slots] = carried
-        total, size = len(window.positions), self.config.batch_size
-        full = total if window.final else total - total % size
-        for start in range(0, full, size):
-            stop = min(start + size, full)
-            yield columns[0][start:stop], columns[1][start:stop], columns[2][start:stop]
-        if full == total:
-            return None
-        return columns[0][full:].copy(), columns[1][full:].copy(), columns[2][full:].copy()
-
-    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        """One epoch as batches; only the last may be short (samples that do not fill a batch
-        are carried into the next window, at random slots of it)."""
+    def epoch_windows(self, epoch: int) -> Iterator[Window]:
+        """One epoch as filled windows, the next one read while this one is consumed."""
         rng = np.random.default_rng([self.config.seed, epoch])
-        groups = self._window_groups(rng)
-        size, carried, carry = self.config.batch_size, 0, None
+        order, size = self._epoch_order(rng), self.window_size()
         with ThreadPoolExecutor(self.read_threads, "block-read") as pool:
             pending: deque[Window] = deque()
-            for number, blocks in enumerate(groups):
-                final = number == len(groups) - 1
-                window = self._plan_window(blocks, carried, final, rng, pool)
-                carried = len(window.positions) % size
-                pending.append(window)
-                if len(pending) > 1:  # one window is read ahead of the one being consumed
-                    carry = yield from self._emit(pending.popleft(), carry)
+            for start in range(0, len(order), size):
+                pending.append(self._plan_window(order[start : start + size], rng, pool))
+                if len(pending) > 1:
+                    yield pending.popleft().filled()
             while pending:
-                carry = yield from self._emit(pending.popleft(), carry)
+                yield pending.popleft().filled()
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """One epoch as batches (views of the windows); only the last may be short."""
+        for window in self.epoch_windows(epoch):
+            yield from window.batches(self.config.batch_size)
 
     def __call__(self) -> Iterator[Batch]:
-        """Generator of the next epoch's batches (tf.data calls this once per iteration)."""
+        """The next epoch's windows as (features, targets, positions) arrays: tf.data calls
+        this once per iteration and cuts the windows into batches itself (make_dataset)."""
         epoch, self.epoch = self.epoch, self.epoch + 1
-        yield from self.epoch_batches(epoch)
+        for window in self.epoch_windows(epoch):
+            yield window.features, window.targets, window.positions
+
+
+class BufferPool:
+    """Recycles the large window buffers once nothing references them any more.
+
+    A window's batches are views of its buffer, and TensorFlow keeps a reference to each
+    batch it wraps, so a buffer is free again exactly when its reference count is back to the
+    pool's own. Reuse matters: a fresh buffer of this size is mapped anew and every page of it
+    faults and is zeroed on first touch (measured at a third of the pipeline's time).
+    """
+
+    def __init__(self, keep: int = 4) -> None:
+        self.keep = keep
+        self.buffers: list[np.ndarray] = []
+
+    def _free(self, index: int) -> bool:
+        return sys.getrefcount(self.buffers[index]) == 2  # the pool's list and this call
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        """An uninitialised 64-byte aligned array, on a recycled buffer when one is free."""
+        nbytes = int(np.prod(shape)) * dtype.itemsize + 64
+        for index in range(len(self.buffers)):
+            if self.buffers[index].nbytes >= nbytes and self._free(index):
+                return _aligned_view(self.buffers[index], shape, dtype)
+        raw = np.empty(nbytes, dtype=np.uint8)
+        if len(self.buffers) >= self.keep:
+            free = [index for index in range(len(self.buffers)) if self._free(index)]
+            if not free:
+                return _aligned_view(raw, shape, dtype)  # all in use: not kept
+            del self.buffers[free[0]]
+        self.buffers.append(raw)
+        return _aligned_view(raw, shape, dtype)
+
+
+def _aligned_view(
+    raw: np.ndarray, shape: tuple[int, ...], dtype: np.dtype[Any], alignment: int = 64
+) -> np.ndarray:
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    offset = -raw.ctypes.data % alignment
+    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any], alignment: int = 64) -> np.ndarray:
@@ -363,7 +385,7 @@ def retain_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1
 
 
 def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
-    """tf.data pipeline over the reader's batches (storage dtype), then prefetch.
+    """tf.data pipeline over the reader's windows, cut into batches (storage dtype), prefetched.
 
     Args:
         reader: the block reader (its config decides shuffling and batching).
@@ -382,8 +404,24 @@ def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
         tf.TensorSpec([None, units], tf.float32),
         tf.TensorSpec([None], tf.int64),
     )
-    dataset = tf.data.Dataset.from_generator(reader, output_signature=signature)
-    steps = -(-len(reader.selection) // reader.config.batch_size)
+    # One Python call per window, not per batch: tf.data then cuts each window into batches
+    # in C++. Slicing an aligned tensor along its first axis shares its buffer (no copy),
+    # and the window's numpy buffer is wrapped the same way.
+    windows = tf.data.Dataset.from_generator(reader, output_signature=signature)
+    batch_size = reader.config.batch_size
+
+    def cut(features: Any, targets: Any, positions: Any) -> Any:
+        starts = tf.data.Dataset.range(0, tf.cast(tf.shape(positions)[0], tf.int64), batch_size)
+        return starts.map(
+            lambda start: (
+                features[start : start + batch_size],
+                targets[start : start + batch_size],
+                positions[start : start + batch_size],
+            )
+        )
+
+    dataset = windows.flat_map(cut)
+    steps = -(-len(reader.selection) // batch_size)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
 
     if not with_positions:

@@ -37,7 +37,8 @@ def decode_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _pool() -> ThreadPoolExecutor:
+def decode_pool() -> ThreadPoolExecutor:
+    """The process's shard decoding thread pool (decode_threads() threads)."""
     global _POOL
     if _POOL is None or _POOL[0] != os.getpid():
         _POOL = (os.getpid(), ThreadPoolExecutor(decode_threads(), "shard-decode"))
@@ -344,4 +345,4 @@ def _submit(tasks: list[Task], last: bool) -> list[Future[None]]:
         return []
     groups = min(len(tasks), decode_threads())
     bounds = np.linspace(0, len(tasks), groups + 1).astype(int)
-    return [_pool().submit(_run_all, tasks[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [decode_pool().submit(_run_all, tasks[a:b]) for a, b in itertools.pairwise(bounds)]

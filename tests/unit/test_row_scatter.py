@@ -22,7 +22,9 @@ def expected_out(reference: np.ndarray, request: ScatterRequest, slots: int) -> 
     shape = reference.shape[1:] if request.variants is None else reference.shape[2:]
     out = np.full((slots, *shape), 7.0, np.float16)
     for index, row in enumerate(request.rows):
-        value = reference[row] if request.variants is None else reference[row, request.variants[index]]
+        value = (
+            reference[row] if request.variants is None else reference[row, request.variants[index]]
+        )
         out[request.slots[index]] = value
     return out
 

@@ -105,7 +105,7 @@ def test_fixed_variant_and_row_order_for_evaluation(store) -> None:
     view = store["view"]
     selection = select_rows(view.committed_index(), store["labels"], "val")
     config = InputConfig(batch_size=4, shuffle=False, variant_mode="fixed", variant=2)
-    batches = list(BlockReader(view, selection, config)())
+    batches = list(BlockReader(view, selection, config).epoch_batches(0))
     stacked = np.concatenate([b[0].reshape(len(b[0]), -1) for b in batches])
     np.testing.assert_array_equal(stacked[:, 0], selection.rows)
     assert set(stacked[:, 1]) == {2}
