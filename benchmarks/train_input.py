@@ -122,18 +122,28 @@ def build_view(
 
 
 def _timed(
-    label: tuple[str, str, str], sample_bytes: int, run: Callable[[], int], repeats: int
+    label: tuple[str, str, str],
+    sample_bytes: int,
+    run: Callable[[], int],
+    repeats: int,
+    min_seconds: float,
 ) -> Measurement:
-    """Best (fastest) of `repeats` passes: the least disturbed by other load on the machine.
-
-    label is (view, compression, method).
+    """Best (fastest) of `repeats` timings, the least disturbed by other load on the machine;
+    each timing repeats whole passes until min_seconds have passed, so that fast methods are
+    not timed on a few tens of milliseconds. label is (view, compression, method).
     """
-    timings = []
+    best: tuple[int, float] | None = None
     for _ in range(repeats):
-        started = time.perf_counter()
-        samples = run()
-        timings.append(time.perf_counter() - started)
-    return Measurement(*label, samples, samples * sample_bytes / 1e6, min(timings))
+        samples, started = 0, time.perf_counter()
+        while True:
+            samples += run()
+            seconds = time.perf_counter() - started
+            if seconds >= min_seconds:
+                break
+        if best is None or samples / seconds > best[0] / best[1]:
+            best = (samples, seconds)
+    assert best is not None
+    return Measurement(*label, best[0], best[0] * sample_bytes / 1e6, best[1])
 
 
 def _labels(ids: list[str]) -> TrainingLabels:
@@ -193,6 +203,7 @@ class BenchmarkCase:
     batch_size: int
     compression: str
     repeats: int
+    min_seconds: float
 
 
 def measure_case(root: str, case: BenchmarkCase, with_reference: bool) -> list[Measurement]:
@@ -225,7 +236,10 @@ def measure_case(root: str, case: BenchmarkCase, with_reference: bool) -> list[M
 
         methods.append(("reference HDF5 per-image generator", reference))
     label = (spec.name, case.compression)
-    return [_timed((*label, name), sample_bytes, run, case.repeats) for name, run in methods]
+    return [
+        _timed((*label, name), sample_bytes, run, case.repeats, case.min_seconds)
+        for name, run in methods
+    ]
 
 
 def markdown_table(results: Sequence[Measurement]) -> str:
@@ -275,14 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compressions",
         type=_compressions,
-        default=("zstd", "none"),
-        help="comma-separated store compressions to measure (default zstd,none)",
+        default=("lz4", "zstd", "none"),
+        help="comma-separated store compressions to measure (default lz4,zstd,none)",
     )
     parser.add_argument(
         "--repeats",
         type=positive_int("--repeats"),
         default=3,
-        help="passes per method; the fastest is reported (default 3)",
+        help="timings per method; the fastest is reported (default 3)",
+    )
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=1.0,
+        help="each timing repeats passes until this long (default 1.0)",
     )
     parser.add_argument("--work", help="scratch folder (default: a temporary one)")
     add_common_arguments(parser)
@@ -309,7 +329,15 @@ def _cases(args: argparse.Namespace) -> list[BenchmarkCase]:
         for compression in args.compressions:
             spec = PREDEFINED_VIEWS[view]
             cases.append(
-                BenchmarkCase(spec, rows, args.shard_rows, batch, compression, args.repeats)
+                BenchmarkCase(
+                    spec,
+                    rows,
+                    args.shard_rows,
+                    batch,
+                    compression,
+                    args.repeats,
+                    args.min_seconds,
+                )
             )
     return cases
 

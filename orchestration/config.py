@@ -222,7 +222,7 @@ class PipelineConfig:
         runner_options: extra Beam pipeline options, e.g. {"direct_num_workers": 2}.
         shard_size: rows per shard of a new view (None = the CLI default).
         max_side: downscale images above this side (None = original resolution).
-        compression: features compression of a new view (None = the CLI default, zstd).
+        compression: features compression of a new view (None = the CLI default, lz4).
         fail_on_errors: fail extraction when any row is not ok.
         evaluate_split: split the evaluation reports on.
         reference_run: run folder of a reference model; recalibrate labels against it.

@@ -93,7 +93,7 @@ def _extract_specs() -> dict[str, dict[str, Any]]:
         "max_side": {"default": None, **_NULL_OR_POSITIVE},
         "compression": _described(
             {"default": None, "type": ["null", "string"], "enum": list(COMPRESSION_CHOICES)},
-            "new views: null = zstd (smallest), lz4 (faster reads), none (fastest, largest)",
+            "new views: null = lz4 (fast reads), zstd (smallest, slow reads), none (largest)",
         ),
         "fail_on_errors": {"default": False, "type": "boolean"},
     }

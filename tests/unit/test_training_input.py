@@ -143,3 +143,55 @@ def test_retain_freed_memory_is_applied_on_glibc() -> None:
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert retain_freed_memory() is True
+
+
+def _epoch(reader: BlockReader, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(f.copy(), p.copy()) for f, _, p in reader.epoch_batches(epoch)]
+
+
+def test_windows_hold_whole_batches_and_epochs_are_reproducible(store) -> None:
+    view = store["view"]
+    selection = select_rows(view.committed_index(), store["labels"], "train")
+    config = InputConfig(batch_size=5, seed=7, shuffle_buffer=12)
+    reader = BlockReader(view, selection, config)
+    assert reader.window_size() == 10  # whole batches, at most the buffer
+    first = _epoch(reader, 0)
+    sizes = [len(positions) for _, positions in first]
+    assert sizes[:-1] == [5] * (len(sizes) - 1) and 0 < sizes[-1] <= 5
+    assert sum(sizes) == len(selection)
+    again = _epoch(BlockReader(view, selection, config), 0)  # a new reader, same seed
+    for (features, positions), (features_again, positions_again) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(positions, positions_again)
+        np.testing.assert_array_equal(features, features_again)  # same variants drawn
+    assert [p.tolist() for _, p in _epoch(reader, 1)] != [p.tolist() for _, p in first]
+
+
+def test_batches_held_by_tensorflow_survive_later_epochs(store) -> None:
+    """Window buffers are recycled only once no batch of them is alive."""
+    view = store["view"]
+    selection = select_rows(view.committed_index(), store["labels"], "train")
+    config = InputConfig(batch_size=4, seed=2, shuffle_buffer=8)
+    dataset = make_dataset(BlockReader(view, selection, config), with_positions=True)
+    kept = list(dataset)  # epoch 0, every tensor kept alive
+    for _ in range(3):
+        for _batch in dataset:
+            pass
+    for features, _, positions in kept:
+        rows = features.numpy().reshape(features.shape[0], -1)[:, 0].astype(np.int64)
+        np.testing.assert_array_equal(rows, selection.rows[positions.numpy()])
+
+
+def test_buffer_pool_reuses_only_unreferenced_buffers() -> None:
+    from features.training_input import BufferPool
+
+    pool = BufferPool(keep=2)
+    first = pool.empty((4, 16), np.dtype(np.float16))
+    assert first.ctypes.data % 64 == 0
+    address = first.ctypes.data
+    second = pool.empty((4, 16), np.dtype(np.float16))
+    assert second.ctypes.data != address  # first is still referenced
+    batch = first[:2]
+    del first
+    assert pool.empty((4, 16), np.dtype(np.float16)).ctypes.data not in (address,)
+    del batch  # now nothing references the first buffer
+    assert pool.empty((4, 16), np.dtype(np.float16)).ctypes.data == address
