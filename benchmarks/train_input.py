@@ -221,7 +221,6 @@ def measure_case(root: str, case: BenchmarkCase, with_reference: bool) -> list[M
     def pipeline() -> int:
         return sum(int(features.shape[0]) for features, _ in dataset)
 
-    pipeline()  # warm-up: traces the tf.data graph once
     methods = [
         *sequential_reads(view, reader.window_size()),
         ("training input pipeline", pipeline),
@@ -235,6 +234,11 @@ def measure_case(root: str, case: BenchmarkCase, with_reference: bool) -> list[M
             return sum(len(batch) for batch, _ in batches)
 
         methods.append(("reference HDF5 per-image generator", reference))
+    # Written data is flushed and every method runs once untimed, so that no timing pays for
+    # write-back of the freshly built store, cold page cache or graph tracing.
+    os.sync()
+    for _, run in methods:
+        run()
     label = (spec.name, case.compression)
     return [
         _timed((*label, name), sample_bytes, run, case.repeats, case.min_seconds)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import mmap
 import sys
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
@@ -26,6 +27,7 @@ from schemas.status import RowStatus
 LOGGER = logging.getLogger(__name__)
 VARIANT_MODES = ("random", "fixed")
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # features, targets, positions
+PREFETCH_BATCHES = 2  # batches tf.data cuts ahead of the consumer (each is a view: no memory)
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,8 @@ class BlockReader:
         self.epoch = 0
         self.read_threads = max(config.read_threads, decode_threads())
         self.buffers = BufferPool()
+        # Kept across epochs: each read thread keeps its own read buffers (row_scatter).
+        self.pool = ThreadPoolExecutor(self.read_threads, "block-read")
 
     def window_size(self) -> int:
         """Samples mixed together, a multiple of the batch size: about the shuffle buffer (at
@@ -281,14 +285,13 @@ class BlockReader:
         """One epoch as filled windows, the next one read while this one is consumed."""
         rng = np.random.default_rng([self.config.seed, epoch])
         order, size = self._epoch_order(rng), self.window_size()
-        with ThreadPoolExecutor(self.read_threads, "block-read") as pool:
-            pending: deque[Window] = deque()
-            for start in range(0, len(order), size):
-                pending.append(self._plan_window(order[start : start + size], rng, pool))
-                if len(pending) > 1:
-                    yield pending.popleft().filled()
-            while pending:
+        pending: deque[Window] = deque()
+        for start in range(0, len(order), size):
+            pending.append(self._plan_window(order[start : start + size], rng, self.pool))
+            if len(pending) > 1:
                 yield pending.popleft().filled()
+        while pending:
+            yield pending.popleft().filled()
 
     def epoch_batches(self, epoch: int) -> Iterator[Batch]:
         """One epoch as batches (views of the windows); only the last may be short."""
@@ -308,31 +311,32 @@ class BufferPool:
 
     A window's batches are views of its buffer, and TensorFlow keeps a reference to each
     batch it wraps, so a buffer is free again exactly when its reference count is back to the
-    pool's own. Reuse matters: a fresh buffer of this size is mapped anew and every page of it
-    faults and is zeroed on first touch (measured at a third of the pipeline's time).
+    pool's own. Buffers are anonymous memory maps that the pool keeps, rather than malloc
+    blocks: glibc hands buffers this large, allocated from TensorFlow's threads, straight back
+    to the kernel on free, and every page of the next one faults and is zeroed again
+    (measured at a third of the pipeline's time).
     """
 
-    def __init__(self, keep: int = 4) -> None:
+    def __init__(self, keep: int = 8) -> None:
         self.keep = keep
-        self.buffers: list[np.ndarray] = []
+        self.mappings: list[mmap.mmap] = []
 
     def _free(self, index: int) -> bool:
-        return sys.getrefcount(self.buffers[index]) == 2  # the pool's list and this call
+        return sys.getrefcount(self.mappings[index]) == 2  # the pool's list and this call
 
     def empty(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
         """An uninitialised 64-byte aligned array, on a recycled buffer when one is free."""
         nbytes = int(np.prod(shape)) * dtype.itemsize + 64
-        for index in range(len(self.buffers)):
-            if self.buffers[index].nbytes >= nbytes and self._free(index):
-                return _aligned_view(self.buffers[index], shape, dtype)
-        raw = np.empty(nbytes, dtype=np.uint8)
-        if len(self.buffers) >= self.keep:
-            free = [index for index in range(len(self.buffers)) if self._free(index)]
-            if not free:
-                return _aligned_view(raw, shape, dtype)  # all in use: not kept
-            del self.buffers[free[0]]
-        self.buffers.append(raw)
-        return _aligned_view(raw, shape, dtype)
+        for index in range(len(self.mappings)):
+            if len(self.mappings[index]) >= nbytes and self._free(index):
+                return _aligned_view(np.frombuffer(self.mappings[index], np.uint8), shape, dtype)
+        if len(self.mappings) >= self.keep:  # all in use: a plain, unkept allocation
+            return aligned_empty(shape, dtype)
+        mapping = mmap.mmap(-1, nbytes)
+        if hasattr(mmap, "MADV_HUGEPAGE"):  # fewer, larger page faults where THP allows
+            mapping.madvise(mmap.MADV_HUGEPAGE)
+        self.mappings.append(mapping)
+        return _aligned_view(np.frombuffer(mapping, np.uint8), shape, dtype)
 
 
 def _aligned_view(
@@ -359,14 +363,20 @@ def shuffle_capacity(config: InputConfig, sample_bytes: int) -> int:
     return max(1, min(config.shuffle_buffer, by_memory))
 
 
-def retain_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+def retain_freed_memory(
+    mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30, top_pad: int = 64 << 20
+) -> bool:
     """Tune glibc's malloc for streaming reads (process-wide; False where it is not glibc).
 
     Blocks, shard objects and batches are buffers of a few to tens of MB, allocated and freed
     over and over. By default glibc maps such buffers fresh each time and unmaps them on free,
     so every 4 KiB costs a page fault on first touch: measured to take half the time of a
     whole-shard scan. Serving allocations below mmap_threshold from the heap, and keeping up
-    to trim_threshold of freed memory, lets them be reused instead.
+    to trim_threshold of freed memory, lets them be reused instead. Threads other than the
+    main one allocate from 64 MiB heaps that glibc unmaps whenever one empties, whatever the
+    trim threshold, unless top_pad keeps them: without it Blosc's per-call scratch buffers
+    faulted 130,000 pages per epoch of the training-input benchmark once TensorFlow's
+    threads shared those heaps (delivery 850 -> 1,430 MB/s with it).
     """
     import ctypes
     import ctypes.util
@@ -378,10 +388,13 @@ def retain_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1
         mallopt = None
     if mallopt is None:
         return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(
-        mallopt(m_trim_threshold, trim_threshold)
-    )
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # <malloc.h>
+    settings = [
+        (m_mmap_threshold, mmap_threshold),
+        (m_trim_threshold, trim_threshold),
+        (m_top_pad, top_pad),
+    ]
+    return all([bool(mallopt(option, value)) for option, value in settings])
 
 
 def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
@@ -428,7 +441,12 @@ def make_dataset(reader: BlockReader, with_positions: bool = False) -> Any:
         dataset = dataset.map(lambda features, targets, _: (features, targets))
     # Features stay in the storage dtype (float16): Keras casts them to the layer's compute
     # dtype inside the step, so half the bytes cross the pipeline and the host-device copy.
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    # tf.data's autotuner runs a background optimiser that competes with the read threads
+    # for the CPU (measured: delivery halved and erratic on 2 cores); nothing here needs
+    # tuning, since the reader already reads a window ahead.
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(PREFETCH_BATCHES).with_options(options)
 
 
 def iter_all_variants(

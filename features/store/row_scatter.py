@@ -220,7 +220,8 @@ def _thread_buffer(name: str, nbytes: int) -> np.ndarray:
     """
     buffer = getattr(_THREAD_BUFFERS, name, None)
     if buffer is None or buffer.nbytes < nbytes:
-        buffer = np.empty(nbytes, dtype=np.uint8)
+        # Grown with headroom: shard objects differ in size by a few bytes.
+        buffer = np.empty(nbytes + nbytes // 4, dtype=np.uint8)
         setattr(_THREAD_BUFFERS, name, buffer)
     return buffer[:nbytes]
 

@@ -184,14 +184,18 @@ def test_batches_held_by_tensorflow_survive_later_epochs(store) -> None:
 def test_buffer_pool_reuses_only_unreferenced_buffers() -> None:
     from features.training_input import BufferPool
 
-    pool = BufferPool(keep=2)
+    pool = BufferPool(keep=3)
     first = pool.empty((4, 16), np.dtype(np.float16))
-    assert first.ctypes.data % 64 == 0
+    assert first.ctypes.data % 64 == 0 and first.shape == (4, 16)
     address = first.ctypes.data
     second = pool.empty((4, 16), np.dtype(np.float16))
     assert second.ctypes.data != address  # first is still referenced
     batch = first[:2]
     del first
-    assert pool.empty((4, 16), np.dtype(np.float16)).ctypes.data not in (address,)
+    third = pool.empty((4, 16), np.dtype(np.float16))
+    assert third.ctypes.data != address  # a view of it still is
     del batch  # now nothing references the first buffer
-    assert pool.empty((4, 16), np.dtype(np.float16)).ctypes.data == address
+    fourth = pool.empty((4, 16), np.dtype(np.float16))
+    assert fourth.ctypes.data == address and len(pool.mappings) == 3
+    beyond = pool.empty((4, 16), np.dtype(np.float16))  # all 3 in use: not kept
+    assert len(pool.mappings) == 3 and beyond.ctypes.data % 64 == 0
