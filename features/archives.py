@@ -67,8 +67,7 @@ def _zip_members(archive: Path, handle: zipfile.ZipFile) -> Iterator[Member]:
             raise ArchiveError(f"{archive}: member {info.filename!r} is not a regular file")
         if info.is_dir():
             continue
-        yield Member(name, info.file_size, info.compress_size,
-                     lambda info=info: handle.open(info))  # type: ignore[misc]
+        yield Member(name, info.file_size, info.compress_size, lambda info=info: handle.open(info))  # type: ignore[misc]
 
 
 def _tar_members(archive: Path, handle: tarfile.TarFile) -> Iterator[Member]:
@@ -80,8 +79,7 @@ def _tar_members(archive: Path, handle: tarfile.TarFile) -> Iterator[Member]:
             continue
         if not info.isfile():
             raise ArchiveError(f"{archive}: member {info.name!r} is a device or special file")
-        yield Member(name, info.size, None,
-                     lambda info=info: _extracted(handle, info))  # type: ignore[misc]
+        yield Member(name, info.size, None, lambda info=info: _extracted(handle, info))  # type: ignore[misc]
 
 
 def _extracted(handle: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
@@ -96,17 +94,21 @@ def _check(members: list[Member], archive: Path, limits: ArchiveLimits) -> None:
         raise ArchiveError(f"{archive}: {len(members)} members exceed {limits.max_members}")
     total = sum(member.size for member in members)
     if total > limits.max_total_bytes:
-        raise ArchiveError(f"{archive}: {total} uncompressed bytes exceed the cap "
-                           f"{limits.max_total_bytes}")
+        raise ArchiveError(
+            f"{archive}: {total} uncompressed bytes exceed the cap {limits.max_total_bytes}"
+        )
     for member in members:
         if member.compressed is not None and member.size > limits.max_ratio * max(
-                member.compressed, 1):
-            raise ArchiveError(f"{archive}: member {member.name!r} compression ratio exceeds "
-                               f"{limits.max_ratio:g}")
+            member.compressed, 1
+        ):
+            raise ArchiveError(
+                f"{archive}: member {member.name!r} compression ratio exceeds {limits.max_ratio:g}"
+            )
     tar_ratio = total / max(archive.stat().st_size, 1)
     if members and members[0].compressed is None and tar_ratio > limits.max_ratio:
-        raise ArchiveError(f"{archive}: compression ratio {tar_ratio:.0f} exceeds "
-                           f"{limits.max_ratio:g}")
+        raise ArchiveError(
+            f"{archive}: compression ratio {tar_ratio:.0f} exceeds {limits.max_ratio:g}"
+        )
 
 
 def _write_members(members: list[Member], staging: Path, limits: ArchiveLimits) -> int:

@@ -44,10 +44,15 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (calibration.json)."""
-        return {"format_version": FORMAT_VERSION, "config": self.config.to_dict(),
-                "by": self.by, "use": self.use, "pooled": self.pooled.to_dict(),
-                "groups": {name: result.to_dict() for name, result in self.groups.items()},
-                "source_label_versions": list(self.source_label_versions)}
+        return {
+            "format_version": FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "by": self.by,
+            "use": self.use,
+            "pooled": self.pooled.to_dict(),
+            "groups": {name: result.to_dict() for name, result in self.groups.items()},
+            "source_label_versions": list(self.source_label_versions),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Calibration:
@@ -57,14 +62,19 @@ class Calibration:
             ConfigError: an unsupported format version or a malformed entry.
         """
         if data.get("format_version") != FORMAT_VERSION:
-            raise ConfigError(f"calibration file: unsupported format_version "
-                              f"{data.get('format_version')!r} (expected {FORMAT_VERSION})")
+            raise ConfigError(
+                f"calibration file: unsupported format_version "
+                f"{data.get('format_version')!r} (expected {FORMAT_VERSION})"
+            )
         try:
-            return cls(config=RecalibrationConfig.from_dict(data["config"]),
-                       pooled=FitResult.from_dict(data["pooled"]), by=data.get("by"),
-                       groups={k: FitResult.from_dict(v) for k, v in data["groups"].items()},
-                       use=data.get("use", "pooled"),
-                       source_label_versions=tuple(data.get("source_label_versions", ())))
+            return cls(
+                config=RecalibrationConfig.from_dict(data["config"]),
+                pooled=FitResult.from_dict(data["pooled"]),
+                by=data.get("by"),
+                groups={k: FitResult.from_dict(v) for k, v in data["groups"].items()},
+                use=data.get("use", "pooled"),
+                source_label_versions=tuple(data.get("source_label_versions", ())),
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"calibration file: malformed ({error!r})") from error
 
@@ -75,12 +85,10 @@ class Calibration:
     def digest_parameters(self) -> dict[str, Any]:
         """What decides the mapped values (feeds the new label_version)."""
         maps = {name: result.map.to_dict() for name, result in self.groups.items()}
-        return {"pooled": self.pooled.map.to_dict(), "groups": maps, "by": self.by,
-                "use": self.use}
+        return {"pooled": self.pooled.map.to_dict(), "groups": maps, "by": self.by, "use": self.use}
 
 
-def join_predictions(labels: pd.DataFrame, predictions: pd.DataFrame,
-                     column: str) -> pd.DataFrame:
+def join_predictions(labels: pd.DataFrame, predictions: pd.DataFrame, column: str) -> pd.DataFrame:
     """Inner join of labels and predictions on image_id.
 
     Raises:
@@ -98,13 +106,15 @@ def join_predictions(labels: pd.DataFrame, predictions: pd.DataFrame,
         raise RecalibrationError(
             f"--labels and --predictions share no image ids ({len(labels)} labels, "
             f"{len(predictions)} predictions, e.g. {labels['image_id'].head(3).tolist()} vs "
-            f"{predictions['image_id'].head(3).tolist()})")
+            f"{predictions['image_id'].head(3).tolist()})"
+        )
     LOGGER.info("%d of %d labelled images have a prediction", len(joined), len(labels))
     return joined
 
 
-def fit_calibration(joined: pd.DataFrame, config: RecalibrationConfig, column: str,
-                    by: str | None, use: str) -> Calibration:
+def fit_calibration(
+    joined: pd.DataFrame, config: RecalibrationConfig, column: str, by: str | None, use: str
+) -> Calibration:
     """Fit the pooled map and, with `by`, one map per group.
 
     Raises:
@@ -117,15 +127,19 @@ def fit_calibration(joined: pd.DataFrame, config: RecalibrationConfig, column: s
         if by not in joined.columns:
             raise RecalibrationError(f"--by {by!r}: no such column in --labels")
         for name, part in joined.groupby(joined[by].astype("string").fillna("<null>")):
-            groups[str(name)] = fit(part[column].to_numpy(np.float64),
-                                    part["prediction"].to_numpy(np.float64), config,
-                                    f"group {by}={name}")
+            groups[str(name)] = fit(
+                part[column].to_numpy(np.float64),
+                part["prediction"].to_numpy(np.float64),
+                config,
+                f"group {by}={name}",
+            )
     versions = sorted(set(joined["label_version"])) if "label_version" in joined else []
     return Calibration(config, pooled, by, groups, use, tuple(versions))
 
 
-def apply_calibration(labels: pa.Table, calibration: Calibration,
-                      column: str = "mos") -> tuple[pa.Table, int]:
+def apply_calibration(
+    labels: pa.Table, calibration: Calibration, column: str = "mos"
+) -> tuple[pa.Table, int]:
     """Add mos_recalibrated, keep the original column, and derive a new label_version.
 
     Returns:
@@ -148,12 +162,19 @@ def apply_calibration(labels: pa.Table, calibration: Calibration,
             mapped[rows] = result.map.apply(frame.loc[rows, column].to_numpy(np.float64))
         fallback = int((~keys.isin(set(calibration.groups))).sum())
     old_versions = sorted(set(labels.column("label_version").to_pylist()))
-    version = label_version({"labels": ",".join(old_versions)},
-                            {"calibration": calibration.digest_parameters(), "column": column})
-    table = labels.drop_columns([RECALIBRATED_COLUMN]) \
-        if RECALIBRATED_COLUMN in labels.column_names else labels
-    table = table.set_column(table.schema.get_field_index("label_version"), "label_version",
-                             pa.array([version] * table.num_rows, pa.string()))
+    version = label_version(
+        {"labels": ",".join(old_versions)},
+        {"calibration": calibration.digest_parameters(), "column": column},
+    )
+    table = (
+        labels.drop_columns([RECALIBRATED_COLUMN])
+        if RECALIBRATED_COLUMN in labels.column_names
+        else labels
+    )
+    table = table.set_column(
+        table.schema.get_field_index("label_version"),
+        "label_version",
+        pa.array([version] * table.num_rows, pa.string()),
+    )
     table = table.append_column(RECALIBRATED_COLUMN, pa.array(mapped, pa.float64()))
-    return table.select(RECALIBRATED_LABELS_SCHEMA.names).cast(RECALIBRATED_LABELS_SCHEMA), \
-        fallback
+    return table.select(RECALIBRATED_LABELS_SCHEMA.names).cast(RECALIBRATED_LABELS_SCHEMA), fallback

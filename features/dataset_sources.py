@@ -81,21 +81,27 @@ def image_locator(request: SourceRequest) -> Callable[[str], tuple[str, str] | N
             target = request.dest / RAW_DIR / "extracted" / Path(part).name.split(".")[0]
             safe_extract(Path(part), target)
             index.update(_local_index(target))
-        return lambda image_id: ((str(index[image_id]), index[image_id].name)
-                                 if image_id in index else None)
+        return lambda image_id: (
+            (str(index[image_id]), index[image_id].name) if image_id in index else None
+        )
     if is_local(source):
-        directory = Path(source[len("file://"):] if source.startswith("file://") else source)
+        directory = Path(source[len("file://") :] if source.startswith("file://") else source)
         if not directory.is_dir():
             raise DownloadError(f"--source {source}: not a directory, archive or URL template")
         local = _local_index(directory)
-        return lambda image_id: ((str(local[image_id]), local[image_id].name)
-                                 if image_id in local else None)
+        return lambda image_id: (
+            (str(local[image_id]), local[image_id].name) if image_id in local else None
+        )
     prefix = source.rstrip("/")
     return lambda image_id: (f"{prefix}/{image_id}.jpg", f"{image_id}.jpg")
 
 
-def _items(request: SourceRequest, ids: list[str], splits: dict[str, str],
-           extra: dict[str, dict[str, str]] | None = None) -> list[DownloadItem]:
+def _items(
+    request: SourceRequest,
+    ids: list[str],
+    splits: dict[str, str],
+    extra: dict[str, dict[str, str]] | None = None,
+) -> list[DownloadItem]:
     locate = image_locator(request)
     items, missing = [], []
     for image_id in ids:
@@ -104,9 +110,16 @@ def _items(request: SourceRequest, ids: list[str], splits: dict[str, str],
             missing.append(image_id)
             found = (f"{request.source.rstrip('/')}/{image_id}", f"{image_id}.jpg")
         details = (extra or {}).get(image_id, {})
-        items.append(DownloadItem(image_id, details.get("uri") or found[0], found[1],
-                                  sha256=details.get("sha256") or None, split=splits.get(image_id),
-                                  allow_local=details.get("allow_local", "1") == "1"))
+        items.append(
+            DownloadItem(
+                image_id,
+                details.get("uri") or found[0],
+                found[1],
+                sha256=details.get("sha256") or None,
+                split=splits.get(image_id),
+                allow_local=details.get("allow_local", "1") == "1",
+            )
+        )
     if missing:
         LOGGER.warning("%d id(s) not found in the local source, e.g. %s", len(missing), missing[:5])
     return items
@@ -147,9 +160,14 @@ def folder_items(request: SourceRequest) -> list[DownloadItem]:
     if not rows or "image_id" not in rows[0]:
         raise DownloadError(f"--list {request.list_uri}: needs an image_id column")
     remote_list = not is_local(request.list_uri)
-    extra = {row["image_id"]: {"uri": (row.get("uri") or "").strip(),
-                               "sha256": (row.get("sha256") or "").strip(),
-                               "allow_local": "0" if remote_list else "1"} for row in rows}
+    extra = {
+        row["image_id"]: {
+            "uri": (row.get("uri") or "").strip(),
+            "sha256": (row.get("sha256") or "").strip(),
+            "allow_local": "0" if remote_list else "1",
+        }
+        for row in rows
+    }
     splits = {row["image_id"]: row["split"] for row in rows if row.get("split")}
     return _items(request, list(extra), splits, extra)
 
@@ -168,8 +186,10 @@ def scut_items(request: SourceRequest) -> list[DownloadItem]:
     safe_extract(archive, release)
     images = scan_images(release)
     official = read_official_split(release)
-    return [DownloadItem(path.stem, str(path), path.name, split=official.get(path.stem))
-            for path in images]
+    return [
+        DownloadItem(path.stem, str(path), path.name, split=official.get(path.stem))
+        for path in images
+    ]
 
 
 SOURCES: dict[str, Callable[[SourceRequest], list[DownloadItem]]] = {

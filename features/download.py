@@ -57,13 +57,27 @@ class DownloadItem:
         return cls(**data)
 
 
-def record(item: DownloadItem, status: DownloadStatus, attempts: int, *,
-           http_status: int | None = None, error: str | None = None, size: int | None = None,
-           digest: str | None = None) -> dict[str, Any]:
+def record(
+    item: DownloadItem,
+    status: DownloadStatus,
+    attempts: int,
+    *,
+    http_status: int | None = None,
+    error: str | None = None,
+    size: int | None = None,
+    digest: str | None = None,
+) -> dict[str, Any]:
     """One row of the status table."""
-    return {"image_id": item.image_id, "uri": item.uri, "status": status.value,
-            "http_status": http_status, "error": error, "bytes": size, "sha256": digest,
-            "attempts": attempts}
+    return {
+        "image_id": item.image_id,
+        "uri": item.uri,
+        "status": status.value,
+        "http_status": http_status,
+        "error": error,
+        "bytes": size,
+        "sha256": digest,
+        "attempts": attempts,
+    }
 
 
 def verify(data: bytes, item: DownloadItem) -> tuple[DownloadStatus, str | None]:
@@ -90,12 +104,14 @@ def _present(item: DownloadItem, target: Path) -> dict[str, Any] | None:
     if status is not DownloadStatus.OK:
         LOGGER.info("%s: existing file fails verification; fetching again", target)
         return None
-    return record(item, DownloadStatus.PRESENT, 0, size=len(data),
-                  digest=hashlib.sha256(data).hexdigest())
+    return record(
+        item, DownloadStatus.PRESENT, 0, size=len(data), digest=hashlib.sha256(data).hexdigest()
+    )
 
 
-def process_item(item: DownloadItem, images_dir: Path, config: FetchConfig,
-                 rng: random.Random | None = None) -> dict[str, Any]:
+def process_item(
+    item: DownloadItem, images_dir: Path, config: FetchConfig, rng: random.Random | None = None
+) -> dict[str, Any]:
     """Skip a verified file already present, else fetch, verify and write it atomically."""
     target = images_dir / item.filename
     present = _present(item, target)
@@ -103,24 +119,50 @@ def process_item(item: DownloadItem, images_dir: Path, config: FetchConfig,
         return present
     outcome = fetch(item.uri, config, item.allow_local, rng=rng)
     if outcome.data is None:
-        return record(item, outcome.status, outcome.attempts, http_status=outcome.http_status,
-                      error=outcome.error)
+        return record(
+            item,
+            outcome.status,
+            outcome.attempts,
+            http_status=outcome.http_status,
+            error=outcome.error,
+        )
     status, error = verify(outcome.data, item)
     if status is not DownloadStatus.OK:
-        return record(item, status, outcome.attempts, http_status=outcome.http_status,
-                      error=error, size=len(outcome.data))
+        return record(
+            item,
+            status,
+            outcome.attempts,
+            http_status=outcome.http_status,
+            error=error,
+            size=len(outcome.data),
+        )
     try:
         files.atomic_write_bytes(str(target), outcome.data)
     except OSError as error:  # disk full, permissions: the item fails, the run goes on
-        return record(item, DownloadStatus.WRITE_ERROR, outcome.attempts,
-                      http_status=outcome.http_status, error=f"write failed: {error}")
-    return record(item, DownloadStatus.OK, outcome.attempts, http_status=outcome.http_status,
-                  size=len(outcome.data), digest=hashlib.sha256(outcome.data).hexdigest())
+        return record(
+            item,
+            DownloadStatus.WRITE_ERROR,
+            outcome.attempts,
+            http_status=outcome.http_status,
+            error=f"write failed: {error}",
+        )
+    return record(
+        item,
+        DownloadStatus.OK,
+        outcome.attempts,
+        http_status=outcome.http_status,
+        size=len(outcome.data),
+        digest=hashlib.sha256(outcome.data).hexdigest(),
+    )
 
 
-def process_shard(items: Sequence[DownloadItem], images_dir: Path, config: FetchConfig,
-                  workers: int, on_done: Callable[[dict[str, Any]], None] | None = None
-                  ) -> list[dict[str, Any]]:
+def process_shard(
+    items: Sequence[DownloadItem],
+    images_dir: Path,
+    config: FetchConfig,
+    workers: int,
+    on_done: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Process items with at most `workers` concurrent fetches; records in item order."""
     os.makedirs(images_dir, exist_ok=True)
 
@@ -134,8 +176,9 @@ def process_shard(items: Sequence[DownloadItem], images_dir: Path, config: Fetch
         return list(pool.map(one, items))
 
 
-def plan(items: Sequence[DownloadItem], previous: pa.Table | None, retry_failed: bool
-         ) -> tuple[list[DownloadItem], list[dict[str, Any]]]:
+def plan(
+    items: Sequence[DownloadItem], previous: pa.Table | None, retry_failed: bool
+) -> tuple[list[DownloadItem], list[dict[str, Any]]]:
     """Split items into (to process now, records kept from the previous run).
 
     A normal run processes items with no failure on record (present files are re-verified and
@@ -167,4 +210,4 @@ def status_table(records: Iterable[dict[str, Any]]) -> pa.Table:
 
 def shards_of(items: Sequence[DownloadItem], shard_size: int) -> list[list[DownloadItem]]:
     """Consecutive shards of at most shard_size items."""
-    return [list(items[start:start + shard_size]) for start in range(0, len(items), shard_size)]
+    return [list(items[start : start + shard_size]) for start in range(0, len(items), shard_size)]

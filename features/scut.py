@@ -51,23 +51,28 @@ def read_ratings(path: Path) -> pd.DataFrame:
         if missing:
             raise LabelError(f"{path}: missing column(s) {missing} (found {header})")
         index = {name: header.index(name) for name in RATING_COLUMNS}
-        records = [_rating_record(row, index, path, number)
-                   for number, row in enumerate(rows, start=2) if any(c is not None for c in row)]
+        records = [
+            _rating_record(row, index, path, number)
+            for number, row in enumerate(rows, start=2)
+            if any(c is not None for c in row)
+        ]
     finally:
         workbook.close()
     return pd.DataFrame(records, columns=list(RATING_COLUMNS))
 
 
-def _rating_record(row: tuple[object, ...], index: dict[str, int], path: Path,
-                   number: int) -> tuple[str, str, float]:
+def _rating_record(
+    row: tuple[object, ...], index: dict[str, int], path: Path, number: int
+) -> tuple[str, str, float]:
     filename = str(row[index["Filename"]] or "").strip()
     if not filename:
         raise LabelError(f"{path}:row {number}: empty Filename")
     try:
         rating = float(row[index["Rating"]])  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise LabelError(f"{path}:row {number}: non-numeric Rating {row[index['Rating']]!r}") \
-            from None
+        raise LabelError(
+            f"{path}:row {number}: non-numeric Rating {row[index['Rating']]!r}"
+        ) from None
     if not np.isfinite(rating):
         raise LabelError(f"{path}:row {number}: Rating is not finite")
     return str(row[index["Rater"]]), filename, rating
@@ -76,8 +81,11 @@ def _rating_record(row: tuple[object, ...], index: dict[str, int], path: Path,
 def scores_from_ratings(ratings: pd.DataFrame) -> pd.DataFrame:
     """Per image: MOS (mean over raters), population std and number of raters."""
     grouped = ratings.assign(image_id=ratings["Filename"].map(image_id_of)).groupby("image_id")
-    frame = grouped["Rating"].agg(mos="mean", std=lambda r: float(np.std(r, ddof=0)),
-                                  n_raters="count").reset_index()
+    frame = (
+        grouped["Rating"]
+        .agg(mos="mean", std=lambda r: float(np.std(r, ddof=0)), n_raters="count")
+        .reset_index()
+    )
     return frame
 
 
@@ -133,8 +141,9 @@ def read_folds(root: Path) -> dict[int, dict[str, str]]:
         for split in ("train", "test"):
             path = directory / f"cross_validation_{fold}" / f"{split}_{fold}.txt"
             if path.is_file():
-                assignment.update(dict.fromkeys(parse_score_lines(path.read_text(), str(path)),
-                                                split))
+                assignment.update(
+                    dict.fromkeys(parse_score_lines(path.read_text(), str(path)), split)
+                )
         if assignment:
             folds[fold] = assignment
     return folds
@@ -147,6 +156,8 @@ def agreement(frame: pd.DataFrame, reference: dict[str, float]) -> str:
         return f"{ALL_LABELS_FILE}: no overlapping ids to compare"
     difference = (compared["mos"] - compared["image_id"].map(reference)).abs()
     disagree = int((difference > AGREEMENT_TOLERANCE).sum())
-    return (f"{ALL_LABELS_FILE}: {len(compared)} ids compared, {disagree} differ by more than "
-            f"{AGREEMENT_TOLERANCE} (max |diff| {difference.max():.4f}, "
-            f"mean {difference.mean():.4f})")
+    return (
+        f"{ALL_LABELS_FILE}: {len(compared)} ids compared, {disagree} differ by more than "
+        f"{AGREEMENT_TOLERANCE} (max |diff| {difference.max():.4f}, "
+        f"mean {difference.mean():.4f})"
+    )

@@ -24,6 +24,7 @@ from features.run_outputs import (
 )
 from features.store import files
 from features.training import MONITORS, TrainConfig, TrainingResult, lineage, train_head
+from features.training_input import retain_freed_memory
 from features.training_labels import SCORE_COLUMNS, load_training_labels
 from schemas.errors import ConfigError
 
@@ -199,6 +200,9 @@ def format_summary(run: dict[str, Any], out: str, seconds: float) -> str:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    # Before TensorFlow starts its threads: their malloc heaps must be created under these
+    # settings (see retain_freed_memory; set later, the page faults stay).
+    retain_freed_memory()
     config = _config(args)
     if files.exists(files.join(args.out, RUN_FILE)) and not args.overwrite:
         raise ConfigError(f"--out {args.out}: a run exists there (pass --overwrite to replace)")

@@ -195,17 +195,27 @@ class RowScatter:
 def _place(scratch: np.ndarray, request: ScatterRequest, first_row: int, out: np.ndarray) -> None:
     """Copy rows of a decoded chunk (first_row is its first array row) to their slots.
 
-    Row by row, view to view: each sample is copied once, from the cache-resident scratch
-    chunk to its slot (a fancy index would first gather into a temporary array).
+    Each sample is copied once, from the cache-resident scratch chunk to its slot: a run of
+    rows with one variant is a single numpy copy from a view, anything else goes row by row
+    (a fancy index on the scratch side would first gather into a temporary array).
     """
-    locals_ = (request.rows - first_row).tolist()
-    slots = request.slots.tolist()
-    if request.variants is None:
-        for local, slot in zip(locals_, slots, strict=True):
-            out[slot] = scratch[local]
+    local = request.rows - first_row
+    variants = request.variants
+    if len(local) and local[-1] - local[0] + 1 == len(local):  # a run of rows: one copy call
+        rows = slice(int(local[0]), int(local[-1]) + 1)
+        if variants is None:
+            out[request.slots] = scratch[rows]
+            return
+        if not np.any(variants != variants[0]):
+            out[request.slots] = scratch[rows, int(variants[0])]
+            return
+    locals_, slots = local.tolist(), request.slots.tolist()
+    if variants is None:
+        for row, slot in zip(locals_, slots, strict=True):
+            out[slot] = scratch[row]
         return
-    for local, variant, slot in zip(locals_, request.variants.tolist(), slots, strict=True):
-        out[slot] = scratch[local, variant]
+    for row, variant, slot in zip(locals_, variants.tolist(), slots, strict=True):
+        out[slot] = scratch[row, variant]
 
 
 _THREAD_BUFFERS = threading.local()
