@@ -79,6 +79,7 @@ class RowScatter:
         self.format = fmt
         self.row_items = int(np.prod(fmt.shape[1:]))
         self.variant_items = int(np.prod(fmt.shape[2:]))
+        self.whole_row_chunks = fmt.chunk_rows == 1
 
     @classmethod
     def open(cls, array_path: str) -> RowScatter | None:
@@ -137,7 +138,12 @@ class RowScatter:
                 continue
             if offset + nbytes > len(view):
                 raise StoreError(f"{where}: chunk {chunk} lies outside the object")
-            decode_chunk(view[offset : offset + nbytes], scratch, self.format.blosc, where)
+            source = view[offset : offset + nbytes]
+            if self.whole_row_chunks and (part.variants is None or self.format.shape[1] == 1):
+                # One-row chunks (wide views) decode straight into their slot: no copy.
+                decode_chunk(source, out[int(part.slots[0])], self.format.blosc, where)
+                continue
+            decode_chunk(source, scratch, self.format.blosc, where)
             _place(scratch, part, first_row + chunk * self.format.chunk_rows, out)
 
     def _read_uncompressed(
