@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import mmap
 import sys
@@ -161,7 +160,10 @@ def select_rows(
 
 
 def plan_blocks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
-    """Group positions of sorted rows by chunk-aligned block (row // block_rows)."""
+    """Positions of rows grouped into runs of one chunk-aligned block (row // block_rows).
+
+    Rows of one block must be adjacent (sorted rows, or an epoch's block-ordered rows).
+    """
     if len(rows) == 0:
         return []
     block_ids = rows // block_rows
@@ -275,10 +277,8 @@ class BlockReader:
         window.targets[slots] = targets
         window.positions[slots] = positions
         rows = selection.rows[positions]
-        block_ids = rows // (self.view.shard_rows * self.config.blocks_per_read)
-        breaks = [0, *(np.flatnonzero(np.diff(block_ids)) + 1).tolist(), total]
-        for start, stop in itertools.pairwise(breaks):
-            request = ScatterRequest(rows[start:stop], variants[start:stop], slots[start:stop])
+        for piece in plan_blocks(rows, self.view.shard_rows * self.config.blocks_per_read):
+            request = ScatterRequest(rows[piece], variants[piece], slots[piece])
             window.reads.append(pool.submit(self.array.scatter_rows, request, window.features))
         return window
 
