@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from features.query import read_feature_rows
-from features.store.row_scatter import ScatterRequest
+from features.store.row_scatter import ScatterRequest, key_runs
 from features.store.shard_reader import decode_threads
 from features.store.view import FeatureView
 from features.training_labels import TrainingLabels
@@ -43,9 +43,8 @@ class InputConfig:
         variant_mode: 'random' (one variant per sample per epoch) or 'fixed'.
         variant: variant index used when variant_mode is 'fixed'.
         label_noise: standard deviation of Gaussian noise added to scalar targets.
-        read_threads: blocks read concurrently ahead of the consumer, at least (1 suits local
-            disks on few cores; raise it for object stores, whose reads wait on the network).
-            Small blocks are read further ahead automatically (see READ_AHEAD_BYTES).
+        read_threads: threads reading blocks, at least (the reader uses one per core when
+            that is more; raise it for object stores, whose reads wait on the network).
     """
 
     batch_size: int = 256
@@ -164,11 +163,7 @@ def plan_blocks(rows: np.ndarray, block_rows: int) -> list[np.ndarray]:
 
     Rows of one block must be adjacent (sorted rows, or an epoch's block-ordered rows).
     """
-    if len(rows) == 0:
-        return []
-    block_ids = rows // block_rows
-    breaks = np.flatnonzero(np.diff(block_ids)) + 1
-    return np.split(np.arange(len(rows)), breaks)
+    return [np.arange(run.start, run.stop) for _, run in key_runs(rows // block_rows)]
 
 
 @dataclass(frozen=True)
@@ -221,7 +216,8 @@ class BlockReader:
             raise ConfigError(
                 f"--variant {config.variant}: view {view.name!r} has {self.variants} variant(s)"
             )
-        self.blocks = plan_blocks(selection.rows, view.shard_rows * config.blocks_per_read)
+        self.block_rows = view.shard_rows * config.blocks_per_read
+        self.blocks = plan_blocks(selection.rows, self.block_rows)
         self.epoch = 0
         self.read_threads = max(config.read_threads, decode_threads())
         self.buffers = BufferPool()
@@ -277,7 +273,7 @@ class BlockReader:
         window.targets[slots] = targets
         window.positions[slots] = positions
         rows = selection.rows[positions]
-        for piece in plan_blocks(rows, self.view.shard_rows * self.config.blocks_per_read):
+        for _, piece in key_runs(rows // self.block_rows):
             request = ScatterRequest(rows[piece], variants[piece], slots[piece])
             window.reads.append(pool.submit(self.array.scatter_rows, request, window.features))
         return window
@@ -353,9 +349,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype[Any], alignment: int =
     such buffers without copying, and copies misaligned ones (numpy only aligns to 16 bytes).
     """
     nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + alignment, dtype=np.uint8)
-    offset = -raw.ctypes.data % alignment
-    return raw[offset : offset + nbytes].view(dtype).reshape(shape)
+    return _aligned_view(np.empty(nbytes + alignment, dtype=np.uint8), shape, dtype, alignment)
 
 
 def shuffle_capacity(config: InputConfig, sample_bytes: int) -> int:

@@ -129,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-threads",
         type=positive_int("--read-threads"),
         default=1,
-        help="store blocks read ahead concurrently (default 1; more for object stores)",
+        help="threads reading store blocks, at least (default 1: one per core is used when "
+        "more; raise it for object stores)",
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to OUT/tensorboard")

@@ -62,8 +62,8 @@ def scatter_from_values(values: np.ndarray, request: ScatterRequest, out: np.nda
         out[request.slots] = values[np.arange(len(values)), request.variants]
 
 
-def _groups(keys: np.ndarray) -> Iterator[tuple[int, slice]]:
-    """(key, slice) per run of equal keys in an ascending key array."""
+def key_runs(keys: np.ndarray) -> Iterator[tuple[int, slice]]:
+    """(key, slice) per run of equal adjacent keys (e.g. the shard or block of each row)."""
     if len(keys) == 0:
         return
     breaks = [0, *(np.flatnonzero(np.diff(keys)) + 1).tolist(), len(keys)]
@@ -105,7 +105,7 @@ class RowScatter:
             raise StoreError(f"{self.path}: rows outside the array's {fmt.shape[0]} rows")
         pieces = [
             (shard, request.subset(picked))
-            for shard, picked in _groups(request.rows // fmt.shard_rows)
+            for shard, picked in key_runs(request.rows // fmt.shard_rows)
         ]
         if pool is None or len(pieces) < 2:
             for shard, piece in pieces:
@@ -130,7 +130,7 @@ class RowScatter:
         scratch = _thread_buffer("scratch", self.format.chunk_nbytes).view(self.format.dtype)
         scratch = scratch.reshape(self.format.chunk_rows, *self.format.shape[1:])
         first_row = shard * self.format.shard_rows
-        for chunk, picked in _groups((request.rows - first_row) // self.format.chunk_rows):
+        for chunk, picked in key_runs((request.rows - first_row) // self.format.chunk_rows):
             part = request.subset(picked)
             offset, nbytes = (int(value) for value in index[chunk])
             if offset == MISSING:
