@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.download import DownloadItem, process_shard
-from features.fetch import FetchConfig
+from features.download.fetch import FetchConfig
+from features.download.items import DownloadItem, process_shard
 from tests.helpers.fault_server import FaultServer, Route
 
 LOGGER = logging.getLogger(__name__)

@@ -16,10 +16,10 @@ import numpy as np
 
 from benchmarks.extract_throughput import write_ava_like_images
 from benchmarks.seed_style_extraction import build_seed_model, extract_seed_style
+from features import files
 from features.cli import configure_logging, positive_int
-from features.manifest import build_manifest, entries_from_folder
-from features.store import files
-from features.variants import VARIANT_SETS
+from features.download.manifest import build_manifest, entries_from_folder
+from features.extraction.variants import VARIANT_SETS
 from schemas.view_spec import PREDEFINED_VIEWS
 
 NARROW, WIDE = PREDEFINED_VIEWS["irnv2_mlsp_narrow"], PREDEFINED_VIEWS["irnv2_mlsp_wide"]

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from features import files
 from features.cli import configure_logging, positive_int
-from features.extraction import DEFAULT_MAX_BATCH_PIXELS, _size_batches
-from features.manifest import build_manifest, entries_from_folder
-from features.mlsp import ExtractorKey, get_extractor
-from features.store import files
+from features.download.manifest import build_manifest, entries_from_folder
+from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, _size_batches
+from features.model.mlsp import ExtractorKey, get_extractor
 from pipelines import extract
 from pipelines.sample import _render
 from schemas.view_spec import PREDEFINED_VIEWS

@@ -16,9 +16,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from features.mlsp import build_backbone, pool_taps, tap_layers
-from features.variants import apply_variant
-from features.weights import load_weights_into, parse_weights_id
+from features.extraction.variants import apply_variant
+from features.model.mlsp import build_backbone, pool_taps, tap_layers
+from features.model.weights import load_weights_into, parse_weights_id
 from schemas.view_spec import PoolingSpec
 
 

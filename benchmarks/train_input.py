@@ -18,18 +18,18 @@ import zarr
 
 from benchmarks.reference_hdf5 import reference_batches, write_reference_file
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.heads import HEADS
-from features.planning import allocate_rows, ensure_store
+from features.extraction.planning import allocate_rows, ensure_store
 from features.store.backends import COMPRESSIONS
 from features.store.view import CommitMarker, FeatureView, image_ids_digest
-from features.training_input import (
+from features.training.heads import HEADS
+from features.training.input_stream import (
     BlockReader,
     InputConfig,
     make_dataset,
     retain_freed_memory,
     select_rows,
 )
-from features.training_labels import TrainingLabels
+from features.training.labels import TrainingLabels
 from schemas.tables import MANIFEST_SCHEMA
 from schemas.view_spec import NARROW_VIEW, PREDEFINED_VIEWS, WIDE_VIEW, FeatureViewSpec
 

@@ -8,13 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from features import files
 from features.cli import add_common_arguments, configure_logging, run_cli
-from features.evaluation import Evaluation, evaluate_split, keras_predictor, load_run
-from features.metrics import AVA_THRESHOLD, METRIC_SETS
-from features.query import FeatureStore
-from features.run_outputs import scatter_png, write_json
-from features.store import files
-from features.training_labels import load_training_labels
+from features.store.query import FeatureStore
+from features.training.evaluation import Evaluation, evaluate_split, keras_predictor, load_run
+from features.training.labels import load_training_labels
+from features.training.metrics import AVA_THRESHOLD, METRIC_SETS
+from features.training.run_outputs import scatter_png, write_json
 
 LOGGER = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"

@@ -9,11 +9,11 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
+from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.evaluation import load_run
-from features.prediction import build_scoring_model, list_images, score_images
-from features.run_outputs import save_keras_model
-from features.store import files
+from features.training.evaluation import load_run
+from features.training.prediction import build_scoring_model, list_images, score_images
+from features.training.run_outputs import save_keras_model
 from schemas.errors import ConfigError
 from schemas.view_spec import FeatureViewSpec
 

@@ -12,10 +12,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from features.calibration import Calibration, apply_calibration, fit_calibration, join_predictions
+from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.recalibration import MAP_CHOICES, FitResult, RecalibrationConfig
-from features.store import files
+from features.labels.calibration import (
+    Calibration,
+    apply_calibration,
+    fit_calibration,
+    join_predictions,
+)
+from features.labels.recalibration import MAP_CHOICES, FitResult, RecalibrationConfig
 from schemas.errors import ConfigError, LabelError
 from schemas.labels import LABELS_SCHEMA, RECALIBRATED_COLUMN, conform_table
 

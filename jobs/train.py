@@ -9,10 +9,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.heads import HEADS, TARGETS
-from features.query import FeatureStore
-from features.run_outputs import (
+from features.store.query import FeatureStore
+from features.training.heads import HEADS, TARGETS
+from features.training.input_stream import retain_freed_memory
+from features.training.labels import SCORE_COLUMNS, load_training_labels
+from features.training.run_outputs import (
     CURVES_FILE,
     HISTORY_FILE,
     MODEL_FILE,
@@ -22,10 +25,7 @@ from features.run_outputs import (
     write_history_csv,
     write_json,
 )
-from features.store import files
-from features.training import MONITORS, TrainConfig, TrainingResult, lineage, train_head
-from features.training_input import retain_freed_memory
-from features.training_labels import SCORE_COLUMNS, load_training_labels
+from features.training.trainer import MONITORS, TrainConfig, TrainingResult, lineage, train_head
 from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def _callbacks(args: argparse.Namespace) -> list[Any]:
 
 def write_run(out: str, config: TrainConfig, result: TrainingResult, run: dict[str, Any]) -> None:
     """Write model, history, curves, then run.json last (its presence marks a complete run)."""
-    from features.heads import build_head
+    from features.training.heads import build_head
 
     clean = build_head(config.head, run["feature_shape"], config.target, result.bn_momentum)
     clean.set_weights(result.model.get_weights())  # a copy without optimizer state

@@ -169,7 +169,7 @@ def _check_weights(weights: str) -> None:
 
 def _check_variants(variants: str) -> None:
     _require(isinstance(variants, str) and variants != "", "variants", "must be a non-empty string")
-    from features.variants import parse_variants
+    from features.extraction.variants import parse_variants
 
     parse_variants(variants)  # raises ConfigError naming the bad variant
 

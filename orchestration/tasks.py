@@ -73,7 +73,7 @@ def run_step(module: str, argv: Sequence[str]) -> None:
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    from features.store import files
+    from features import files
 
     if not files.exists(path):
         raise OrchestrationError(f"{path} is missing after its step succeeded")
@@ -172,7 +172,7 @@ def train(config: PipelineConfig, view: str) -> dict[str, Any]:
     Returns:
         {"run": run folder, "trained": whether this call trained}.
     """
-    from features.store import files
+    from features import files
 
     run_dir = config.run_dir(view)
     if not config.head.retrain and files.exists(join(run_dir, RUN_FILE)):
@@ -202,7 +202,7 @@ def recalibrate(config: PipelineConfig) -> dict[str, Any]:
     Returns:
         {"dir": output folder, "predictions": reference predictions, "calibration": fit}.
     """
-    from features.store import files
+    from features import files
 
     predictions = argvs.reference_predictions_path(config)
     if config.reference_predictions:

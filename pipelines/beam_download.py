@@ -7,9 +7,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from features.download import DownloadItem, process_shard, status_table
-from features.fetch import FetchConfig
-from features.store import files
+from features import files
+from features.download.fetch import FetchConfig
+from features.download.items import DownloadItem, process_shard, status_table
 from pipelines.runners import runner_entry
 from schemas.errors import PipelineError
 

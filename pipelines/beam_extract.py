@@ -8,7 +8,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from features.extraction import ExtractionConfig, ShardExtractor
+from features.extraction.shard import ExtractionConfig, ShardExtractor
 from features.store.view import ShardSpec
 
 LOGGER = logging.getLogger(__name__)

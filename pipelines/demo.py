@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.weights import IMAGENET_FILE, keras_models_dir
+from features.model.weights import IMAGENET_FILE, keras_models_dir
 
 BANNER = "=" * 78
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.dataset_sources import SOURCES, SourceRequest
-from features.download import (
+from features.download.fetch import FetchConfig
+from features.download.items import (
     IMAGES_DIR,
     STATUS_FILE,
     DownloadItem,
@@ -25,9 +26,8 @@ from features.download import (
     shards_of,
     status_table,
 )
-from features.fetch import FetchConfig
-from features.manifest import ImageEntry, build_manifest
-from features.store import files
+from features.download.manifest import ImageEntry, build_manifest
+from features.download.sources import SOURCES, SourceRequest
 from pipelines.runners import RUNNERS
 from schemas.labels import SUCCESS_STATUSES
 

@@ -12,17 +12,24 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.devices import DEVICES
-from features.extraction import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
-from features.images import DEFAULT_MAX_PIXELS
-from features.manifest import read_manifest
-from features.planning import allocate_rows, pending_shards, prepare_views, resolve_specs, summarize
-from features.store import BACKENDS, files
+from features.download.manifest import read_manifest
+from features.extraction.images import DEFAULT_MAX_PIXELS
+from features.extraction.planning import (
+    allocate_rows,
+    pending_shards,
+    prepare_views,
+    resolve_specs,
+    summarize,
+)
+from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
+from features.extraction.variants import parse_variants
+from features.model.devices import DEVICES
+from features.store import BACKENDS
 from features.store.backends import COMPRESSIONS
 from features.store.lease import ViewLease
 from features.store.view import FeatureView, ShardSpec
-from features.variants import parse_variants
 from pipelines.progress import CommitProgress, format_summary
 from pipelines.runners import (
     RunnerSettings,

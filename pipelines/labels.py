@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from features import files
 from features.cli import add_common_arguments, configure_logging, run_cli
-from features.label_builders import LABEL_BUILDERS, LabelResult, build_ava
-from features.label_engines import AUTO, DEFAULT_MEMORY_BUDGET, LABEL_ENGINES, EngineOptions
-from features.labels import LabelReport, SplitConfig
-from features.manifest import read_manifest
-from features.store import files
+from features.download.manifest import read_manifest
+from features.labels.builders import LABEL_BUILDERS, LabelResult, build_ava
+from features.labels.engines import AUTO, DEFAULT_MEMORY_BUDGET, LABEL_ENGINES, EngineOptions
+from features.labels.parsing import LabelReport, SplitConfig
 
 LOGGER = logging.getLogger(__name__)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

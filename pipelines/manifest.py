@@ -9,9 +9,9 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.manifest import build_manifest, entries_from_csv, entries_from_folder
-from features.store import files
+from features.download.manifest import build_manifest, entries_from_csv, entries_from_folder
 
 LOGGER = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from features.store import files
+from features import files
 from features.store.view import FeatureView, ShardSpec
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from features.store import files
+from features import files
 from pipelines.sample import generate_images
 
 SCUT_SUBSETS = ("AF", "AM", "CF", "CM")

@@ -26,8 +26,8 @@ def sample_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def sample_manifest(sample_dir: Path) -> Path:
     """Manifest of the sample images."""
-    from features.manifest import build_manifest, entries_from_folder
-    from features.store import files
+    from features import files
+    from features.download.manifest import build_manifest, entries_from_folder
 
     table = build_manifest(entries_from_folder(sample_dir / "images"), "sample")
     path = sample_dir / "manifest.parquet"

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.store import files
+from features import files
 from schemas.tables import ROW_ALLOCATION_SCHEMA
 
 if TYPE_CHECKING:

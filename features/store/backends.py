@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from features.store import files
+from features import files
 from features.store.row_scatter import RowScatter, ScatterRequest, scatter_from_values
 from schemas.errors import ConfigError, StoreError
 

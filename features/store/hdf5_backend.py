@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from features.store import files
+from features import files
 from features.store.backends import ArrayLayout, FeatureArray
 from schemas.errors import StoreError
 

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from features.store import files
+from features import files
 from schemas.errors import StoreError
 
 LOGGER = logging.getLogger(__name__)

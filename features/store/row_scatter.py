@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from features.store import files
+from features import files
 from features.store.shard_reader import (
     MISSING,
     ShardFormat,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from features.store import files
+from features import files
 from schemas.errors import StoreError
 
 MISSING = 2**64 - 1  # (offset, nbytes) of an inner chunk that was never written

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.store import files
+from features import files
 from features.store.backends import (
     DEFAULT_COMPRESSION,
     ArrayLayout,

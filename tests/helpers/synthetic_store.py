@@ -7,9 +7,9 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from features.planning import allocate_rows, ensure_store
+from features.extraction.planning import allocate_rows, ensure_store
 from features.store.view import CommitMarker, FeatureView, image_ids_digest
-from features.training_labels import TrainingLabels
+from features.training.labels import TrainingLabels
 from schemas.tables import MANIFEST_SCHEMA
 from schemas.view_spec import FeatureViewSpec
 

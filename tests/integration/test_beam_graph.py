@@ -6,9 +6,9 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from features.extraction import ExtractionConfig, ShardExtractor
-from features.manifest import read_manifest
-from features.planning import allocate_rows, pending_shards, prepare_views, resolve_specs
+from features.download.manifest import read_manifest
+from features.extraction.planning import allocate_rows, pending_shards, prepare_views, resolve_specs
+from features.extraction.shard import ExtractionConfig, ShardExtractor
 from pipelines.beam_extract import build_extract_pipeline
 from schemas.view_spec import InputPolicy
 from tests.conftest import RANDOM_WEIGHTS

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from features.store import files
+from features import files
 from pipelines import download, labels
 from pipelines.sample import write_sample
 from pipelines.sample_datasets import write_ava_split_lists, write_scut_zip

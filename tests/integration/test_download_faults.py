@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from features.download import DownloadItem, process_item
-from features.fetch import FetchConfig, fetch
+from features.download.fetch import FetchConfig, fetch
+from features.download.items import DownloadItem, process_item
 from pipelines.download import run
 from schemas.labels import DOWNLOADS_SCHEMA
 from tests.helpers.fault_server import FaultServer, Route

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from features.manifest import build_manifest, entries_from_folder
-from features.mlsp import ExtractorKey, get_extractor
-from features.query import FeatureStore
-from features.store import files
+from features import files
+from features.download.manifest import build_manifest, entries_from_folder
+from features.model.mlsp import ExtractorKey, get_extractor
+from features.store.query import FeatureStore
 from pipelines import extract
 from schemas.view_spec import PREDEFINED_VIEWS
 from tests.conftest import RANDOM_WEIGHTS

@@ -8,9 +8,9 @@ import h5py
 import numpy as np
 import pytest
 
-from features.mlsp import ExtractorKey, get_extractor
-from features.query import FeatureStore
-from features.variants import VARIANT_SETS, apply_variant
+from features.extraction.variants import VARIANT_SETS, apply_variant
+from features.model.mlsp import ExtractorKey, get_extractor
+from features.store.query import FeatureStore
 from pipelines import extract
 from schemas.view_spec import PREDEFINED_VIEWS
 from tests.conftest import RANDOM_WEIGHTS

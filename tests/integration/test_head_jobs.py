@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from features.evaluation import keras_predictor, load_run
-from features.manifest import build_manifest, entries_from_folder
-from features.query import FeatureStore
-from features.store import files
+from features import files
+from features.download.manifest import build_manifest, entries_from_folder
+from features.store.query import FeatureStore
+from features.training.evaluation import keras_predictor, load_run
 from jobs import evaluate, predict, train
 from pipelines import extract, labels
 from pipelines.sample import write_sample
@@ -170,8 +170,8 @@ def test_prediction_from_images_equals_head_on_stored_features(chain) -> None:
     # in float32: measured max |difference| 1.7e-5 over these 5 images, so 1e-3 bounds fp16
     # rounding with a wide margin while any misalignment or wrong pooling would be ~0.1-1.
     np.testing.assert_allclose(table.loc[ids, "prediction"].to_numpy(), expected, atol=1e-3)
-    from features.prediction import compiled_forward
-    from features.run_outputs import load_keras_model
+    from features.training.prediction import compiled_forward
+    from features.training.run_outputs import load_keras_model
 
     served = compiled_forward(load_keras_model(model_path))
     pixels = decode_reference(str(chosen[0]))[None]

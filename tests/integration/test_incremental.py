@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.extraction import ShardExtractor
-from features.manifest import read_manifest
-from features.query import FeatureStore
-from features.store import files
+from features import files
+from features.download.manifest import read_manifest
+from features.extraction.shard import ShardExtractor
+from features.store.query import FeatureStore
 from features.store.view import FeatureView
 from pipelines import extract
 from tests.conftest import RANDOM_WEIGHTS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.mlsp import ExtractorKey, build_backbone, get_extractor, tap_layers
+from features.model.mlsp import ExtractorKey, build_backbone, get_extractor, tap_layers
 from schemas.view_spec import INCEPTION_RESNET_V2_TAPS, PREDEFINED_VIEWS
 from tests.conftest import RANDOM_WEIGHTS
 from tests.reference import reference_pool
@@ -58,7 +58,7 @@ def test_one_trace_serves_every_image_size(extractor) -> None:
 
 
 def test_random_weights_are_deterministic_and_recorded(extractor) -> None:
-    from features.weights import arrays_sha256, random_weight_arrays
+    from features.model.weights import arrays_sha256, random_weight_arrays
 
     backbone = build_backbone()
     shapes = [(v.path.split("/")[-1], tuple(v.shape)) for v in backbone.weights]
@@ -67,7 +67,7 @@ def test_random_weights_are_deterministic_and_recorded(extractor) -> None:
 
 
 def _random_backbone():
-    from features.weights import load_weights_into, parse_weights_id
+    from features.model.weights import load_weights_into, parse_weights_id
 
     backbone = build_backbone()
     load_weights_into(backbone, parse_weights_id(RANDOM_WEIGHTS))
@@ -85,7 +85,7 @@ def _save_legacy_h5(backbone, path) -> None:
 
 @pytest.mark.parametrize("file_name", ["irnv2.weights.h5", "irnv2_notop_legacy.h5"])
 def test_weights_files_load_and_lineage_hashes_the_file(extractor, tmp_path, file_name) -> None:
-    from features.weights import file_sha256
+    from features.model.weights import file_sha256
 
     backbone = _random_backbone()
     path = tmp_path / file_name
@@ -103,7 +103,7 @@ def test_weights_files_load_and_lineage_hashes_the_file(extractor, tmp_path, fil
 def test_imagenet_offline_fails_saying_where_to_put_the_file(tmp_path, monkeypatch) -> None:
     import keras
 
-    from features.weights import IMAGENET_FILE, imagenet_weights_path
+    from features.model.weights import IMAGENET_FILE, imagenet_weights_path
     from schemas.errors import WeightsUnavailableError
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from features.extraction import ShardExtractor
-from features.query import FeatureStore
+from features.extraction.shard import ShardExtractor
+from features.store.query import FeatureStore
 from features.store.view import FeatureView
 from pipelines import extract
 from schemas.errors import UnknownImageIdsError

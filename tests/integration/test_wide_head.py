@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
-from features.evaluation import keras_predictor, load_run
-from features.query import FeatureStore
+from features.store.query import FeatureStore
+from features.training.evaluation import keras_predictor, load_run
 from jobs import evaluate, predict, train
 from pipelines import extract, labels
 from tests.conftest import RANDOM_WEIGHTS

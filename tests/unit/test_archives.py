@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from features.archives import ArchiveLimits, safe_extract
+from features.download.archives import ArchiveLimits, safe_extract
 from schemas.errors import ArchiveError
 
 

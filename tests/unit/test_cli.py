@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from features import query
+from features.store import query
 from pipelines import extract, manifest, sample
 
 
 @pytest.mark.parametrize(
-    "module", ["pipelines.extract", "pipelines.manifest", "pipelines.sample", "features.query"]
+    "module", ["pipelines.extract", "pipelines.manifest", "pipelines.sample", "features.store.query"]
 )
 def test_help(module) -> None:
     result = subprocess.run(

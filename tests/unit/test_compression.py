@@ -12,7 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.store import backends, files
+from features import files
+from features.store import backends
 from features.store.backends import COMPRESSIONS, ArrayLayout, ZarrFeatureArray
 from features.store.hdf5_backend import HDF5_FILTERS, HDF5FeatureArray
 from features.store.shard_reader import ShardScanner

@@ -6,9 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from features import convert, verify
-from features.query import FeatureStore
-from features.store import BACKENDS
+from features.store import BACKENDS, convert, verify
+from features.store.query import FeatureStore
 from tests.unit.test_store import SMALL_WIDE, commit, new_view
 
 

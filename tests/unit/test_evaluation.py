@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.evaluation import evaluate_split, predict_variants, scores_from_outputs
-from features.training_input import select_rows
+from features.training.evaluation import evaluate_split, predict_variants, scores_from_outputs
+from features.training.input_stream import select_rows
 from schemas.errors import ConfigError
 from schemas.view_spec import FeatureViewSpec
 from tests.helpers.synthetic_store import build_encoded_view, labels_by_row, score_of_row

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from features.filters import parse_where
+from features.store.filters import parse_where
 from schemas.errors import ConfigError
 
 rows = st.lists(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from features.heads import build_head
+from features.training.heads import build_head
 from schemas.errors import ConfigError
 
 
@@ -79,8 +79,8 @@ def test_head_refuses_features_of_the_wrong_rank() -> None:
 
 
 def test_emd_loss_matches_numpy() -> None:
-    from features.keras_objects import earth_movers_distance
-    from features.metrics import earth_movers_distance as numpy_emd
+    from features.training.keras_objects import earth_movers_distance
+    from features.training.metrics import earth_movers_distance as numpy_emd
 
     rng = np.random.default_rng(0)
     truth = rng.dirichlet(np.ones(10), size=5).astype(np.float32)
@@ -91,8 +91,8 @@ def test_emd_loss_matches_numpy() -> None:
 
 @pytest.mark.parametrize("reader", ["value", "distribution"])
 def test_streaming_plcc_equals_scipy_over_batches(reader: str) -> None:
-    from features.keras_objects import StreamingPLCC
-    from features.metrics import mos_from_distribution
+    from features.training.keras_objects import StreamingPLCC
+    from features.training.metrics import mos_from_distribution
 
     rng = np.random.default_rng(1)
     if reader == "value":

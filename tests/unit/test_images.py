@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.images import decode_image_bytes, load_image
+from features.extraction.images import decode_image_bytes, load_image
 from pipelines.sample import broken_files
 from schemas.status import RowStatus
 from schemas.view_spec import InputPolicy

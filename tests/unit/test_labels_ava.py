@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.label_builders import build_ava
-from features.labels import (
+from features.labels.builders import build_ava
+from features.labels.parsing import (
     LabelReport,
     SplitConfig,
     assign_splits,

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.label_builders import build_ava
-from features.label_engines import LABEL_ENGINES, EngineOptions, choose_engine
-from features.labels import LabelReport, SplitConfig, finalize_labels, finish_ava
+from features.labels.builders import build_ava
+from features.labels.engines import LABEL_ENGINES, EngineOptions, choose_engine
+from features.labels.parsing import LabelReport, SplitConfig, finalize_labels, finish_ava
 from pipelines.labels import run
 from schemas.errors import ConfigError, LabelError
 

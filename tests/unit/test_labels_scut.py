@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from openpyxl import Workbook
 
-from features import scut
-from features.label_builders import build_scut
-from features.labels import SplitConfig
+from features.labels import scut
+from features.labels.builders import build_scut
+from features.labels.parsing import SplitConfig
 from pipelines.sample_datasets import scut_ratings, write_scut_zip
 from schemas.errors import LabelError
 from schemas.labels import LABELS_SCHEMA

@@ -8,8 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.manifest import build_manifest, entries_from_csv, entries_from_folder, read_manifest
-from features.store import files
+from features import files
+from features.download.manifest import (
+    build_manifest,
+    entries_from_csv,
+    entries_from_folder,
+    read_manifest,
+)
 from schemas.errors import ManifestError
 
 

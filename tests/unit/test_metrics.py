@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from features.metrics import (
+from features.training.metrics import (
     METRIC_SETS,
     binary_accuracy,
     compute_metrics,

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features.calibration import Calibration, apply_calibration, fit_calibration
-from features.recalibration import (
+from features.labels.calibration import Calibration, apply_calibration, fit_calibration
+from features.labels.recalibration import (
     LinearMap,
     RecalibrationConfig,
     closed_form,
@@ -154,7 +154,7 @@ def test_failed_calibration_write_leaves_nothing_and_rerun_is_exact(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from features.store import files
+    from features import files
 
     write_shifted_variant(tmp_path, n=60, seed=1)
     rows = [line.split(",") for line in (tmp_path / "labels.csv").read_text().split()[1:]]

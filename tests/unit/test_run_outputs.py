@@ -11,16 +11,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.evaluation import Evaluation
-from features.metrics import compute_metrics
-from features.run_outputs import (
+from features import files
+from features.training.evaluation import Evaluation
+from features.training.metrics import compute_metrics
+from features.training.run_outputs import (
     curves_png,
     load_keras_model,
     save_keras_model,
     write_history_csv,
     write_json,
 )
-from features.store import files
 
 HISTORY = [
     {
@@ -89,7 +89,7 @@ def test_curves_png(tmp_path, fail_first_replace) -> None:
 
 
 def test_keras_model(tmp_path, fail_first_replace) -> None:
-    from features.heads import build_head
+    from features.training.heads import build_head
 
     model = build_head("narrow", (8,), "mos")
     target = str(tmp_path / "model.keras")
@@ -128,7 +128,7 @@ def test_evaluation_outputs(tmp_path, fail_first_replace) -> None:
 
 
 def test_prediction_table(tmp_path, fail_first_replace) -> None:
-    from features.prediction import PREDICTIONS_SCHEMA
+    from features.training.prediction import PREDICTIONS_SCHEMA
 
     table = pa.table(
         {

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from features.devices import configure_device
+from features.model.devices import configure_device
 from features.store.lease import ViewLease
 from pipelines.runners import RunnerSettings, check_paths_reachable, runner_options
 from schemas.errors import ConfigError, DeviceUnavailableError, StoreError

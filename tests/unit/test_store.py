@@ -12,10 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from features.planning import allocate_rows, ensure_store
-from features.query import FeatureStore, tensor_array
-from features.store import BACKENDS, files
+from features import files
+from features.extraction.planning import allocate_rows, ensure_store
+from features.store import BACKENDS
 from features.store.backends import COMPRESSIONS
+from features.store.query import FeatureStore, tensor_array
 from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
 from schemas.errors import ConfigError, SpecMismatchError, StoreError, UnknownImageIdsError
 from schemas.tables import MANIFEST_SCHEMA

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.training import TrainConfig, lineage, train_head
+from features.training.trainer import TrainConfig, lineage, train_head
 from jobs import evaluate, predict, train
 from schemas.errors import ConfigError
 from schemas.view_spec import FeatureViewSpec, PoolingSpec

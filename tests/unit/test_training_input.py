@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from features.training_input import (
+from features.training.input_stream import (
     BlockReader,
     InputConfig,
     iter_all_variants,
@@ -138,7 +138,7 @@ def test_config_validation_and_buffer_cap() -> None:
 def test_retain_freed_memory_is_applied_on_glibc() -> None:
     import platform
 
-    from features.training_input import retain_freed_memory
+    from features.training.input_stream import retain_freed_memory
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
@@ -182,7 +182,7 @@ def test_batches_held_by_tensorflow_survive_later_epochs(store) -> None:
 
 
 def test_buffer_pool_reuses_only_unreferenced_buffers() -> None:
-    from features.training_input import BufferPool
+    from features.training.input_stream import BufferPool
 
     pool = BufferPool(keep=3)
     first = pool.empty((4, 16), np.dtype(np.float16))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from features.variants import VARIANT_SETS, apply_variant, parse_variants, stack_variants
+from features.extraction.variants import VARIANT_SETS, apply_variant, parse_variants, stack_variants
 from schemas.errors import ConfigError
 
 

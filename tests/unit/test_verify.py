@@ -1,4 +1,4 @@
-"""features.verify finds tampering and leaks, and passes clean views (every backend)."""
+"""features.store.verify finds tampering and leaks, and passes clean views (every backend)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from features import verify
-from features.store import BACKENDS
+from features.store import BACKENDS, verify
 from tests.unit.test_store import SMALL_NARROW, commit, new_view
 
 

@@ -10,13 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.archives import safe_extract
-from features.download import DownloadItem
-from features.fetch import FetchConfig, fetch, scheme_of
-from features.labels import parse_ava_text, parse_split_list
-from features.manifest import scan_images
-from features.scut import read_official_split
-from features.store import files
+from features import files
+from features.download.archives import safe_extract
+from features.download.fetch import FetchConfig, fetch, scheme_of
+from features.download.items import DownloadItem
+from features.download.manifest import scan_images
+from features.labels.parsing import parse_ava_text, parse_split_list
+from features.labels.scut import read_official_split
 from schemas.errors import DownloadError
 
 LOGGER = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from features.weights import load_weights_into, parse_weights_id
+from features.model.weights import load_weights_into, parse_weights_id
 from schemas.view_spec import PoolingSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

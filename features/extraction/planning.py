@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -13,16 +12,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.store import files
+from features.model.weights import file_sha256, imagenet_weights_path, parse_weights_id
+from features.store.root import ensure_store
 from features.store.view import FeatureView, ShardSpec
-from features.weights import file_sha256, imagenet_weights_path, parse_weights_id
 from schemas.errors import ConfigError
 from schemas.status import RowStatus
 from schemas.tables import ROW_ALLOCATION_SCHEMA
 from schemas.view_spec import PREDEFINED_VIEWS, FeatureViewSpec, InputPolicy
 
 LOGGER = logging.getLogger(__name__)
-STORE_MARKER = "store.json"
 
 
 def package_version() -> str:
@@ -52,7 +50,7 @@ def weights_sha256(weights_id: str, taps: Sequence[str], compute_dtype: str = "f
         return file_sha256(source.path)
     if source.kind == "imagenet":
         return file_sha256(imagenet_weights_path())
-    from features.mlsp import backbone_weights_sha256
+    from features.model.mlsp import backbone_weights_sha256
 
     return backbone_weights_sha256(weights_id, tuple(taps), compute_dtype)
 
@@ -102,13 +100,6 @@ def resolve_specs(
     ]
     digest = weights_sha256(weights_id, specs[0].taps, compute_dtype)
     return [spec.with_weights(weights_id, digest) for spec in specs]
-
-
-def ensure_store(store: str) -> None:
-    """Create the store root marker if absent."""
-    marker = files.join(store, STORE_MARKER)
-    if not files.exists(marker):
-        files.atomic_write_text(marker, json.dumps({"format": "mlsp-feature-store", "version": 1}))
 
 
 def prepare_views(

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from features.labels import parse_ava_text, score_ava
-from features.store import files
+from features import files
+from features.labels.parsing import parse_ava_text, score_ava
 from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from features import scut
-from features.label_engines import LABEL_ENGINES, EngineOptions, choose_engine
-from features.labels import (
+from features import files
+from features.labels import scut
+from features.labels.engines import LABEL_ENGINES, EngineOptions, choose_engine
+from features.labels.parsing import (
     LabelReport,
     SplitConfig,
     assign_splits,
@@ -26,7 +27,6 @@ from features.labels import (
     sha256_file,
     version_for,
 )
-from features.store import files
 from schemas.errors import LabelError
 from schemas.labels import FOLD_COLUMNS, SPLITS, DropReason, label_version
 

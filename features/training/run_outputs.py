@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.store import files
+from features import files
 from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def load_keras_model(path: str) -> Any:
     """
     import keras
 
-    import features.keras_objects  # noqa: F401  (registers the custom objects)
+    import features.training.keras_objects  # noqa: F401  (registers the custom objects)
 
     if not files.exists(path):
         raise ConfigError(f"{path}: no such model file")

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.recalibration import MAP_CHOICES, FitResult, RecalibrationConfig, fit
+from features.labels.recalibration import MAP_CHOICES, FitResult, RecalibrationConfig, fit
 from schemas.errors import ConfigError, RecalibrationError
 from schemas.labels import (
     PREDICTIONS_COLUMNS,

@@ -8,18 +8,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from features.heads import (
+from features.extraction.planning import package_version
+from features.store.view import FeatureView
+from features.training.heads import (
     bn_momentum_for,
     build_head,
     head_definition,
     initialise_output_bias,
     target_definition,
 )
-from features.planning import package_version
-from features.store.view import FeatureView
-from features.training_input import BlockReader, InputConfig, RowSelection, make_dataset
-from features.training_input import select_rows as select_split_rows
-from features.training_labels import TrainingLabels
+from features.training.input_stream import BlockReader, InputConfig, RowSelection, make_dataset
+from features.training.input_stream import select_rows as select_split_rows
+from features.training.labels import TrainingLabels
 from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError
 
@@ -190,7 +190,7 @@ def compile_head(model: Any, target: str, learning_rate: float) -> None:
     """Compile with Adam, the target's loss and the streaming PLCC metric."""
     import keras
 
-    from features.keras_objects import LOSSES, StreamingPLCC
+    from features.training.keras_objects import LOSSES, StreamingPLCC
 
     definition = target_definition(target)
     reader = "distribution" if definition.name == "distribution" else "value"

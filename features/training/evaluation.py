@@ -10,13 +10,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.metrics import METRIC_SETS, MetricReport, compute_metrics, mos_from_distribution
-from features.run_outputs import MODEL_FILE, RUN_FILE, load_keras_model, read_json
-from features.store import files
+from features import files
 from features.store.view import FeatureView
-from features.training import TrainConfig, default_variant
-from features.training_input import RowSelection, iter_all_variants, select_rows
-from features.training_labels import TrainingLabels
+from features.training.input_stream import RowSelection, iter_all_variants, select_rows
+from features.training.labels import TrainingLabels
+from features.training.metrics import (
+    METRIC_SETS,
+    MetricReport,
+    compute_metrics,
+    mos_from_distribution,
+)
+from features.training.run_outputs import MODEL_FILE, RUN_FILE, load_keras_model, read_json
+from features.training.trainer import TrainConfig, default_variant
 from schemas.errors import ConfigError
 from schemas.labels import PREDICTIONS_COLUMNS
 

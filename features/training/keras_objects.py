@@ -2,7 +2,7 @@
 
 This is the one module of ours that imports Keras at module level. Import it lazily (inside the
 function that needs it), so CLIs answer --help and modules import without TensorFlow; loading a
-saved model through features.run_outputs.load_keras_model imports it to register these objects.
+saved model through features.training.run_outputs.load_keras_model imports it to register these objects.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from features.mlsp import pool_taps
+from features.model.mlsp import pool_taps
 from schemas.view_spec import PoolingSpec
 
 SCORE_READERS = ("value", "distribution")
@@ -108,7 +108,7 @@ class InceptionPreprocess(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="mlsp", name="PoolTaps")
 class PoolTaps(keras.layers.Layer):
-    """MLSP pooling of the tap outputs (features.mlsp.pool_taps) inside a Keras model."""
+    """MLSP pooling of the tap outputs (features.model.mlsp.pool_taps) inside a Keras model."""
 
     def __init__(self, kind: str = "gap", grid: Sequence[int] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.devices import configure_device
-from features.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image
-from features.mlsp import ExtractorKey, MLSPExtractor, get_extractor
+from features.extraction.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image
+from features.extraction.variants import stack_variants, variant_size
+from features.model.devices import configure_device
+from features.model.mlsp import ExtractorKey, MLSPExtractor, get_extractor
 from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
-from features.variants import stack_variants, variant_size
 from schemas.errors import ConfigError, StoreError
 from schemas.status import RowStatus
 from schemas.tables import FEATURE_INDEX_SCHEMA

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.labels import LabelReport, SplitConfig, assign_splits, ava_frame, version_for
-from features.store import files
+from features import files
+from features.labels.parsing import LabelReport, SplitConfig, assign_splits, ava_frame, version_for
 from schemas.errors import ConfigError, LabelError
 from schemas.labels import AVA_BINS, LABELS_SCHEMA, RECALIBRATED_COLUMN, conform_table
 

@@ -17,8 +17,8 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from features.fetch import FetchConfig, fetch
-from features.store import files
+from features import files
+from features.download.fetch import FetchConfig, fetch
 from schemas.labels import DOWNLOADS_SCHEMA, SUCCESS_STATUSES, DownloadStatus
 
 LOGGER = logging.getLogger(__name__)

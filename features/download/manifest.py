@@ -137,7 +137,7 @@ def read_manifest(path: str) -> pa.Table:
     Raises:
         ManifestError: the file is missing or not a valid manifest.
     """
-    from features.store import files
+    from features import files
     from schemas.tables import conform_manifest
 
     if not files.exists(path):

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from features.evaluation import scores_from_outputs
-from features.images import DecodedImage, load_image
-from features.manifest import entries_from_folder, read_manifest
-from features.mlsp import build_backbone, tap_layers
-from features.variants import stack_variants, variant_size
-from features.weights import load_weights_into, parse_weights_id
+from features.download.manifest import entries_from_folder, read_manifest
+from features.extraction.images import DecodedImage, load_image
+from features.extraction.variants import stack_variants, variant_size
+from features.model.mlsp import build_backbone, tap_layers
+from features.model.weights import load_weights_into, parse_weights_id
+from features.training.evaluation import scores_from_outputs
 from schemas.errors import StoreError
 from schemas.status import RowStatus
 from schemas.view_spec import FeatureViewSpec
@@ -53,7 +53,7 @@ def build_scoring_model(spec: FeatureViewSpec, head: keras.Model) -> keras.Model
     """
     import keras
 
-    from features.keras_objects import InceptionPreprocess, PoolTaps
+    from features.training.keras_objects import InceptionPreprocess, PoolTaps
 
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(spec.compute_dtype)

@@ -1,0 +1,1 @@
+"""Dataset downloads: fetching, verified writes, safe archives, dataset sources, manifests."""

@@ -1,0 +1,1 @@
+"""Labels: cleaning and parsing per dataset, engines, and the linear recalibration."""

@@ -1,0 +1,1 @@
+"""The backbone models, their weights and the compute device."""

@@ -1,0 +1,177 @@
+"""Verify a view: markers, index parts, statuses, digests, shapes and that nothing uncommitted leaks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from features import files
+from features.cli import add_common_arguments, configure_logging, run_cli
+from features.store.view import FeatureView, ShardSpec
+from schemas.errors import StoreError
+from schemas.tables import FEATURE_INDEX_SCHEMA
+
+
+@dataclass
+class VerificationReport:
+    """Problems (make verification fail) and notes (worth knowing, not wrong)."""
+
+    view: str
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    shards_checked: int = 0
+    rows_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when no problem was found."""
+        return not self.problems
+
+
+def _check_layout(view: FeatureView, report: VerificationReport) -> None:
+    layout, spec = view.array.layout(), view.spec
+    expected_shape = (int(view.meta["rows"]), len(spec.variants), *spec.feature_shape)
+    if layout.shape != expected_shape:
+        report.problems.append(f"array shape {layout.shape} != spec/allocation {expected_shape}")
+    if np.dtype(layout.dtype) != np.dtype(spec.storage_dtype):
+        report.problems.append(
+            f"array dtype {layout.dtype} != spec storage dtype {spec.storage_dtype}"
+        )
+    if layout.shard_rows != view.shard_rows:
+        report.problems.append(f"array shard rows {layout.shard_rows} != view {view.shard_rows}")
+    if layout.compression != view.compression:
+        report.problems.append(f"array compression {layout.compression} != view {view.compression}")
+
+
+def _check_committed_shard(
+    view: FeatureView, shard: ShardSpec, counts: Mapping[str, int], report: VerificationReport
+) -> None:
+    where = f"shard {shard.index} (rows {shard.row_start}:{shard.row_stop})"
+    path = view.index_part_path(shard)
+    if not files.exists(path):
+        report.problems.append(f"{where}: committed but its index part {path} is missing")
+        return
+    index = files.read_parquet(path)
+    if index.schema.remove_metadata() != FEATURE_INDEX_SCHEMA:
+        report.problems.append(f"{where}: index part schema differs from FEATURE_INDEX_SCHEMA")
+    if index.column("image_id").to_pylist() != view.shard_image_ids(shard):
+        report.problems.append(f"{where}: index image ids differ from the row allocation")
+    if index.column("row").to_pylist() != list(range(shard.row_start, shard.row_stop)):
+        report.problems.append(
+            f"{where}: index rows are not {shard.row_start}..{shard.row_stop - 1}"
+        )
+    statuses = index.column("status").to_pylist()
+    if dict(Counter(statuses)) != dict(counts):
+        report.problems.append(
+            f"{where}: status counts {dict(Counter(statuses))} != marker {dict(counts)}"
+        )
+    values = view.array.read_range(shard.row_start, shard.row_stop).astype(np.float32)
+    flat = values.reshape(len(values), -1)
+    finite = np.asarray(np.isfinite(flat).all(axis=1))
+    all_nan = np.asarray(np.isnan(flat).all(axis=1))
+    for offset, status in enumerate(statuses):
+        if status == "ok" and not finite[offset]:
+            report.problems.append(f"{where}: row {shard.row_start + offset} is ok but has NaN/inf")
+        if status != "ok" and not all_nan[offset]:
+            report.problems.append(
+                f"{where}: row {shard.row_start + offset} is {status} but has values"
+            )
+    report.rows_checked += shard.rows
+
+
+def _check_uncommitted_shard(
+    view: FeatureView, shard: ShardSpec, report: VerificationReport
+) -> None:
+    if files.exists(view.index_part_path(shard)):
+        report.notes.append(
+            f"shard {shard.index}: index part without a marker (interrupted write; "
+            "invisible to readers, rewritten by the next run)"
+        )
+    values = view.array.read_range(shard.row_start, shard.row_stop)
+    if not np.isnan(values.astype(np.float32)).all():
+        report.notes.append(
+            f"shard {shard.index}: uncommitted bytes present (invisible to readers)"
+        )
+
+
+def verify_view(view: FeatureView) -> VerificationReport:
+    """Check every committed shard of a view and that readers see committed rows only."""
+    report = VerificationReport(view.name)
+    _check_layout(view, report)
+    markers, marker_problems = view.inspect_markers()
+    report.problems += [str(problem) for problem in marker_problems]
+    for shard in view.shards():
+        if shard.index in markers:
+            _check_committed_shard(view, shard, markers[shard.index].status_counts, report)
+            report.shards_checked += 1
+        else:
+            _check_uncommitted_shard(view, shard, report)
+    if not marker_problems:
+        committed_rows = {
+            row
+            for s in view.shards()
+            if s.index in markers
+            for row in range(s.row_start, s.row_stop)
+        }
+        visible = set(view.committed_index().column("row").to_pylist())
+        if not visible <= committed_rows:
+            report.problems.append(
+                f"readers see {len(visible - committed_rows)} row(s) outside committed shards"
+            )
+    if files.exists(files.join(view.path, "lease.json")):
+        report.notes.append("a writer lease is present: a run may be writing right now")
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the verify CLI."""
+    parser = argparse.ArgumentParser(
+        prog="python -m features.store.verify", description="Verify committed shards of feature views."
+    )
+    parser.add_argument("--store", required=True, help="store root (path or URL)")
+    parser.add_argument("--view", action="append", help="view to verify (repeatable; default: all)")
+    add_common_arguments(parser)
+    return parser
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from features.store.query import FeatureStore
+
+    args = build_parser().parse_args(argv)
+    configure_logging(args.verbose)
+    store = FeatureStore(args.store)
+    names = args.view or store.views()
+    if not names:
+        raise StoreError(f"{args.store}: no views to verify")
+    failed = 0
+    for name in names:
+        report = verify_view(store.view(name))
+        verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
+        print(
+            f"{name}: {verdict}: {report.shards_checked} committed shard(s), {report.rows_checked} row(s) checked"
+        )
+        for problem in report.problems:
+            print(f"  problem: {problem}")
+        for note in report.notes:
+            print(f"  note: {note}")
+        failed += not report.ok
+    return 1 if failed else 0
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit 0 when every view verifies, 1 otherwise."""
+    return run_cli(_main, argv)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Heads, streaming training input, training, evaluation, prediction and metrics."""
