@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -15,10 +14,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from benchmarks.fault_server import FaultServer, Route
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.download.fetch import FetchConfig
 from features.download.items import DownloadItem, process_shard
-from tests.helpers.fault_server import FaultServer, Route
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,14 +95,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

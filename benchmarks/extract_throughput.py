@@ -23,7 +23,7 @@ from features.download.manifest import build_manifest, entries_from_folder
 from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, _size_batches
 from features.model.mlsp import ExtractorKey, get_extractor
 from pipelines import extract
-from pipelines.sample import _render
+from pipelines.sample_images import render_image
 from schemas.view_spec import PREDEFINED_VIEWS
 
 NARROW, WIDE = PREDEFINED_VIEWS["irnv2_mlsp_narrow"], PREDEFINED_VIEWS["irnv2_mlsp_wide"]
@@ -37,7 +37,7 @@ def write_ava_like_images(folder: Path, count: int, seed: int) -> list[np.ndarra
     decoded = []
     for index in range(count):
         height, width = AVA_SIZES[index % len(AVA_SIZES)]
-        pixels, _, _, _ = _render(rng, height, width)
+        pixels, _, _, _ = render_image(rng, height, width)
         buffer = io.BytesIO()
         Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
         (folder / f"{index:06d}.jpg").write_bytes(buffer.getvalue())

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, run_cli
-from features.store.query import FeatureStore
+from features.cli import add_common_arguments, cli_entry_points, configure_logging
+from features.store import FeatureStore
 from features.training.evaluation import Evaluation, evaluate_split, keras_predictor, load_run
 from features.training.labels import load_training_labels
 from features.training.metrics import AVA_THRESHOLD, METRIC_SETS
@@ -129,14 +129,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ import argparse
 import io
 import json
 import logging
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.labels.calibration import (
     Calibration,
     apply_calibration,
@@ -175,14 +174,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.model.weights import file_sha256, imagenet_weights_path, parse_weights_id
-from features.store.root import ensure_store
-from features.store.view import FeatureView, ShardSpec
+from features.store import FeatureView, ShardSpec, ensure_store
 from schemas.errors import ConfigError
 from schemas.status import RowStatus
 from schemas.tables import ROW_ALLOCATION_SCHEMA

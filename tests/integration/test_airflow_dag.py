@@ -17,8 +17,8 @@ import pytest
 pytest.importorskip("airflow", reason="apache-airflow is not installed (the 'airflow' extra)")
 pytest.importorskip("airflow.providers.apache.beam", reason="the Beam provider is not installed")
 
+from benchmarks.fault_server import FaultServer, Route
 from orchestration.tasks import module_available
-from tests.helpers.fault_server import FaultServer, Route
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "orchestration" / "dags"

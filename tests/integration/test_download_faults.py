@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from benchmarks.fault_server import FaultServer, Route
 from features.download.fetch import FetchConfig, fetch
 from features.download.items import DownloadItem, process_item
 from pipelines.download import run
 from schemas.labels import DOWNLOADS_SCHEMA
-from tests.helpers.fault_server import FaultServer, Route
 
 FAST = FetchConfig(timeout=0.5, deadline=2.0, retries=3, backoff=0.01, backoff_max=2.0)
 
