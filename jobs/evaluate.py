@@ -15,6 +15,7 @@ from features.training.evaluation import Evaluation, evaluate_split, keras_predi
 from features.training.labels import load_training_labels
 from features.training.metrics import AVA_THRESHOLD, METRIC_SETS
 from features.training.run_outputs import scatter_png, write_json
+from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -98,6 +99,11 @@ def _main(argv: Sequence[str] | None) -> int:
     config = trained.config
     store = FeatureStore(args.store or config.store)
     view = store.view(config.view)
+    if args.tta and len(view.spec.variants) < 2:
+        raise ConfigError(
+            f"--tta: view {config.view!r} stores one variant {list(view.spec.variants)}; TTA "
+            "averages several (extract with --variants tta18 or train8), or drop --tta"
+        )
     labels = load_training_labels(args.labels or config.labels, config.label_column)
     out = args.out or files.join(args.run, f"eval_{args.split}{'_tta' if args.tta else ''}")
     bar = _progress()

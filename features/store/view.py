@@ -136,17 +136,18 @@ class FeatureView:
         allocation = allocation.cast(ROW_ALLOCATION_SCHEMA)
         rows = allocation.column("row").to_numpy()
         total_rows = int(rows[-1]) + 1 if len(rows) else 0  # appended segments leave gaps
+        backend = backend_for(format_name, self.path)
         layout = ArrayLayout(
             total_rows,
             len(spec.variants),
             spec.feature_shape,
             spec.storage_dtype,
             shard_rows,
-            compression or DEFAULT_COMPRESSION,
+            backend.written_compression(compression or DEFAULT_COMPRESSION),
         )
         files.remove_tree(self.path)
         files.makedirs(self.path)
-        backend_for(format_name, self.path).create(layout)
+        backend.create(layout)
         files.atomic_write_parquet(self._file("rows.parquet"), allocation)
         files.atomic_write_text(self._file("spec.json"), spec.to_json())
         meta = {
@@ -208,7 +209,10 @@ class FeatureView:
             raise StoreError(
                 f"view {self.name!r} is stored as {self.format_name}, not {format_name}"
             )
-        if compression is not None and compression != self.compression:
+        if compression is not None and self.compression not in (
+            compression,
+            self.array.written_compression(compression),  # HDF5 records "lzf" for zstd/lz4
+        ):
             raise StoreError(
                 f"view {self.name!r} is stored with {self.compression} compression, not "
                 f"{compression} (omit --compression to reuse it, or use a new view name)"
