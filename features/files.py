@@ -266,9 +266,7 @@ _EXCLUSIVE_CREATE: dict[str, Callable[[str, bytes], bool]] = {"file": _create_ex
 _REPLACE_IF_UNCHANGED: dict[str, Callable[[str, bytes, bytes], bool]] = {
     "file": _replace_if_unchanged_local
 }
-_REMOVE_IF_UNCHANGED: dict[str, Callable[[str, bytes], bool]] = {
-    "file": _remove_if_unchanged_local
-}
+_REMOVE_IF_UNCHANGED: dict[str, Callable[[str, bytes], bool]] = {"file": _remove_if_unchanged_local}
 
 
 def create_exclusive(path: str, data: bytes) -> bool:

@@ -209,7 +209,9 @@ class ViewLease:
 
     def _take_over(self, holder: LeaseHolder | None, reason: str, record: bytes) -> None:
         previous = holder.describe() if holder is not None else "an unreadable lease"
-        LOGGER.warning("took over the lease of view %s from %s: %s", self.view_path, previous, reason)
+        LOGGER.warning(
+            "took over the lease of view %s from %s: %s", self.view_path, previous, reason
+        )
         self.taken_over = {
             "view": self.view_path,
             "from_run": holder.owner if holder is not None else None,
