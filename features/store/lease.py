@@ -51,6 +51,14 @@ def boot_id() -> str | None:
         return None
 
 
+def pid_namespace() -> str | None:
+    """This process's pid namespace (Linux): pids are only comparable within one namespace."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host."""
     try:
@@ -72,6 +80,7 @@ class LeaseHolder:
     expires_at: datetime.datetime
     pid_start: str | None = None
     boot_id: str | None = None
+    pid_namespace: str | None = None
 
     @classmethod
     def parse(cls, data: bytes) -> LeaseHolder | None:
@@ -88,6 +97,7 @@ class LeaseHolder:
                 else expires_at.replace(tzinfo=datetime.UTC),
                 pid_start=record.get("pid_start"),
                 boot_id=record.get("boot_id"),
+                pid_namespace=record.get("pid_namespace"),
             )
         except (ValueError, TypeError, KeyError):
             return None
@@ -103,6 +113,8 @@ class LeaseHolder:
         """Why this holder's process is certainly dead (same host only), else None."""
         if self.host != socket.gethostname():
             return None  # another host: only the expiry rule applies
+        if self.pid_namespace and pid_namespace() not in (None, self.pid_namespace):
+            return None  # another container sharing the host name: its pids are not ours
         if self.boot_id and boot_id() not in (None, self.boot_id):
             return "its host has rebooted since"
         if not pid_alive(self.pid):
@@ -170,6 +182,7 @@ class ViewLease:
             "pid": os.getpid(),
             "pid_start": process_start_time(os.getpid()),
             "boot_id": boot_id(),
+            "pid_namespace": pid_namespace(),
             "expires_at": (_now() + datetime.timedelta(seconds=self.ttl_seconds)).isoformat(),
         }
         return json.dumps(record).encode()

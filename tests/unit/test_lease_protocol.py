@@ -149,6 +149,13 @@ def test_a_dead_or_expired_holder_is_taken_over_at_once(tmp_path, caplog, fields
         lease.release()
 
 
+def test_a_holder_in_another_pid_namespace_is_judged_by_expiry_only(tmp_path) -> None:
+    before = _write_lease(tmp_path, pid=_dead_pid(), pid_namespace="pid:[1]")
+    with pytest.raises(StoreError, match="run run-old"):
+        ViewLease(str(tmp_path), "run-new").acquire()
+    assert (tmp_path / LEASE_FILE).read_bytes() == before
+
+
 def test_another_hosts_unexpired_lease_is_respected(tmp_path) -> None:
     before = _write_lease(tmp_path, host="elsewhere", pid=_dead_pid())
     with pytest.raises(StoreError, match="host elsewhere"):
