@@ -20,7 +20,8 @@ from PIL import Image
 from features import files
 from features.cli import configure_logging, positive_int
 from features.download.manifest import build_manifest, entries_from_folder
-from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, _size_batches
+from features.extraction.feed import plan_batches
+from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS
 from features.model.mlsp import ExtractorKey, get_extractor
 from pipelines import extract
 from pipelines.sample import _render
@@ -52,9 +53,9 @@ def time_bare_model(decoded: list[np.ndarray], max_batch_pixels: int, batched: b
             "random:0", NARROW.taps, ((NARROW.name, NARROW.pooling), (WIDE.name, WIDE.pooling))
         )
     )
-    sizes = {i: image.shape[:2] for i, image in enumerate(decoded)}
+    sizes = [(int(image.shape[0]), int(image.shape[1])) for image in decoded]
     groups = (
-        list(_size_batches(sizes, max_batch_pixels, 1))
+        plan_batches(sizes, max_batch_pixels, 1)
         if batched
         else [[i] for i in range(len(decoded))]
     )

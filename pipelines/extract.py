@@ -15,6 +15,7 @@ from typing import Any
 from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
 from features.download.manifest import read_manifest
+from features.extraction.feed import DEFAULT_PREFETCH_BATCHES
 from features.extraction.images import DEFAULT_MAX_PIXELS
 from features.extraction.planning import (
     allocate_rows,
@@ -23,9 +24,9 @@ from features.extraction.planning import (
     resolve_specs,
     summarize,
 )
-from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
+from features.extraction.shard import ExtractionConfig
 from features.extraction.variants import parse_variants
-from features.model.devices import DEVICES
+from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES
 from features.store import BACKENDS
 from features.store.backends import COMPRESSIONS
 from features.store.lease import ViewLease
@@ -111,14 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-batch-pixels",
         type=positive_int("--max-batch-pixels"),
-        default=DEFAULT_MAX_BATCH_PIXELS,
-        help="pixel cap of one forward batch of same-size images (raise it on GPUs)",
+        default=None,
+        help="pixel cap of one forward batch of same-size images, variants included "
+        f"(default by device: {', '.join(f'{k} {v:,}' for k, v in BATCH_PIXELS_BY_KIND.items())})",
     )
     parser.add_argument(
         "--decode-threads",
         type=positive_int("--decode-threads"),
         default=2,
         help="threads reading and decoding images per worker",
+    )
+    parser.add_argument(
+        "--prefetch-batches",
+        type=positive_int("--prefetch-batches"),
+        default=DEFAULT_PREFETCH_BATCHES,
+        help="decoded batches kept ready ahead of the model (bounds decode memory; default 2)",
     )
     parser.add_argument(
         "--format",
@@ -273,6 +281,7 @@ def _execute(
         max_batch_pixels=args.max_batch_pixels,
         decode_threads=args.decode_threads,
         device=args.device,
+        prefetch_batches=args.prefetch_batches,
     )
     started = time.perf_counter()
     outcome = "completed"
