@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,7 +27,7 @@ from features.extraction.planning import (
 )
 from features.extraction.shard import ExtractionConfig
 from features.extraction.variants import parse_variants
-from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES
+from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES, configure_device
 from features.store import BACKENDS
 from features.store.backends import COMPRESSIONS
 from features.store.lease import ViewLease
@@ -41,6 +42,7 @@ from pipelines.runners import (
     runner_options,
     settings_from_args,
 )
+from pipelines.worker_env import WorkerEnvironment, worker_environment
 from schemas.errors import ConfigError, PipelineError
 from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, InputPolicy
 
@@ -217,13 +219,18 @@ def _run_pipeline(
             ) from error
 
 
-def _dry_run(args: argparse.Namespace, settings: RunnerSettings, beam_args: list[str]) -> int:
+def _dry_run(
+    args: argparse.Namespace,
+    settings: RunnerSettings,
+    beam_args: list[str],
+    environment: WorkerEnvironment,
+) -> int:
     """Validate options and print them with the graph; reads nothing remote, writes nothing."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     all_options = [*runner_options(settings), *beam_args]
     config = ExtractionConfig(
-        store=args.store, views=tuple(args.view), run_id="dry-run", device=args.device
+        store=args.store, views=tuple(args.view), run_id="dry-run", device=environment.device
     )
     pipeline = _build_pipeline("direct", [], [], config)  # the graph only; never run
     labels = [node.full_label for node in pipeline._current_transform().parts]
@@ -234,6 +241,7 @@ def _dry_run(args: argparse.Namespace, settings: RunnerSettings, beam_args: list
     print(
         "beam options:\n" + "\n".join(f"  {key} = {value}" for key, value in sorted(shown.items()))
     )
+    print("worker environment:\n" + "\n".join(environment.lines()))
     print("graph: " + " -> ".join(labels))
     print(
         f"views: {', '.join(args.view)}; manifest {args.manifest}; store {args.store}; nothing submitted"
@@ -299,12 +307,30 @@ def _execute(
         summary.update(
             outcome=outcome,
             device_requested=args.device,
+            devices_used=_devices_used(views[0], run_id),
             runner_settings=settings.to_dict(),
             beam_args=beam_args,
         )
         for view in views:
             view.write_run_summary(run_id, summary)
     return summary
+
+
+def _devices_used(view: FeatureView, run_id: str) -> dict[str, int]:
+    """Shards of this run per device their markers record (as TensorFlow placed the work)."""
+    markers = [marker for marker in view.committed().values() if marker.run_id == run_id]
+    return dict(Counter(marker.device for marker in markers))
+
+
+def _check_environment(
+    args: argparse.Namespace, settings: RunnerSettings, beam_args: list[str]
+) -> WorkerEnvironment:
+    """Refuse a run whose workers could not do what is asked, before anything is written."""
+    environment = worker_environment(settings, beam_args, args.device)
+    args.device = environment.device
+    if not runner_entry(settings.runner).remote_workers and args.device in ("gpu", "npu"):
+        configure_device(args.device)  # local workers share this machine: fail here, not there
+    return environment
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -314,8 +340,9 @@ def _main(argv: Sequence[str] | None) -> int:
     beam_args = _beam_arguments(parser, unknown)
     settings = settings_from_args(args)
     check_paths_reachable(settings, manifest=args.manifest, store=args.store)
+    environment = _check_environment(args, settings, beam_args)
     if args.dry_run:
-        return _dry_run(args, settings, beam_args)
+        return _dry_run(args, settings, beam_args, environment)
     run_id = (
         datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     )
