@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from features.extraction.images import DecodedImage
+from features.extraction.variants import ORIGINAL, apply_variant, variant_size
 from schemas.view_spec import InputPolicy
+
+T = TypeVar("T")
 
 # Decoded batches kept ready ahead of the one the model is running (memory bound, see below).
 DEFAULT_PREFETCH_BATCHES = 2
 
 
 @dataclass(frozen=True)
-class FeedBatch:
-    """Shard positions of one planned batch and their decoded images, in the same order."""
+class FeedBatch(Generic[T]):
+    """One planned batch: its index in the plan, shard positions and load results in order."""
 
+    index: int
     positions: list[int]
-    images: list[DecodedImage]
+    results: list[T]
 
 
 def policy_size(height: int, width: int, policy: InputPolicy) -> tuple[int, int]:
@@ -82,7 +86,7 @@ def split_by_actual_size(
             yield [positions[i] for i in chunk], [pixels[i] for i in chunk]
 
 
-class DecodeFeed:
+class DecodeFeed(Generic[T]):
     """Decodes planned batches on a thread pool while the caller runs the model on earlier ones.
 
     Per-image decode tasks are submitted in plan order, never more than `prefetch_batches`
@@ -94,7 +98,7 @@ class DecodeFeed:
 
     def __init__(
         self,
-        load: Callable[[int], DecodedImage],
+        load: Callable[[int], T],
         batches: Sequence[Sequence[int]],
         threads: int,
         prefetch_batches: int = DEFAULT_PREFETCH_BATCHES,
@@ -104,15 +108,15 @@ class DecodeFeed:
         self._threads = threads
         self._prefetch = prefetch_batches
 
-    def __iter__(self) -> Iterator[FeedBatch]:
-        pending: list[list[Future[DecodedImage]]] = []
+    def __iter__(self) -> Iterator[FeedBatch[T]]:
+        pending: list[list[Future[T]]] = []
         with ThreadPoolExecutor(self._threads, thread_name_prefix="decode") as pool:
             submitted = 0
             try:
                 for index, batch in enumerate(self._batches):
                     submitted = self._fill(pool, pending, submitted, index)
                     futures = pending.pop(0)
-                    yield FeedBatch(batch, [future.result() for future in futures])
+                    yield FeedBatch(index, batch, [future.result() for future in futures])
             finally:  # the consumer stopped early (error): do not decode the rest
                 for futures in pending:
                     for future in futures:
@@ -130,3 +134,67 @@ class DecodeFeed:
             pending.append([pool.submit(self._load, p) for p in self._batches[submitted]])
             submitted += 1
         return submitted
+
+
+class BatchBuffers:
+    """One [images x variants, h, w, 3] uint8 array per planned batch, filled in place by the
+    decode threads, so the model gets a ready batch without a copy on its own thread.
+
+    Buffers are created when the first image of a batch arrives and handed over by take(), so
+    only batches in flight hold memory (the DecodeFeed bound).
+    """
+
+    def __init__(
+        self,
+        batches: Sequence[Sequence[int]],
+        sizes: Sequence[tuple[int, int] | None],
+        variants: Sequence[str],
+    ) -> None:
+        self._variants = tuple(variants)
+        self._slots: dict[int, tuple[int, int]] = {}
+        self._expected: dict[int, tuple[int, int]] = {}
+        for index, batch in enumerate(batches):
+            size = sizes[batch[0]]
+            if size is None:
+                continue
+            self._expected[index] = size
+            self._slots.update({position: (index, slot) for slot, position in enumerate(batch)})
+        self._lengths = {index: len(batch) for index, batch in enumerate(batches)}
+        self._buffers: dict[int, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def _buffer(self, index: int) -> np.ndarray:
+        with self._lock:
+            buffer = self._buffers.get(index)
+            if buffer is None:
+                height, width = self._expected[index]
+                crop = variant_size(height, width, self._variants[0])
+                count = self._lengths[index] * len(self._variants)
+                buffer = np.empty((count, *crop, 3), np.uint8)
+                self._buffers[index] = buffer
+            return buffer
+
+    def place(self, position: int, pixels: np.ndarray) -> bool:
+        """Write an image's variants into its slot (decode thread); False when its real size
+        differs from the planned one (the caller batches it separately)."""
+        slot = self._slots.get(position)
+        if slot is None or self._expected[slot[0]] != pixels.shape[:2]:
+            return False
+        if self._lengths[slot[0]] == 1 and self._variants == (ORIGINAL,):
+            with self._lock:  # a batch of one original image: the decoded array itself, no copy
+                self._buffers[slot[0]] = pixels[np.newaxis]
+            return True
+        buffer = self._buffer(slot[0])
+        first = slot[1] * len(self._variants)
+        for offset, name in enumerate(self._variants):
+            buffer[first + offset] = apply_variant(pixels, name)
+        return True
+
+    def take(self, index: int, slots: Sequence[int]) -> np.ndarray:
+        """The batch of the given filled slots (no copy when every slot is filled)."""
+        with self._lock:
+            buffer = self._buffers.pop(index)
+        if len(slots) == self._lengths[index]:
+            return buffer
+        rows = [slot * len(self._variants) + offset for slot in slots for offset in range(len(self._variants))]
+        return buffer[rows]

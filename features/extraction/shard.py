@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from features.extraction.feed import (
     DEFAULT_PREFETCH_BATCHES,
+    BatchBuffers,
     DecodeFeed,
     plan_batches,
     policy_size,
@@ -226,21 +227,20 @@ class ShardExtractor:
         )
         return DecodedImage(None, RowStatus.TOO_SMALL, message, image.read_ms, image.decode_ms)
 
-    def _plan(self, rows: list[dict[str, Any]]) -> list[list[int]]:
-        """Size buckets from the manifest's header sizes (after the input policy's resize)."""
+    def _expected_sizes(self, rows: list[dict[str, Any]]) -> list[tuple[int, int] | None]:
+        """Sizes from the manifest's header sizes, after the input policy's resize."""
         policy = self.views[0].spec.input_policy
-        sizes = [
+        return [
             policy_size(row["height"], row["width"], policy)
             if row.get("height") and row.get("width")
             else None
             for row in rows
         ]
-        return plan_batches(sizes, self.max_batch_pixels, len(self.views[0].spec.variants))
 
     def _extract_rows(
         self, rows: list[dict[str, Any]], views: list[FeatureView]
     ) -> tuple[list[DecodedImage], dict[str, np.ndarray], np.ndarray]:
-        """Decode on threads (bounded queue of ready batches) while the model runs earlier ones."""
+        """Decode on threads into ready batches (bounded) while the model runs earlier ones."""
         variants = views[0].spec.variants
         features = {
             view.name: np.full(
@@ -252,39 +252,58 @@ class ShardExtractor:
         }
         model_ms = np.zeros(len(rows), dtype=np.float32)
         decoded: list[DecodedImage] = [None] * len(rows)  # type: ignore[list-item]
-        feed = DecodeFeed(
-            lambda position: self._load(rows[position]),
-            self._plan(rows),
-            self.config.decode_threads,
-            self.config.prefetch_batches,
-        )
-        for batch in feed:
-            ready: list[tuple[int, np.ndarray]] = []
-            for position, image in zip(batch.positions, batch.images, strict=True):
-                decoded[position] = image
-                if image.pixels is not None:
-                    ready.append((position, image.pixels))
-            self._forward_ready(ready, views, features, model_ms)
+        sizes = self._expected_sizes(rows)
+        plan = plan_batches(sizes, self.max_batch_pixels, len(variants))
+        buffers = BatchBuffers(plan, sizes, variants)
+
+        def load(position: int) -> tuple[DecodedImage, bool]:
+            image = self._load(rows[position])
+            return image, image.pixels is not None and buffers.place(position, image.pixels)
+
+        for batch in DecodeFeed(load, plan, self.config.decode_threads, self.config.prefetch_batches):
+            placed, loose = [], []
+            for slot, (image, in_buffer) in enumerate(batch.results):
+                decoded[batch.positions[slot]] = image
+                if in_buffer:
+                    placed.append(slot)
+                elif image.pixels is not None:
+                    loose.append((batch.positions[slot], image.pixels))
+            if placed:
+                ready = buffers.take(batch.index, placed)
+                positions = [batch.positions[slot] for slot in placed]
+                self._forward_batch(ready, positions, views, features, model_ms)
+            self._forward_loose(loose, views, features, model_ms)
         return decoded, features, model_ms
 
-    def _forward_ready(
+    def _forward_loose(
         self,
-        ready: list[tuple[int, np.ndarray]],
+        loose: list[tuple[int, np.ndarray]],
         views: list[FeatureView],
         features: dict[str, np.ndarray],
         model_ms: np.ndarray,
     ) -> None:
-        """Forward one decoded batch (regrouped by real size) and scatter it into `features`."""
+        """Images whose real size missed the plan (EXIF rotation, unknown size), by real size."""
         variants = views[0].spec.variants
         for positions, pixels in split_by_actual_size(
-            [p for p, _ in ready], [x for _, x in ready], self.max_batch_pixels, len(variants)
+            [p for p, _ in loose], [x for _, x in loose], self.max_batch_pixels, len(variants)
         ):
             stacked = np.concatenate([stack_variants(x, variants) for x in pixels])
-            started = time.perf_counter()
-            values = self._forward_views(stacked, len(positions), views)
-            model_ms[positions] = (time.perf_counter() - started) * 1000.0 / len(positions)
-            for name, value in values.items():
-                features[name][positions] = value
+            self._forward_batch(stacked, positions, views, features, model_ms)
+
+    def _forward_batch(
+        self,
+        batch: np.ndarray,
+        positions: list[int],
+        views: list[FeatureView],
+        features: dict[str, np.ndarray],
+        model_ms: np.ndarray,
+    ) -> None:
+        """Forward one same-size batch and scatter each view's values into `features`."""
+        started = time.perf_counter()
+        values = self._forward_views(batch, len(positions), views)
+        model_ms[positions] = (time.perf_counter() - started) * 1000.0 / len(positions)
+        for name, value in values.items():
+            features[name][positions] = value
 
     def _forward_views(
         self, batch: np.ndarray, images: int, views: list[FeatureView]
