@@ -238,14 +238,21 @@ def _extract_seven_zip(archive: Path, limits: ArchiveLimits, staging: Path) -> i
             return writer
 
     parts = volume_parts(archive)
-    with ConcatenatedParts(parts) as stream, py7zr.SevenZipFile(stream, mode="r") as handle:
-        members = _seven_zip_members(archive, handle)
-        _check(members, archive, limits, sum(part.stat().st_size for part in parts))
-        try:
-            handle.extractall(path=staging, factory=Factory())
-        finally:
-            for writer in writers:
-                writer.close()
+    try:
+        with ConcatenatedParts(parts) as stream, py7zr.SevenZipFile(stream, mode="r") as handle:
+            members = _seven_zip_members(archive, handle)
+            _check(members, archive, limits, sum(part.stat().st_size for part in parts))
+            try:
+                handle.extractall(path=staging, factory=Factory())
+            finally:
+                for writer in writers:
+                    writer.close()
+    except ArchiveError:
+        raise
+    except Exception as error:  # py7zr, lzma, zlib, bz2 ... each raise their own types
+        raise ArchiveError(
+            f"{archive}: unreadable archive ({type(error).__name__}: {error})"
+        ) from error
     return counter[0]
 
 
@@ -330,10 +337,6 @@ def safe_extract(archive: Path, destination: Path, limits: ArchiveLimits | None 
         except ArchiveError:
             raise
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
-            raise ArchiveError(f"{archive}: unreadable archive ({error})") from error
-        except Exception as error:  # py7zr raises its own types (Bad7zFile, CrcError, ...)
-            if type(error).__module__.split(".")[0] != "py7zr":
-                raise
             raise ArchiveError(f"{archive}: unreadable archive ({error})") from error
         if destination.exists():
             shutil.rmtree(destination)
