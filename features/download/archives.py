@@ -14,7 +14,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from schemas.errors import ArchiveError
 
@@ -239,7 +239,7 @@ def _extract_seven_zip(archive: Path, limits: ArchiveLimits, staging: Path) -> i
 
     parts = volume_parts(archive)
     try:
-        with ConcatenatedParts(parts) as stream, py7zr.SevenZipFile(stream, mode="r") as handle:
+        with ConcatenatedParts(parts) as stream, py7zr.SevenZipFile(cast(IO[bytes], stream), mode="r") as handle:
             members = _seven_zip_members(archive, handle)
             _check(members, archive, limits, sum(part.stat().st_size for part in parts))
             try:

@@ -72,7 +72,7 @@ def test_missing_last_part_and_corrupt_archive_are_unreadable(tmp_path: Path) ->
     data = bytearray(_seven_zip(tmp_path / "c.7z", MEMBERS).read_bytes())
     data[40:60] = bytes(20)
     corrupt.write_bytes(bytes(data))
-    with pytest.raises(ArchiveError, match="corrupt.7z"):
+    with pytest.raises(ArchiveError, match=r"corrupt\.7z: unreadable archive"):
         safe_extract(corrupt, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
