@@ -38,7 +38,10 @@ class WorkerEnvironment:
 
     def lines(self) -> list[str]:
         """Human-readable lines for --dry-run."""
-        return [f"  {key} = {value if value is not None else '-'}" for key, value in asdict(self).items()]
+        return [
+            f"  {key} = {value if value is not None else '-'}"
+            for key, value in asdict(self).items()
+        ]
 
 
 def parsed_options(settings: RunnerSettings, beam_args: Sequence[str]) -> dict[str, Any]:

@@ -233,13 +233,18 @@ def _extract_seven_zip(archive: Path, limits: ArchiveLimits, staging: Path) -> i
     class Factory(WriterFactory):  # type: ignore[misc]
         def create(self, filename: str) -> Any:
             relative = Path(filename).resolve().relative_to(staging.resolve())
-            writer = _StagingWriter(staging / safe_name(relative.as_posix(), archive), counter, limits)
+            writer = _StagingWriter(
+                staging / safe_name(relative.as_posix(), archive), counter, limits
+            )
             writers.append(writer)
             return writer
 
     parts = volume_parts(archive)
     try:
-        with ConcatenatedParts(parts) as stream, py7zr.SevenZipFile(cast(IO[bytes], stream), mode="r") as handle:
+        with (
+            ConcatenatedParts(parts) as stream,
+            py7zr.SevenZipFile(cast(IO[bytes], stream), mode="r") as handle,
+        ):
             members = _seven_zip_members(archive, handle)
             _check(members, archive, limits, sum(part.stat().st_size for part in parts))
             try:

@@ -196,5 +196,9 @@ class BatchBuffers:
             buffer = self._buffers.pop(index)
         if len(slots) == self._lengths[index]:
             return buffer
-        rows = [slot * len(self._variants) + offset for slot in slots for offset in range(len(self._variants))]
+        rows = [
+            slot * len(self._variants) + offset
+            for slot in slots
+            for offset in range(len(self._variants))
+        ]
         return buffer[rows]

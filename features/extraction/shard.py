@@ -260,7 +260,9 @@ class ShardExtractor:
             image = self._load(rows[position])
             return image, image.pixels is not None and buffers.place(position, image.pixels)
 
-        for batch in DecodeFeed(load, plan, self.config.decode_threads, self.config.prefetch_batches):
+        for batch in DecodeFeed(
+            load, plan, self.config.decode_threads, self.config.prefetch_batches
+        ):
             placed, loose = [], []
             for slot, (image, in_buffer) in enumerate(batch.results):
                 decoded[batch.positions[slot]] = image

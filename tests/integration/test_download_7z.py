@@ -26,8 +26,16 @@ def _split_seven_zip(images: Path, out: Path, parts: int) -> list[Path]:
 
 
 def _argv(sample: Path, dest: Path, source: str) -> list[str]:
-    return ["--dataset", "ava", "--dest", str(dest), "--source", source,
-            "--list", str(sample / "AVA.txt")]
+    return [
+        "--dataset",
+        "ava",
+        "--dest",
+        str(dest),
+        "--source",
+        source,
+        "--list",
+        str(sample / "AVA.txt"),
+    ]
 
 
 @pytest.fixture
@@ -63,6 +71,8 @@ def test_broken_split_archive_fails_before_any_work(
     assert download.run(_argv(sample, dest, str(parts[0]))) == 1
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "AVA.7z.00" in error
-    assert "missing part(s) AVA.7z.002" in error if damage == "missing_part" else "unreadable" in error
+    assert (
+        "missing part(s) AVA.7z.002" in error if damage == "missing_part" else "unreadable" in error
+    )
     assert not (dest / "downloads.parquet").exists() and not (dest / "manifest.parquet").exists()
     assert not (dest / "images").exists()

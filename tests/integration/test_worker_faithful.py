@@ -30,8 +30,19 @@ PACKAGES = ["schemas", "features", "pipelines", "jobs", "orchestration", "benchm
 
 
 def _argv(manifest: Path, store: Path, *extra: str) -> list[str]:
-    return ["--manifest", str(manifest), "--store", str(store), "--view", VIEW,
-            "--weights", RANDOM_WEIGHTS, "--shard-size", "4", *extra]
+    return [
+        "--manifest",
+        str(manifest),
+        "--store",
+        str(store),
+        "--view",
+        VIEW,
+        "--weights",
+        RANDOM_WEIGHTS,
+        "--shard-size",
+        "4",
+        *extra,
+    ]
 
 
 def _assert_same_store(left: Path, right: Path) -> None:
@@ -58,8 +69,15 @@ def test_multi_process_workers_build_the_same_store(
 
     monkeypatch.setattr(ShardExtractor, "process", not_here)  # workers import the real one
     store = tmp_path / "store"
-    argv = _argv(sample_manifest, store, "--direct_running_mode=multi_processing",
-                 "--direct_num_workers", "2", "--summary-json", str(tmp_path / "summary.json"))
+    argv = _argv(
+        sample_manifest,
+        store,
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers",
+        "2",
+        "--summary-json",
+        str(tmp_path / "summary.json"),
+    )
     assert extract.run(argv) == 0
     _assert_same_store(one_process_store, store)
     markers = FeatureView(str(store), VIEW).committed().values()
@@ -111,9 +129,20 @@ def _build_wheel(tmp_path: Path) -> Path:
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-         "--wheel-dir", str(wheels), str(source)],
-        check=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path,
     )
     (wheel,) = wheels.glob("mlsp_feature_store-*.whl")
     return wheel
@@ -128,7 +157,9 @@ def _fresh_venv(tmp_path: Path) -> Path:
     python = venv / "bin" / "python"
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     Path(site, "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return python
@@ -140,23 +171,44 @@ def test_the_installed_package_runs_without_the_source_tree(
     wheel = _build_wheel(tmp_path)
     python = _fresh_venv(tmp_path)
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-         "--no-index", "--quiet", str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            str(wheel),
+        ],
         check=True,
     )
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     where = subprocess.run(
-        [str(python), "-c", "import pipelines.extract, features; print(pipelines.extract.__file__)"],
-        check=True, capture_output=True, text=True, cwd=cwd, env=env,
+        [
+            str(python),
+            "-c",
+            "import pipelines.extract, features; print(pipelines.extract.__file__)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
     ).stdout.strip()
     assert Path(where).is_relative_to(tmp_path / "venv"), where
     assert not Path(where).is_relative_to(ROOT)
     store = tmp_path / "store"
     run = subprocess.run(
         [str(python), "-m", "pipelines.extract", *_argv(sample_manifest, store)],
-        capture_output=True, text=True, cwd=cwd, env=env,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     _assert_same_store(one_process_store, store)

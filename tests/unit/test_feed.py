@@ -26,7 +26,12 @@ def test_plan_buckets_same_sizes_in_row_order_under_the_cap() -> None:
         assert len({sizes[p] for p in batch}) == 1
     assert sorted(p for batch in batches for p in batch) == list(range(len(sizes)))
     # variants count against the cap; an image over the cap still goes, alone
-    assert plan_batches([(100, 100)] * 4, max_batch_pixels=20_000, variants=2) == [[0], [1], [2], [3]]
+    assert plan_batches([(100, 100)] * 4, max_batch_pixels=20_000, variants=2) == [
+        [0],
+        [1],
+        [2],
+        [3],
+    ]
     assert plan_batches([(1000, 1000)] * 2, max_batch_pixels=10, variants=1) == [[0], [1]]
 
 
@@ -58,7 +63,9 @@ class _Recorder:
 
 @pytest.mark.parametrize(("threads", "prefetch", "batch_size"), [(1, 1, 1), (2, 2, 1), (2, 1, 8)])
 def test_feed_yields_every_batch_in_order_within_the_memory_bound(threads, prefetch, batch_size):
-    batches = [list(range(start, start + batch_size)) for start in range(0, 20 * batch_size, batch_size)]
+    batches = [
+        list(range(start, start + batch_size)) for start in range(0, 20 * batch_size, batch_size)
+    ]
     load = _Recorder()
     feed = DecodeFeed(load, batches, threads, prefetch)
     for index, batch in enumerate(feed):

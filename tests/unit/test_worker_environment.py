@@ -32,26 +32,34 @@ FLAG_CHECKS = {
         "sdk_container_image": (IMAGE, lambda o: o["sdk_container_image"] == IMAGE),
         "worker_accelerator": (
             "nvidia-l4:2",
-            lambda o: "worker_accelerator=type:nvidia-l4;count:2;install-nvidia-driver"
-            in o["dataflow_service_options"],
+            lambda o: (
+                "worker_accelerator=type:nvidia-l4;count:2;install-nvidia-driver"
+                in o["dataflow_service_options"]
+            ),
         ),
         "requirements_file": ("req.txt", lambda o: o["requirements_file"] == "req.txt"),
     },
-    "dask": {"dask_address": ("tcp://h:8786", lambda o: o["dask_client_address"] == "tcp://h:8786")},
+    "dask": {
+        "dask_address": ("tcp://h:8786", lambda o: o["dask_client_address"] == "tcp://h:8786")
+    },
     **{
         name: {
             "sdk_container_image": (
                 IMAGE,
-                lambda o: o["environment_type"] == "DOCKER"
-                and f"docker_container_image={IMAGE}" in o["environment_options"]
-                and o["sdk_container_image"] == IMAGE,
+                lambda o: (
+                    o["environment_type"] == "DOCKER"
+                    and f"docker_container_image={IMAGE}" in o["environment_options"]
+                    and o["sdk_container_image"] == IMAGE
+                ),
             ),
             "requirements_file": ("req.txt", lambda o: o["requirements_file"] == "req.txt"),
         }
         for name in ("flink", "spark", "portable")
     },
 }
-ALL_FLAGS = sorted({field for checks in FLAG_CHECKS.values() for field in checks} | {"dask_workers"})
+ALL_FLAGS = sorted(
+    {field for checks in FLAG_CHECKS.values() for field in checks} | {"dask_workers"}
+)
 
 
 def _settings(runner: str, **extra: object) -> RunnerSettings:
@@ -116,12 +124,32 @@ def test_container_with_another_environment_type_is_refused() -> None:
 
 @pytest.mark.parametrize("runner", ["dataflow", "flink", "spark"])
 def test_dry_run_prints_the_worker_environment(runner: str, capsys) -> None:
-    argv = ["--manifest", "gs://b/m.parquet", "--store", "gs://b/s", "--view", "irnv2_mlsp_narrow",
-            "--runner", runner, "--sdk-container-image", IMAGE, "--requirements-file", "req.txt",
-            "--dry-run"]
+    argv = [
+        "--manifest",
+        "gs://b/m.parquet",
+        "--store",
+        "gs://b/s",
+        "--view",
+        "irnv2_mlsp_narrow",
+        "--runner",
+        runner,
+        "--sdk-container-image",
+        IMAGE,
+        "--requirements-file",
+        "req.txt",
+        "--dry-run",
+    ]
     if runner == "dataflow":
-        argv += ["--project", "p", "--region", "r", "--temp-location", "gs://b/t",
-                 "--worker-accelerator", "nvidia-l4:1"]
+        argv += [
+            "--project",
+            "p",
+            "--region",
+            "r",
+            "--temp-location",
+            "gs://b/t",
+            "--worker-accelerator",
+            "nvidia-l4:1",
+        ]
     assert extract.run(argv) == 0
     out = capsys.readouterr().out
     assert f"container_image = {IMAGE}" in out and "requirements_file = req.txt" in out
@@ -131,18 +159,45 @@ def test_dry_run_prints_the_worker_environment(runner: str, capsys) -> None:
 
 
 def test_accelerator_without_image_exits_2_before_any_work(tmp_path, capsys) -> None:
-    argv = ["--manifest", "gs://b/m.parquet", "--store", "gs://b/s", "--view", "irnv2_mlsp_narrow",
-            "--runner", "dataflow", "--project", "p", "--region", "r", "--temp-location",
-            "gs://b/t", "--worker-accelerator", "nvidia-l4:1"]
+    argv = [
+        "--manifest",
+        "gs://b/m.parquet",
+        "--store",
+        "gs://b/s",
+        "--view",
+        "irnv2_mlsp_narrow",
+        "--runner",
+        "dataflow",
+        "--project",
+        "p",
+        "--region",
+        "r",
+        "--temp-location",
+        "gs://b/t",
+        "--worker-accelerator",
+        "nvidia-l4:1",
+    ]
     code = extract.run(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: accelerator requested")
 
 
-def test_gpu_on_a_machine_without_gpu_fails_before_any_work(tmp_path, sample_manifest, capsys) -> None:
+def test_gpu_on_a_machine_without_gpu_fails_before_any_work(
+    tmp_path, sample_manifest, capsys
+) -> None:
     store = tmp_path / "store"
-    argv = ["--manifest", str(sample_manifest), "--store", str(store), "--view",
-            "irnv2_mlsp_narrow", "--weights", "random:0", "--device", "gpu"]
+    argv = [
+        "--manifest",
+        str(sample_manifest),
+        "--store",
+        str(store),
+        "--view",
+        "irnv2_mlsp_narrow",
+        "--weights",
+        "random:0",
+        "--device",
+        "gpu",
+    ]
     assert extract.run(argv) == 1
     assert "TensorFlow sees no GPU" in capsys.readouterr().err
     assert not store.exists()
