@@ -306,7 +306,8 @@ def _execute(
         summary = summarize(views, run_id, time.perf_counter() - started, settings.runner)
         summary.update(
             outcome=outcome,
-            device_requested=args.device,
+            device_requested=args.device_requested,
+            device_workers=args.device,
             devices_used=_devices_used(views[0], run_id),
             runner_settings=settings.to_dict(),
             beam_args=beam_args,
@@ -327,7 +328,7 @@ def _check_environment(
 ) -> WorkerEnvironment:
     """Refuse a run whose workers could not do what is asked, before anything is written."""
     environment = worker_environment(settings, beam_args, args.device)
-    args.device = environment.device
+    args.device_requested, args.device = args.device, environment.device
     if not runner_entry(settings.runner).remote_workers and args.device in ("gpu", "npu"):
         configure_device(args.device)  # local workers share this machine: fail here, not there
     return environment
