@@ -41,7 +41,8 @@ from PIL import Image
 from features import files
 from features.cli import configure_logging, positive_int
 from features.download.manifest import build_manifest, entries_from_folder
-from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, _size_batches
+from features.extraction.feed import plan_batches
+from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS
 from pipelines.sample_images import render_image
 from schemas.view_spec import PREDEFINED_VIEWS
 
@@ -77,8 +78,7 @@ def bare_model_worker(images: Path, max_batch_pixels: int) -> dict[str, float]:
     poolings = ((NARROW.name, NARROW.pooling), (WIDE.name, WIDE.pooling))
     model = get_extractor(ExtractorKey("random:0", NARROW.taps, poolings))
     built = time.perf_counter()
-    sizes = {i: image.shape[:2] for i, image in enumerate(decoded)}
-    groups = list(_size_batches(sizes, max_batch_pixels, 1))
+    groups = plan_batches([image.shape[:2] for image in decoded], max_batch_pixels, 1)
     passes = []
     for _ in range(2):  # the first pass traces every shape; the second is steady state
         begin = time.perf_counter()

@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dest", required=True, type=Path, help="output folder")
     parser.add_argument("--source", required=True,
                         help="image source: URL template with {image_id}, URL prefix, folder, "
-                             "comma-separated archives; for scut-fbp5500 the release zip")
+                             "comma-separated archives (zip, tar, 7z; a split 7z by any part, e.g. "
+                             "AVA.7z.001); for scut-fbp5500 the release zip")
     parser.add_argument("--list", dest="list_uri",
                         help="AVA.txt (ava) or CSV image_id,score[,split][,uri][,sha256] (folder)")
     parser.add_argument("--split-file", action="append", default=[],

@@ -9,12 +9,14 @@ import logging
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
 from features.download.manifest import read_manifest
+from features.extraction.feed import DEFAULT_PREFETCH_BATCHES
 from features.extraction.images import DEFAULT_MAX_PIXELS
 from features.extraction.planning import (
     allocate_rows,
@@ -24,9 +26,9 @@ from features.extraction.planning import (
     store_names,
     summarize,
 )
-from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
+from features.extraction.shard import ExtractionConfig
 from features.extraction.variants import parse_variants
-from features.model.devices import DEVICES
+from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES, configure_device
 from features.store import BACKENDS, ensure_store
 from features.store.backends import COMPRESSIONS
 from features.store.lease import ViewLease
@@ -41,6 +43,7 @@ from pipelines.runners import (
     runner_options,
     settings_from_args,
 )
+from pipelines.worker_env import WorkerEnvironment, worker_environment
 from schemas.errors import ConfigError, PipelineError
 from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, InputPolicy
 
@@ -112,14 +115,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-batch-pixels",
         type=positive_int("--max-batch-pixels"),
-        default=DEFAULT_MAX_BATCH_PIXELS,
-        help="pixel cap of one forward batch of same-size images (raise it on GPUs)",
+        default=None,
+        help="pixel cap of one forward batch of same-size images, variants included "
+        f"(default by device: {', '.join(f'{k} {v:,}' for k, v in BATCH_PIXELS_BY_KIND.items())})",
     )
     parser.add_argument(
         "--decode-threads",
         type=positive_int("--decode-threads"),
         default=2,
         help="threads reading and decoding images per worker",
+    )
+    parser.add_argument(
+        "--prefetch-batches",
+        type=positive_int("--prefetch-batches"),
+        default=DEFAULT_PREFETCH_BATCHES,
+        help="decoded batches kept ready ahead of the model (bounds decode memory; default 2)",
     )
     parser.add_argument(
         "--format",
@@ -216,13 +226,18 @@ def _run_pipeline(
             ) from error
 
 
-def _dry_run(args: argparse.Namespace, settings: RunnerSettings, beam_args: list[str]) -> int:
+def _dry_run(
+    args: argparse.Namespace,
+    settings: RunnerSettings,
+    beam_args: list[str],
+    environment: WorkerEnvironment,
+) -> int:
     """Validate options and print them with the graph; reads nothing remote, writes nothing."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     all_options = [*runner_options(settings), *beam_args]
     config = ExtractionConfig(
-        store=args.store, views=tuple(args.view), run_id="dry-run", device=args.device
+        store=args.store, views=tuple(args.view), run_id="dry-run", device=environment.device
     )
     pipeline = _build_pipeline("direct", [], [], config)  # the graph only; never run
     labels = [node.full_label for node in pipeline._current_transform().parts]
@@ -233,6 +248,7 @@ def _dry_run(args: argparse.Namespace, settings: RunnerSettings, beam_args: list
     print(
         "beam options:\n" + "\n".join(f"  {key} = {value}" for key, value in sorted(shown.items()))
     )
+    print("worker environment:\n" + "\n".join(environment.lines()))
     print("graph: " + " -> ".join(labels))
     print(
         f"views: {', '.join(args.view)}; manifest {args.manifest}; store {args.store}; nothing submitted"
@@ -279,6 +295,7 @@ def _execute(
         max_batch_pixels=args.max_batch_pixels,
         decode_threads=args.decode_threads,
         device=args.device,
+        prefetch_batches=args.prefetch_batches,
     )
     started = time.perf_counter()
     outcome = "completed"
@@ -295,7 +312,9 @@ def _execute(
         summary = summarize(views, run_id, time.perf_counter() - started, settings.runner)
         summary.update(
             outcome=outcome,
-            device_requested=args.device,
+            device_requested=args.device_requested,
+            device_workers=args.device,
+            devices_used=_devices_used(views[0], run_id),
             runner_settings=settings.to_dict(),
             beam_args=beam_args,
             lease_takeovers=lease_takeovers,
@@ -316,6 +335,23 @@ def _record_takeovers(store: str, leases: list[ViewLease], run_id: str) -> list[
     return takeovers
 
 
+def _devices_used(view: FeatureView, run_id: str) -> dict[str, int]:
+    """Shards of this run per device their markers record (as TensorFlow placed the work)."""
+    markers = [marker for marker in view.committed().values() if marker.run_id == run_id]
+    return dict(Counter(marker.device for marker in markers))
+
+
+def _check_environment(
+    args: argparse.Namespace, settings: RunnerSettings, beam_args: list[str]
+) -> WorkerEnvironment:
+    """Refuse a run whose workers could not do what is asked, before anything is written."""
+    environment = worker_environment(settings, beam_args, args.device)
+    args.device_requested, args.device = args.device, environment.device
+    if not runner_entry(settings.runner).remote_workers and args.device in ("gpu", "npu"):
+        configure_device(args.device)  # local workers share this machine: fail here, not there
+    return environment
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
@@ -323,8 +359,9 @@ def _main(argv: Sequence[str] | None) -> int:
     beam_args = _beam_arguments(parser, unknown)
     settings = settings_from_args(args)
     check_paths_reachable(settings, manifest=args.manifest, store=args.store)
+    environment = _check_environment(args, settings, beam_args)
     if args.dry_run:
-        return _dry_run(args, settings, beam_args)
+        return _dry_run(args, settings, beam_args, environment)
     run_id = (
         datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     )

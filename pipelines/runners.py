@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+GPU_DOCKERFILE = "docker/gpu/Dockerfile"
+# registry/path[:port]/name followed by a tag or a digest: an image reference that can be pulled.
+IMAGE_REFERENCE = re.compile(
+    r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})"
+)
 
 
 @dataclass(frozen=True)
@@ -86,10 +92,7 @@ def _dataflow_options(settings: RunnerSettings) -> list[str]:
         f"--temp_location={settings.temp_location}",
         f"--staging_location={settings.staging_location or str(settings.temp_location).rstrip('/') + '/staging'}",
     ]
-    if settings.requirements_file:
-        options.append(f"--requirements_file={settings.requirements_file}")
-    else:  # ship this package (schemas, features, pipelines) to the workers
-        options.append(f"--setup_file={PROJECT_ROOT / 'setup.py'}")
+    options += _package_options(settings)
     optional = {
         "--worker_machine_type": settings.machine_type,
         "--max_num_workers": settings.max_workers,
@@ -102,6 +105,32 @@ def _dataflow_options(settings: RunnerSettings) -> list[str]:
             "--dataflow_service_options=worker_accelerator="
             f"type:{accelerator_type};count:{count};install-nvidia-driver"
         )
+    return options
+
+
+def _package_options(settings: RunnerSettings) -> list[str]:
+    """How workers get this package: the container has it installed (docker/gpu), else a
+    requirements file, else setup.py is shipped. Never setup.py into a container: its
+    install_requires would pull tensorflow-cpu over the container's CUDA tensorflow."""
+    options = []
+    if settings.requirements_file:
+        options.append(f"--requirements_file={settings.requirements_file}")
+    if not settings.sdk_container_image and not settings.requirements_file:
+        options.append(f"--setup_file={PROJECT_ROOT / 'setup.py'}")
+    return options
+
+
+def _portable_options(settings: RunnerSettings) -> list[str]:
+    """Flink, Spark and portable: the container becomes the DOCKER environment's image."""
+    options = []
+    if settings.sdk_container_image:
+        options += [
+            "--environment_type=DOCKER",
+            f"--environment_option=docker_container_image={settings.sdk_container_image}",
+            f"--sdk_container_image={settings.sdk_container_image}",
+        ]
+    if settings.requirements_file:
+        options.append(f"--requirements_file={settings.requirements_file}")
     return options
 
 
@@ -118,25 +147,57 @@ class RunnerEntry:
         factory: builds a runner instance (runners Beam does not resolve by name).
         options: Beam flags derived from RunnerSettings.
         remote_workers: workers cannot see this machine's files (paths must be URLs).
+        accepts: RunnerSettings fields this runner uses; any other one set is refused, so no
+            user flag is silently dropped.
     """
 
     beam_name: str
     factory: Callable[[], Any] | None = None
     options: Callable[[RunnerSettings], list[str]] = _no_options
     remote_workers: bool = False
+    accepts: frozenset[str] = frozenset()
 
     def build(self) -> Any:
         """A runner instance or name accepted by beam.Pipeline."""
         return self.factory() if self.factory is not None else self.beam_name
 
 
+_DATAFLOW_FLAGS = frozenset(
+    {
+        "project",
+        "region",
+        "temp_location",
+        "staging_location",
+        "machine_type",
+        "max_workers",
+        "sdk_container_image",
+        "worker_accelerator",
+        "requirements_file",
+    }
+)
+_PORTABLE_FLAGS = frozenset({"sdk_container_image", "requirements_file"})
+
+
+def _portable(beam_name: str) -> RunnerEntry:
+    return RunnerEntry(
+        beam_name, options=_portable_options, remote_workers=True, accepts=_PORTABLE_FLAGS
+    )
+
+
 RUNNERS: dict[str, RunnerEntry] = {
     "direct": RunnerEntry("DirectRunner"),
-    "dask": RunnerEntry("DaskRunner", factory=_dask_runner, options=_dask_options),
-    "dataflow": RunnerEntry("DataflowRunner", options=_dataflow_options, remote_workers=True),
-    "flink": RunnerEntry("FlinkRunner", remote_workers=True),
-    "spark": RunnerEntry("SparkRunner", remote_workers=True),
-    "portable": RunnerEntry("PortableRunner", remote_workers=True),
+    "dask": RunnerEntry(
+        "DaskRunner",
+        factory=_dask_runner,
+        options=_dask_options,
+        accepts=frozenset({"dask_address", "dask_workers"}),
+    ),
+    "dataflow": RunnerEntry(
+        "DataflowRunner", options=_dataflow_options, remote_workers=True, accepts=_DATAFLOW_FLAGS
+    ),
+    "flink": _portable("FlinkRunner"),
+    "spark": _portable("SparkRunner"),
+    "portable": _portable("PortableRunner"),
 }
 
 
@@ -175,7 +236,22 @@ def runner_options(settings: RunnerSettings) -> list[str]:
     Raises:
         ConfigError: a required runner flag is missing or malformed.
     """
-    options = runner_entry(settings.runner).options(settings)
+    entry = runner_entry(settings.runner)
+    defaults = RunnerSettings()
+    unused = [
+        "--" + field.name.replace("_", "-")
+        for field in fields(RunnerSettings)
+        if field.name != "runner"
+        and field.name not in entry.accepts
+        and getattr(settings, field.name) != getattr(defaults, field.name)
+    ]
+    if unused:
+        raise ConfigError(
+            f"{', '.join(unused)} not used by --runner {settings.runner}; remove "
+            f"{'it' if len(unused) == 1 else 'them'} or choose a runner that uses "
+            f"{'it' if len(unused) == 1 else 'them'}"
+        )
+    options = entry.options(settings)
     if settings.runner == "dask" and settings.dask_address:
         options.append(f"--dask_client_address={settings.dask_address}")
     return options
@@ -240,13 +316,19 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--machine-type", help="Dataflow: worker machine type, e.g. n1-standard-8")
     group.add_argument("--max-workers", type=int, help="Dataflow: maximum number of workers")
-    group.add_argument("--sdk-container-image", help="Dataflow: custom worker container image")
+    group.add_argument(
+        "--sdk-container-image",
+        help="Dataflow/Flink/Spark/portable: worker container image with this package installed "
+        f"(needed with GPUs: build {GPU_DOCKERFILE})",
+    )
     group.add_argument(
         "--worker-accelerator",
         help="Dataflow: GPUs per worker as TYPE:COUNT, e.g. nvidia-tesla-t4:1",
     )
     group.add_argument(
-        "--requirements-file", help="Dataflow: requirements.txt instead of shipping setup.py"
+        "--requirements-file",
+        help="Dataflow/Flink/Spark/portable: requirements.txt installed on workers "
+        "(instead of shipping setup.py)",
     )
 
 

@@ -1,9 +1,11 @@
-"""Safe zip/tar extraction: no zip slip, links or devices, bounded size and ratio, atomic move."""
+"""Safe zip/tar/7z extraction: no zip slip, links or devices, bounded size and ratio, atomic move."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 import shutil
 import stat
 import tarfile
@@ -12,12 +14,14 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any, cast
 
 from schemas.errors import ArchiveError
 
 LOGGER = logging.getLogger(__name__)
 COPY_CHUNK = 1 << 20
+SEVEN_ZIP_MAGIC = b"7z\xbc\xaf\x27\x1c"
+_VOLUME = re.compile(r"^(?P<base>.+\.7z)\.(?P<number>\d{3,})$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,177 @@ def _extracted(handle: tarfile.TarFile, info: tarfile.TarInfo) -> IO[bytes]:
     return stream
 
 
-def _check(members: list[Member], archive: Path, limits: ArchiveLimits) -> None:
+def is_split_part(name: str) -> bool:
+    """True for a part of a split 7z archive, e.g. AVA.7z.001."""
+    return _VOLUME.match(Path(name).name) is not None
+
+
+def volume_parts(archive: Path) -> list[Path]:
+    """All parts of a split 7z archive (X.7z.001, .002, ...) from any one of them, in order.
+
+    Raises:
+        ArchiveError: a part missing before the last one present.
+    """
+    match = _VOLUME.match(archive.name)
+    if match is None:
+        return [archive]
+    width = len(match.group("number"))
+    pattern = re.compile(re.escape(match.group("base")) + rf"\.(\d{{{width}}})$", re.IGNORECASE)
+    numbers = sorted(
+        int(found.group(1))
+        for path in archive.parent.iterdir()
+        if (found := pattern.match(path.name))
+    )
+    expected = list(range(1, (numbers[-1] if numbers else 0) + 1))
+    missing = sorted(set(expected) - set(numbers))
+    if missing or not numbers:
+        names = ", ".join(f"{match.group('base')}.{n:0{width}d}" for n in missing or [1])
+        raise ArchiveError(f"{archive}: split 7z archive is missing part(s) {names}")
+    return [archive.parent / f"{match.group('base')}.{n:0{width}d}" for n in expected]
+
+
+class ConcatenatedParts(io.RawIOBase):
+    """The parts of a split archive read as one seekable stream (what 7-Zip's split does)."""
+
+    def __init__(self, parts: list[Path]) -> None:
+        super().__init__()
+        self._handles = [open(part, "rb") for part in parts]  # noqa: SIM115 (closed in close())
+        self._starts = [0]
+        for part in parts:
+            self._starts.append(self._starts[-1] + part.stat().st_size)
+        self._position = 0
+        self.name = str(parts[0])
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._starts[-1]}
+        self._position = max(0, base[whence] + offset)
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view) and self._position < self._starts[-1]:
+            part = max(i for i, start in enumerate(self._starts[:-1]) if start <= self._position)
+            handle = self._handles[part]
+            handle.seek(self._position - self._starts[part])
+            wanted = min(len(view) - filled, self._starts[part + 1] - self._position)
+            count = handle.readinto(view[filled : filled + wanted])
+            if not count:
+                break
+            filled += count
+            self._position += count
+        return filled
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        super().close()
+
+
+def is_seven_zip(archive: Path) -> bool:
+    """True for a 7z archive or the first part of a split one (by its signature)."""
+    with open(archive, "rb") as handle:
+        return handle.read(len(SEVEN_ZIP_MAGIC)) == SEVEN_ZIP_MAGIC
+
+
+def _seven_zip_members(archive: Path, handle: Any) -> list[Member]:
+    members = []
+    for info in handle.files:
+        name = safe_name(info.filename, archive)
+        if info.is_symlink or info.is_junction:
+            raise ArchiveError(f"{archive}: member {info.filename!r} is a link")
+        if info.is_socket or info.st_fmt not in (None, stat.S_IFREG, stat.S_IFDIR):
+            raise ArchiveError(f"{archive}: member {info.filename!r} is not a regular file")
+        if not info.is_directory:
+            members.append(Member(name, int(info.uncompressed or 0), None, _no_open))
+    return members
+
+
+def _no_open() -> IO[bytes]:
+    raise ArchiveError("7z members are written by the streaming writer")
+
+
+class _StagingWriter:
+    """py7zr writer of one member: streams into the staging folder, counting real bytes."""
+
+    def __init__(self, target: Path, counter: list[int], limits: ArchiveLimits) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._sink = open(target, "xb")  # noqa: SIM115 (closed by py7zr's close() call)
+        self._counter, self._limits, self._size = counter, limits, 0
+
+    def write(self, data: bytes | bytearray) -> int:
+        self._counter[0] += len(data)
+        if self._counter[0] > self._limits.max_total_bytes:  # headers can lie
+            raise ArchiveError(f"extracted bytes exceed the cap {self._limits.max_total_bytes}")
+        self._size += len(data)
+        return self._sink.write(data)
+
+    def read(self, size: int | None = None) -> bytes:
+        return b""
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._sink.seek(offset, whence)
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+def _extract_seven_zip(archive: Path, limits: ArchiveLimits, staging: Path) -> int:
+    import py7zr
+    from py7zr.io import WriterFactory
+
+    counter = [0]
+    writers: list[_StagingWriter] = []
+
+    class Factory(WriterFactory):  # type: ignore[misc]
+        def create(self, filename: str) -> Any:
+            relative = Path(filename).resolve().relative_to(staging.resolve())
+            writer = _StagingWriter(
+                staging / safe_name(relative.as_posix(), archive), counter, limits
+            )
+            writers.append(writer)
+            return writer
+
+    parts = volume_parts(archive)
+    try:
+        with (
+            ConcatenatedParts(parts) as stream,
+            py7zr.SevenZipFile(cast(IO[bytes], stream), mode="r") as handle,
+        ):
+            members = _seven_zip_members(archive, handle)
+            _check(members, archive, limits, sum(part.stat().st_size for part in parts))
+            try:
+                handle.extractall(path=staging, factory=Factory())
+            finally:
+                for writer in writers:
+                    writer.close()
+    except ArchiveError:
+        raise
+    except Exception as error:  # py7zr, lzma, zlib, bz2 ... each raise their own types
+        raise ArchiveError(
+            f"{archive}: unreadable archive ({type(error).__name__}: {error})"
+        ) from error
+    return counter[0]
+
+
+def _check(
+    members: list[Member], archive: Path, limits: ArchiveLimits, archive_bytes: int | None = None
+) -> None:
     if len(members) > limits.max_members:
         raise ArchiveError(f"{archive}: {len(members)} members exceed {limits.max_members}")
     total = sum(member.size for member in members)
@@ -104,7 +278,7 @@ def _check(members: list[Member], archive: Path, limits: ArchiveLimits) -> None:
             raise ArchiveError(
                 f"{archive}: member {member.name!r} compression ratio exceeds {limits.max_ratio:g}"
             )
-    tar_ratio = total / max(archive.stat().st_size, 1)
+    tar_ratio = total / max(archive_bytes or archive.stat().st_size, 1)
     if members and members[0].compressed is None and tar_ratio > limits.max_ratio:
         raise ArchiveError(
             f"{archive}: compression ratio {tar_ratio:.0f} exceeds {limits.max_ratio:g}"
@@ -126,6 +300,8 @@ def _write_members(members: list[Member], staging: Path, limits: ArchiveLimits) 
 
 
 def _open_members(archive: Path, limits: ArchiveLimits, staging: Path) -> int:
+    if _VOLUME.match(archive.name) or is_seven_zip(archive):
+        return _extract_seven_zip(archive, limits, staging)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as handle:
             members = list(_zip_members(archive, handle))
@@ -136,7 +312,7 @@ def _open_members(archive: Path, limits: ArchiveLimits, staging: Path) -> int:
             members = list(_tar_members(archive, handle))
             _check(members, archive, limits)
             return _write_members(members, staging, limits)
-    raise ArchiveError(f"{archive}: not a zip or tar archive")
+    raise ArchiveError(f"{archive}: not a zip, tar or 7z archive")
 
 
 def safe_extract(archive: Path, destination: Path, limits: ArchiveLimits | None = None) -> int:
@@ -146,7 +322,8 @@ def safe_extract(archive: Path, destination: Path, limits: ArchiveLimits | None 
     the destination, which is then renamed into place (an existing destination is replaced).
 
     Args:
-        archive: a zip or tar (optionally compressed) file.
+        archive: a zip, tar (optionally compressed) or 7z file, or any part of a split 7z
+            archive (X.7z.001, ...: all parts are read in order).
         destination: the folder to create.
         limits: size and ratio caps.
 
@@ -162,6 +339,8 @@ def safe_extract(archive: Path, destination: Path, limits: ArchiveLimits | None 
     try:
         try:
             written = _open_members(archive, limits, staging)
+        except ArchiveError:
+            raise
         except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as error:
             raise ArchiveError(f"{archive}: unreadable archive ({error})") from error
         if destination.exists():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from features import files
-from features.download.archives import safe_extract
+from features.download.archives import is_split_part, safe_extract, volume_parts
 from features.download.fetch import FetchConfig, fetch, scheme_of
 from features.download.items import DownloadItem
 from features.download.manifest import scan_images
@@ -20,7 +20,7 @@ from features.labels.scut import read_official_split
 from schemas.errors import DownloadError
 
 LOGGER = logging.getLogger(__name__)
-ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".7z")
 RAW_DIR = "raw"
 
 
@@ -75,11 +75,15 @@ def image_locator(request: SourceRequest) -> Callable[[str], tuple[str, str] | N
         suffix = Path(source.split("?")[0]).suffix or ".jpg"
         return lambda image_id: (source.format(image_id=image_id), f"{image_id}{suffix}")
     parts = [part for part in source.split(",") if part]
-    if all(part.lower().endswith(ARCHIVE_SUFFIXES) for part in parts) and all(map(is_local, parts)):
+    if all(
+        part.lower().endswith(ARCHIVE_SUFFIXES) or is_split_part(part) for part in parts
+    ) and all(map(is_local, parts)):
         index: dict[str, Path] = {}
-        for part in parts:
-            target = request.dest / RAW_DIR / "extracted" / Path(part).name.split(".")[0]
-            safe_extract(Path(part), target)
+        # The parts of a split 7z (AVA.7z.001, .002, ...) are one archive, extracted once.
+        firsts = dict.fromkeys(volume_parts(Path(part))[0] for part in parts)
+        for first in firsts:
+            target = request.dest / RAW_DIR / "extracted" / first.name.split(".")[0]
+            safe_extract(first, target)
             index.update(_local_index(target))
         return lambda image_id: (
             (str(index[image_id]), index[image_id].name) if image_id in index else None

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from features.extraction.feed import (
+    DEFAULT_PREFETCH_BATCHES,
+    BatchBuffers,
+    DecodeFeed,
+    plan_batches,
+    policy_size,
+    split_by_actual_size,
+)
 from features.extraction.images import DEFAULT_MAX_PIXELS, DecodedImage, load_image
 from features.extraction.variants import stack_variants, variant_size
-from features.model.devices import configure_device
+from features.model.devices import (
+    BATCH_PIXELS_BY_KIND,
+    configure_device,
+    device_kind,
+    placed_device,
+)
 from features.model.mlsp import ExtractorKey, MLSPExtractor, get_extractor
 from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
 from schemas.errors import ConfigError, StoreError
@@ -23,9 +35,9 @@ from schemas.status import RowStatus
 from schemas.tables import FEATURE_INDEX_SCHEMA
 
 LOGGER = logging.getLogger(__name__)
-# On CPU one AVA-sized image (500x375 = 187,500 px) per forward is fastest (measured: batch 1
-# 1.55 images/s vs 1.41 for ~10-image batches on 2 cores); small images still batch up.
-DEFAULT_MAX_BATCH_PIXELS = 250_000
+# CPU default (one AVA-sized image per forward); the device picks it when none is given.
+DEFAULT_MAX_BATCH_PIXELS = BATCH_PIXELS_BY_KIND["cpu"]
+NO_DEVICE = "none (no image forwarded)"
 
 
 @dataclass(frozen=True)
@@ -37,17 +49,21 @@ class ExtractionConfig:
         views: names of the views filled from one forward pass.
         run_id: identifier written into commit markers.
         max_pixels: decompression-bomb limit per image.
-        max_batch_pixels: cap on pixels per forward batch of same-size images.
+        max_batch_pixels: cap on pixels per forward batch of same-size images (variants
+            included); None: the device's default (BATCH_PIXELS_BY_KIND).
         decode_threads: threads reading and decoding images of a shard.
+        prefetch_batches: decoded batches kept ready ahead of the model (memory bound).
+        device: auto, cpu, gpu or npu.
     """
 
     store: str
     views: tuple[str, ...]
     run_id: str
     max_pixels: int = DEFAULT_MAX_PIXELS
-    max_batch_pixels: int = DEFAULT_MAX_BATCH_PIXELS
+    max_batch_pixels: int | None = None
     decode_threads: int = 2
     device: str = "auto"
+    prefetch_batches: int = DEFAULT_PREFETCH_BATCHES
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -56,8 +72,9 @@ class ExtractionConfig:
             ("max_pixels", self.max_pixels),
             ("max_batch_pixels", self.max_batch_pixels),
             ("decode_threads", self.decode_threads),
+            ("prefetch_batches", self.prefetch_batches),
         ):
-            if value < 1:
+            if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,19 +129,6 @@ def extractor_key(views: Sequence[FeatureView]) -> ExtractorKey:
     )
 
 
-def _size_batches(
-    sizes: dict[int, tuple[int, int]], max_batch_pixels: int, variants: int
-) -> Iterator[list[int]]:
-    """Group positions by image size, then cut groups so a batch stays under the pixel cap."""
-    by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for position, size in sizes.items():
-        by_size[size].append(position)
-    for (height, width), positions in sorted(by_size.items()):
-        per_batch = max(1, max_batch_pixels // (height * width * variants))
-        for start in range(0, len(positions), per_batch):
-            yield positions[start : start + per_batch]
-
-
 class ShardExtractor:
     """Runs shards for a set of views. Build once per worker process, call process() per shard."""
 
@@ -134,6 +138,8 @@ class ShardExtractor:
         self._key = extractor_key(self.views)
         self._model: MLSPExtractor | None = None
         self.device_description = ""
+        self.placed_device = ""
+        self.max_batch_pixels = config.max_batch_pixels or DEFAULT_MAX_BATCH_PIXELS
 
     @property
     def model(self) -> MLSPExtractor:
@@ -141,6 +147,9 @@ class ShardExtractor:
         if self._model is None:
             self.device_description = configure_device(self.config.device)
             model = get_extractor(self._key)
+            self.placed_device = placed_device()
+            kind = device_kind(self.placed_device)
+            self.max_batch_pixels = self.config.max_batch_pixels or BATCH_PIXELS_BY_KIND[kind]
             for view in self.views:
                 if view.spec.weights_sha256 and view.spec.weights_sha256 != model.weights_sha256:
                     raise StoreError(
@@ -152,6 +161,12 @@ class ShardExtractor:
             self._model = model
         return self._model
 
+    def shard_device(self, forwarded: int) -> str:
+        """What a marker records: the device TensorFlow ran the forward passes on, or none."""
+        if not forwarded:
+            return NO_DEVICE
+        return f"{self.placed_device} ({self.device_description})"
+
     def process(self, shard: ShardSpec) -> ShardResult:
         """Extract, write and commit one shard for every view that has not committed it yet."""
         started = time.perf_counter()
@@ -162,8 +177,7 @@ class ShardExtractor:
         model = self.model
         forwarded_before = model.images_forwarded
         rows = self.views[0].shard_allocation(shard).to_pylist()
-        decoded = self._decode(rows)
-        features, model_ms = self._forward(decoded, pending)
+        decoded, features, model_ms = self._extract_rows(rows, pending)
         index = self._index_table(rows, decoded, model_ms)
         counts = Counter(image.status.value for image in decoded)
         forwarded = model.images_forwarded - forwarded_before
@@ -179,7 +193,7 @@ class ShardExtractor:
                 run_id=self.config.run_id,
                 images_forwarded=forwarded,
                 seconds=round(seconds, 3),
-                device=self.device_description,
+                device=self.shard_device(forwarded),
             )
             view.write_shard(shard, features[view.name], index, marker)
         LOGGER.info(
@@ -193,15 +207,11 @@ class ShardExtractor:
         )
         return ShardResult(shard.index, shard.rows, False, dict(counts), forwarded, seconds)
 
-    def _decode(self, rows: list[dict[str, Any]]) -> list[DecodedImage]:
+    def _load(self, row: dict[str, Any]) -> DecodedImage:
+        """Read, check and decode one row (runs on a decode thread; Pillow releases the GIL)."""
         policy = self.views[0].spec.input_policy
-
-        def load(row: dict[str, Any]) -> DecodedImage:
-            return load_image(row["uri"], policy, row["sha256"], self.config.max_pixels)
-
-        with ThreadPoolExecutor(self.config.decode_threads) as pool:
-            decoded = list(pool.map(load, rows))
-        return [self._check_variant_size(image, rows[i]["uri"]) for i, image in enumerate(decoded)]
+        image = load_image(row["uri"], policy, row["sha256"], self.config.max_pixels)
+        return self._check_variant_size(image, row["uri"])
 
     def _check_variant_size(self, image: DecodedImage, uri: str) -> DecodedImage:
         if image.pixels is None:
@@ -217,44 +227,100 @@ class ShardExtractor:
         )
         return DecodedImage(None, RowStatus.TOO_SMALL, message, image.read_ms, image.decode_ms)
 
-    def _forward(
-        self, decoded: list[DecodedImage], views: list[FeatureView]
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        spec = views[0].spec
-        variants = spec.variants
+    def _expected_sizes(self, rows: list[dict[str, Any]]) -> list[tuple[int, int] | None]:
+        """Sizes from the manifest's header sizes, after the input policy's resize."""
+        policy = self.views[0].spec.input_policy
+        return [
+            policy_size(row["height"], row["width"], policy)
+            if row.get("height") and row.get("width")
+            else None
+            for row in rows
+        ]
+
+    def _extract_rows(
+        self, rows: list[dict[str, Any]], views: list[FeatureView]
+    ) -> tuple[list[DecodedImage], dict[str, np.ndarray], np.ndarray]:
+        """Decode on threads into ready batches (bounded) while the model runs earlier ones."""
+        variants = views[0].spec.variants
         features = {
             view.name: np.full(
-                (len(decoded), len(variants), *view.spec.feature_shape),
+                (len(rows), len(variants), *view.spec.feature_shape),
                 np.nan,
                 dtype=view.spec.storage_dtype,
             )
             for view in views
         }
-        model_ms = np.zeros(len(decoded), dtype=np.float32)
-        sizes = {
-            i: image.pixels.shape[:2] for i, image in enumerate(decoded) if image.pixels is not None
+        model_ms = np.zeros(len(rows), dtype=np.float32)
+        decoded: list[DecodedImage] = [None] * len(rows)  # type: ignore[list-item]
+        sizes = self._expected_sizes(rows)
+        plan = plan_batches(sizes, self.max_batch_pixels, len(variants))
+        buffers = BatchBuffers(plan, sizes, variants)
+
+        def load(position: int) -> tuple[DecodedImage, bool]:
+            image = self._load(rows[position])
+            return image, image.pixels is not None and buffers.place(position, image.pixels)
+
+        for batch in DecodeFeed(
+            load, plan, self.config.decode_threads, self.config.prefetch_batches
+        ):
+            placed, loose = [], []
+            for slot, (image, in_buffer) in enumerate(batch.results):
+                decoded[batch.positions[slot]] = image
+                if in_buffer:
+                    placed.append(slot)
+                elif image.pixels is not None:
+                    loose.append((batch.positions[slot], image.pixels))
+            if placed:
+                ready = buffers.take(batch.index, placed)
+                positions = [batch.positions[slot] for slot in placed]
+                self._forward_batch(ready, positions, views, features, model_ms)
+            self._forward_loose(loose, views, features, model_ms)
+        return decoded, features, model_ms
+
+    def _forward_loose(
+        self,
+        loose: list[tuple[int, np.ndarray]],
+        views: list[FeatureView],
+        features: dict[str, np.ndarray],
+        model_ms: np.ndarray,
+    ) -> None:
+        """Images whose real size missed the plan (EXIF rotation, unknown size), by real size."""
+        variants = views[0].spec.variants
+        for positions, pixels in split_by_actual_size(
+            [p for p, _ in loose], [x for _, x in loose], self.max_batch_pixels, len(variants)
+        ):
+            stacked = np.concatenate([stack_variants(x, variants) for x in pixels])
+            self._forward_batch(stacked, positions, views, features, model_ms)
+
+    def _forward_batch(
+        self,
+        batch: np.ndarray,
+        positions: list[int],
+        views: list[FeatureView],
+        features: dict[str, np.ndarray],
+        model_ms: np.ndarray,
+    ) -> None:
+        """Forward one same-size batch and scatter each view's values into `features`."""
+        started = time.perf_counter()
+        values = self._forward_views(batch, len(positions), views)
+        model_ms[positions] = (time.perf_counter() - started) * 1000.0 / len(positions)
+        for name, value in values.items():
+            features[name][positions] = value
+
+    def _forward_views(
+        self, batch: np.ndarray, images: int, views: list[FeatureView]
+    ) -> dict[str, np.ndarray]:
+        """One forward pass of a same-size batch, split into each view's [images, variants, ...]."""
+        outputs = self._extract_capped(batch)
+        variants = len(views[0].spec.variants)
+        return {
+            view.name: outputs[view.name].reshape(images, variants, *view.spec.feature_shape)
+            for view in views
         }
-        for positions in _size_batches(sizes, self.config.max_batch_pixels, len(variants)):
-            batch = np.concatenate(
-                [
-                    stack_variants(decoded[i].pixels, variants)  # type: ignore[arg-type]
-                    for i in positions
-                ]
-            )
-            started = time.perf_counter()
-            outputs = self._extract_capped(batch)
-            elapsed = (time.perf_counter() - started) * 1000.0
-            model_ms[positions] = elapsed / len(positions)
-            for view in views:
-                values = outputs[view.name].reshape(
-                    len(positions), len(variants), *view.spec.feature_shape
-                )
-                features[view.name][positions] = values
-        return features, model_ms
 
     def _extract_capped(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Forward a batch in slices of at most max_batch_pixels (variants of one image too)."""
-        per_slice = max(1, self.config.max_batch_pixels // (batch.shape[1] * batch.shape[2]))
+        per_slice = max(1, self.max_batch_pixels // (batch.shape[1] * batch.shape[2]))
         if per_slice >= len(batch):
             return self.model.extract(batch)
         parts = [

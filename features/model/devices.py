@@ -5,10 +5,17 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from schemas.errors import ConfigError, DeviceUnavailableError
 
 LOGGER = logging.getLogger(__name__)
+# Default pixel cap of one forward batch per device kind. CPU: one AVA-sized image (500x375 =
+# 187,500 px) per forward measured fastest on 2 cores (1.55 images/s vs 1.41 for ~10-image
+# batches). GPU/NPU: 16 AVA images; not measured here (no accelerator): raise it on the worker
+# type until images/s stops improving or memory runs out (benchmarks.extract_throughput).
+BATCH_PIXELS_BY_KIND: dict[str, int] = {"cpu": 250_000, "gpu": 3_000_000, "npu": 3_000_000}
+_PROBE: list[Any] = []
 
 
 def _gpus() -> list[object]:
@@ -25,6 +32,26 @@ def _enable_memory_growth(gpus: list[object]) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:  # already initialised in this process (model built earlier)
             LOGGER.debug("memory growth already fixed for %s", gpu)
+
+
+def placed_device() -> str:
+    """Where TensorFlow's placer puts a compiled function's work, as its output tensor reports it.
+
+    The model's function is placed by the same default (soft) placement, so this is the device
+    that runs the forward pass, e.g. 'GPU:0', 'CPU:0' or 'NPU:0'.
+    """
+    import tensorflow as tf
+
+    if not _PROBE:
+        _PROBE.append(tf.function(lambda x: tf.reduce_sum(x * 2.0)))
+    output = _PROBE[0](tf.ones([2, 2]))
+    return str(output.device).split("device:")[-1] or "unknown"
+
+
+def device_kind(placed: str) -> str:
+    """'gpu', 'npu' or 'cpu' from a placed device name like 'GPU:0'."""
+    name = placed.upper()
+    return "gpu" if name.startswith("GPU") else "npu" if name.startswith("NPU") else "cpu"
 
 
 def _use_cpu() -> str:
@@ -44,10 +71,13 @@ def _use_gpu() -> str:
     gpus = _gpus()
     if not gpus:
         raise DeviceUnavailableError(
-            "--device gpu: TensorFlow sees no GPU on this worker "
-            "(install the 'gpu' extra and NVIDIA drivers, or use --device cpu)"
+            "--device gpu: TensorFlow sees no GPU on this worker (a CPU-only tensorflow, or no "
+            "NVIDIA driver: run the worker in docker/gpu's container, or use --device cpu)"
         )
     _enable_memory_growth(gpus)
+    placed = placed_device()
+    if device_kind(placed) != "gpu":
+        raise DeviceUnavailableError(f"--device gpu: TensorFlow placed work on {placed}, not a GPU")
     return f"gpu ({len(gpus)}: {', '.join(getattr(gpu, 'name', str(gpu)) for gpu in gpus)})"
 
 
@@ -63,8 +93,13 @@ def _use_npu() -> str:
             "--device npu: Huawei Ascend's TensorFlow adapter (npu_bridge) is not importable on this "
             "worker; install the CANN toolkit and TF adapter, or choose --device cpu|gpu"
         ) from None
-    LOGGER.info("Ascend NPU adapter loaded from %s", getattr(npu_bridge, "__file__", "npu_bridge"))
-    return "npu"
+    placed = placed_device()
+    if device_kind(placed) != "npu":  # never record npu for work the CPU did
+        raise DeviceUnavailableError(
+            f"--device npu: the Ascend adapter loaded ({getattr(npu_bridge, '__file__', '?')}) "
+            f"but TensorFlow placed work on {placed}; refusing to run on the wrong device"
+        )
+    return f"npu ({placed})"
 
 
 DEVICES: dict[str, Callable[[], str]] = {

@@ -144,12 +144,17 @@ def test_dataflow_dry_run_prints_options_and_graph_without_writing(tmp_path, cap
         "--dry-run",
         "--experiments=use_runner_v2",
     ]
-    assert extract.run(argv) == 0
+    # GPUs need the GPU worker image: without one the workers would be CPU-only (exit 2)
+    assert extract.run(argv) == 2
+    assert "--sdk-container-image" in capsys.readouterr().err
+    image = "europe-west4-docker.pkg.dev/my-project/r/mlsp-gpu:abc123"
+    assert extract.run([*argv, "--sdk-container-image", image]) == 0
     out = capsys.readouterr().out
     assert "runner dataflow (DataflowRunner)" in out
     assert "project = my-project" in out and "region = europe-west4" in out
     assert "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver" in out
-    assert "setup_file" in out and "use_runner_v2" in out
+    assert f"container_image = {image}" in out and "device = gpu" in out
+    assert "setup_file = -" in out and "use_runner_v2" in out
     assert "ShardSpecs -> Spread -> ExtractShard -> Totals -> LogTotals" in out
     local = [
         "--manifest",

@@ -38,13 +38,14 @@ def _argv(manifest: Path, store: Path) -> list[str]:
 def _forward_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts images the model forwards, independently of the extractor's own counter."""
     counts: list[int] = []
-    original = ShardExtractor._forward
+    original = ShardExtractor._extract_rows
 
-    def counting(self, decoded, views):
+    def counting(self, rows, views):
+        decoded, features, model_ms = original(self, rows, views)
         counts.append(sum(image.pixels is not None for image in decoded))
-        return original(self, decoded, views)
+        return decoded, features, model_ms
 
-    monkeypatch.setattr(ShardExtractor, "_forward", counting)
+    monkeypatch.setattr(ShardExtractor, "_extract_rows", counting)
     return counts
 
 

@@ -1,0 +1,214 @@
+"""What a Dataflow worker does differently: DoFns pickled into fresh processes, and only the
+installed package (built from this repository) on the path."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from features import files
+from features.download.manifest import read_manifest
+from features.extraction.shard import NO_DEVICE, ShardExtractor
+from features.store.query import FeatureStore
+from features.store.view import FeatureView
+from pipelines import extract
+from tests.conftest import RANDOM_WEIGHTS
+
+ROOT = Path(__file__).resolve().parents[2]
+VIEW = "irnv2_mlsp_narrow"
+TIMING = ["read_ms", "decode_ms", "model_ms"]
+PACKAGE_FILES = ["setup.py", "setup.cfg", "pyproject.toml", "README.md"]
+PACKAGES = ["schemas", "features", "pipelines", "jobs", "orchestration", "benchmarks"]
+
+
+def _argv(manifest: Path, store: Path, *extra: str) -> list[str]:
+    return [
+        "--manifest",
+        str(manifest),
+        "--store",
+        str(store),
+        "--view",
+        VIEW,
+        "--weights",
+        RANDOM_WEIGHTS,
+        "--shard-size",
+        "4",
+        *extra,
+    ]
+
+
+def _assert_same_store(left: Path, right: Path) -> None:
+    a, b = FeatureStore(str(left)), FeatureStore(str(right))
+    assert a.table(VIEW).drop_columns(TIMING).equals(b.table(VIEW).drop_columns(TIMING))
+    rows = FeatureView(str(left), VIEW).allocation.num_rows
+    values_a = FeatureView(str(left), VIEW).array.read_range(0, rows)
+    values_b = FeatureView(str(right), VIEW).array.read_range(0, rows)
+    assert values_a.tobytes() == values_b.tobytes()  # bit for bit, NaN rows included
+
+
+@pytest.fixture(scope="module")
+def one_process_store(sample_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("one") / "store"
+    assert extract.run(_argv(sample_manifest, store, "--direct_num_workers", "1")) == 0
+    return store
+
+
+def test_multi_process_workers_build_the_same_store(
+    sample_manifest: Path, one_process_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_here(self, shard):
+        raise AssertionError("a shard ran in the launcher process, not in a worker process")
+
+    monkeypatch.setattr(ShardExtractor, "process", not_here)  # workers import the real one
+    store = tmp_path / "store"
+    argv = _argv(
+        sample_manifest,
+        store,
+        "--direct_running_mode=multi_processing",
+        "--direct_num_workers",
+        "2",
+        "--summary-json",
+        str(tmp_path / "summary.json"),
+    )
+    assert extract.run(argv) == 0
+    _assert_same_store(one_process_store, store)
+    markers = FeatureView(str(store), VIEW).committed().values()
+    expected = {  # the device TensorFlow placed the work on; none for a shard of broken files
+        marker.shard: "CPU:0 (cpu (no GPU visible))" if marker.images_forwarded else NO_DEVICE
+        for marker in markers
+    }
+    assert {marker.shard: marker.device for marker in markers} == expected
+    assert NO_DEVICE in expected.values()  # the sample's last shards hold only broken files
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["devices_used"] == {
+        device: list(expected.values()).count(device) for device in set(expected.values())
+    }
+
+
+def test_manifest_sizes_that_miss_still_give_the_same_features(
+    sample_manifest: Path, one_process_store: Path, tmp_path: Path
+) -> None:
+    """Rotated or mis-sized manifest rows leave the planned buckets and batch by real size."""
+    table = read_manifest(str(sample_manifest))
+    swapped = table.set_column(
+        table.schema.get_field_index("width"), "width", table.column("height")
+    ).set_column(table.schema.get_field_index("height"), "height", table.column("width"))
+    manifest = tmp_path / "swapped.parquet"
+    files.atomic_write_parquet(str(manifest), swapped)
+    store = tmp_path / "store"
+    assert extract.run(_argv(manifest, store, "--direct_num_workers", "1")) == 0
+    expected = FeatureStore(str(one_process_store)).table(VIEW).drop_columns(TIMING)
+    got = FeatureStore(str(store)).table(VIEW).drop_columns(TIMING)
+    assert got.drop_columns(["features", "width", "height"]).equals(
+        expected.drop_columns(["features", "width", "height"])
+    )
+    rows = FeatureView(str(store), VIEW).allocation.num_rows
+    np.testing.assert_allclose(
+        FeatureView(str(store), VIEW).array.read_range(0, rows).astype(np.float32),
+        FeatureView(str(one_process_store), VIEW).array.read_range(0, rows).astype(np.float32),
+        rtol=2.0**-10,
+        atol=1e-6,
+    )
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """A wheel built from a copy of the repository's package files (no build/ in the tree)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in PACKAGE_FILES:
+        shutil.copy2(ROOT / name, source / name)
+    for name in PACKAGES:
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--quiet",
+            "--wheel-dir",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+        cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("mlsp_feature_store-*.whl")
+    return wheel
+
+
+def _fresh_venv(tmp_path: Path) -> Path:
+    """A new virtualenv that sees the test environment's dependencies (TF, Beam) but not this
+    package: that site-packages joins through a plain path line, so its editable-install hook
+    (if any) is never run."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    Path(site, "test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return python
+
+
+def test_the_installed_package_runs_without_the_source_tree(
+    sample_manifest: Path, one_process_store: Path, tmp_path: Path
+) -> None:
+    wheel = _build_wheel(tmp_path)
+    python = _fresh_venv(tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            str(wheel),
+        ],
+        check=True,
+    )
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    where = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import pipelines.extract, features; print(pipelines.extract.__file__)",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(tmp_path / "venv"), where
+    assert not Path(where).is_relative_to(ROOT)
+    store = tmp_path / "store"
+    run = subprocess.run(
+        [str(python), "-m", "pipelines.extract", *_argv(sample_manifest, store)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    _assert_same_store(one_process_store, store)

@@ -1,0 +1,236 @@
+"""Every runner flag reaches the runner's PipelineOptions or is refused; GPU workers need a GPU image."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import sys
+import types
+from pathlib import Path
+
+import apache_beam
+import pytest
+
+from features.model import devices
+from pipelines import extract
+from pipelines.runners import RUNNERS, RunnerSettings, runner_options
+from pipelines.worker_env import parsed_options, worker_environment
+from schemas.errors import ConfigError, DeviceUnavailableError
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "europe-docker.pkg.dev/p/r/mlsp-gpu:2024-06-01"
+DATAFLOW = {"project": "p", "region": "europe-west4", "temp_location": "gs://b/tmp"}
+# settings field -> (value, check on the parsed PipelineOptions dict)
+FLAG_CHECKS = {
+    "dataflow": {
+        "project": ("p2", lambda o: o["project"] == "p2"),
+        "region": ("us-central1", lambda o: o["region"] == "us-central1"),
+        "temp_location": ("gs://c/t", lambda o: o["temp_location"] == "gs://c/t"),
+        "staging_location": ("gs://c/s", lambda o: o["staging_location"] == "gs://c/s"),
+        "machine_type": ("g2-standard-8", lambda o: o["machine_type"] == "g2-standard-8"),
+        "max_workers": (7, lambda o: o["max_num_workers"] == 7),
+        "sdk_container_image": (IMAGE, lambda o: o["sdk_container_image"] == IMAGE),
+        "worker_accelerator": (
+            "nvidia-l4:2",
+            lambda o: (
+                "worker_accelerator=type:nvidia-l4;count:2;install-nvidia-driver"
+                in o["dataflow_service_options"]
+            ),
+        ),
+        "requirements_file": ("req.txt", lambda o: o["requirements_file"] == "req.txt"),
+    },
+    "dask": {
+        "dask_address": ("tcp://h:8786", lambda o: o["dask_client_address"] == "tcp://h:8786")
+    },
+    **{
+        name: {
+            "sdk_container_image": (
+                IMAGE,
+                lambda o: (
+                    o["environment_type"] == "DOCKER"
+                    and f"docker_container_image={IMAGE}" in o["environment_options"]
+                    and o["sdk_container_image"] == IMAGE
+                ),
+            ),
+            "requirements_file": ("req.txt", lambda o: o["requirements_file"] == "req.txt"),
+        }
+        for name in ("flink", "spark", "portable")
+    },
+}
+ALL_FLAGS = sorted(
+    {field for checks in FLAG_CHECKS.values() for field in checks} | {"dask_workers"}
+)
+
+
+def _settings(runner: str, **extra: object) -> RunnerSettings:
+    base = dict(DATAFLOW) if runner == "dataflow" else {}
+    return RunnerSettings(runner=runner, **{**base, **extra})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("runner", sorted(RUNNERS))
+@pytest.mark.parametrize("field", ALL_FLAGS)
+def test_each_flag_arrives_or_is_refused(runner: str, field: str) -> None:
+    checks = FLAG_CHECKS.get(runner, {})
+    examples = {**FLAG_CHECKS["dataflow"], **FLAG_CHECKS["dask"]}
+    value: object = 3 if field == "dask_workers" else examples[field][0]
+    settings = _settings(runner, **{field: value})
+    if field in checks:
+        assert checks[field][1](parsed_options(settings, []))
+    elif field in RUNNERS[runner].accepts:
+        runner_options(settings)
+    else:
+        flag = "--" + field.replace("_", "-")
+        with pytest.raises(ConfigError, match=f"{flag} not used by --runner {runner}"):
+            runner_options(settings)
+
+
+def test_accelerator_needs_a_gpu_container_and_forces_gpu() -> None:
+    with pytest.raises(ConfigError, match=r"CPU-only.*--sdk-container-image"):
+        worker_environment(_settings("dataflow", worker_accelerator="nvidia-l4:1"), [], "auto")
+    raw = ["--dataflow_service_options=worker_accelerator=type:nvidia-l4;count:1"]
+    with pytest.raises(ConfigError, match="CPU-only"):
+        worker_environment(_settings("dataflow"), raw, "auto")
+    environment = worker_environment(_settings("dataflow", sdk_container_image=IMAGE), raw, "auto")
+    assert environment.device == "gpu" and environment.container_image == IMAGE
+    assert environment.setup_file is None  # never setup.py (tensorflow-cpu) into the GPU image
+    with pytest.raises(ConfigError, match="--device cpu with an accelerator"):
+        worker_environment(_settings("dataflow", sdk_container_image=IMAGE), raw, "cpu")
+
+
+def test_without_accelerator_the_device_is_untouched_and_setup_py_ships() -> None:
+    environment = worker_environment(_settings("dataflow"), [], "auto")
+    assert environment.device == "auto" and environment.accelerator is None
+    assert environment.setup_file == str(ROOT / "setup.py")
+
+
+@pytest.mark.parametrize(
+    ("settings", "beam_args", "message"),
+    [
+        ({"sdk_container_image": "mlsp-gpu"}, [], "not a pullable image reference"),
+        ({"sdk_container_image": "Bad Image:1"}, [], "not a pullable image reference"),
+        ({}, [f"--sdk_container_image={IMAGE}"], "setup.py together"),
+    ],
+)
+def test_bad_container_images_are_refused(settings, beam_args, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        worker_environment(_settings("dataflow", **settings), beam_args, "auto")
+
+
+def test_container_with_another_environment_type_is_refused() -> None:
+    settings = _settings("flink", sdk_container_image=IMAGE)
+    with pytest.raises(ConfigError, match="--environment_type=LOOPBACK"):
+        worker_environment(settings, ["--environment_type=LOOPBACK"], "auto")
+
+
+@pytest.mark.parametrize("runner", ["dataflow", "flink", "spark"])
+def test_dry_run_prints_the_worker_environment(runner: str, capsys) -> None:
+    argv = [
+        "--manifest",
+        "gs://b/m.parquet",
+        "--store",
+        "gs://b/s",
+        "--view",
+        "irnv2_mlsp_narrow",
+        "--runner",
+        runner,
+        "--sdk-container-image",
+        IMAGE,
+        "--requirements-file",
+        "req.txt",
+        "--dry-run",
+    ]
+    if runner == "dataflow":
+        argv += [
+            "--project",
+            "p",
+            "--region",
+            "r",
+            "--temp-location",
+            "gs://b/t",
+            "--worker-accelerator",
+            "nvidia-l4:1",
+        ]
+    assert extract.run(argv) == 0
+    out = capsys.readouterr().out
+    assert f"container_image = {IMAGE}" in out and "requirements_file = req.txt" in out
+    assert "setup_file = -" in out
+    assert f"sdk_container_image = {IMAGE}" in out
+    assert ("device = gpu" if runner == "dataflow" else "device = auto") in out
+
+
+def test_accelerator_without_image_exits_2_before_any_work(tmp_path, capsys) -> None:
+    argv = [
+        "--manifest",
+        "gs://b/m.parquet",
+        "--store",
+        "gs://b/s",
+        "--view",
+        "irnv2_mlsp_narrow",
+        "--runner",
+        "dataflow",
+        "--project",
+        "p",
+        "--region",
+        "r",
+        "--temp-location",
+        "gs://b/t",
+        "--worker-accelerator",
+        "nvidia-l4:1",
+    ]
+    code = extract.run(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: accelerator requested")
+
+
+def test_gpu_on_a_machine_without_gpu_fails_before_any_work(
+    tmp_path, sample_manifest, capsys
+) -> None:
+    store = tmp_path / "store"
+    argv = [
+        "--manifest",
+        str(sample_manifest),
+        "--store",
+        str(store),
+        "--view",
+        "irnv2_mlsp_narrow",
+        "--weights",
+        "random:0",
+        "--device",
+        "gpu",
+    ]
+    assert extract.run(argv) == 1
+    assert "TensorFlow sees no GPU" in capsys.readouterr().err
+    assert not store.exists()
+
+
+def test_placement_is_reported_and_npu_without_npu_placement_is_refused(monkeypatch) -> None:
+    assert devices.placed_device() == "CPU:0"  # this machine has no accelerator
+    assert devices.device_kind("GPU:1") == "gpu" and devices.device_kind("CPU:0") == "cpu"
+    package, module = types.ModuleType("npu_bridge"), types.ModuleType("npu_bridge.npu_init")
+    monkeypatch.setitem(sys.modules, "npu_bridge", package)
+    monkeypatch.setitem(sys.modules, "npu_bridge.npu_init", module)
+    with pytest.raises(DeviceUnavailableError, match="placed work on CPU:0"):
+        devices.configure_device("npu")
+
+
+def _requirement_names(lines: list[str]) -> dict[str, str]:
+    names = {}
+    for line in lines:
+        line = line.split("#")[0].strip()
+        if line:
+            name = re.split(r"[\[<>=;! ]", line, maxsplit=1)[0].lower().replace("_", "-")
+            names[name] = line
+    return names
+
+
+def test_gpu_image_requirements_match_the_package_and_the_launcher() -> None:
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    required = _requirement_names(config["options"]["install_requires"].splitlines())
+    pinned = _requirement_names((ROOT / "docker/gpu/requirements.txt").read_text().splitlines())
+    assert set(required) - {"tensorflow-cpu", "tensorflow"} <= set(pinned)
+    assert "tensorflow-cpu" not in pinned and "[and-cuda]" in pinned["tensorflow"]
+    assert pinned["apache-beam"].endswith(f"=={apache_beam.__version__}")
+    dockerfile = (ROOT / "docker/gpu/Dockerfile").read_text()
+    assert f"ARG BEAM_VERSION={apache_beam.__version__}" in dockerfile
+    assert "--no-deps" in dockerfile
