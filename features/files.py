@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import logging
 import os
 import tempfile
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+LOGGER = logging.getLogger(__name__)
+# Sidecar lock of the compare-and-swap primitives; never deleted, so every writer locks one inode.
+CAS_LOCK_NAME = ".cas.lock"
 
 
 def join(base: str, *parts: str) -> str:
@@ -86,21 +93,11 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         fs, inner = filesystem(path)
         fs.pipe_file(inner, data)
         return
-    target = _local(path)
-    directory = os.path.dirname(target) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(target)}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=directory
-    )
+    temporary = _write_temporary(_local(path), data)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, target)
+        os.replace(temporary, _local(path))
     except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        os.unlink(temporary)
         raise
 
 
@@ -145,3 +142,169 @@ def remove_file(path: str) -> None:
     fs, inner = filesystem(path)
     if fs.exists(inner):
         fs.rm_file(inner)
+
+
+def _protocol(path: str) -> str:
+    """fsspec protocol of a path ('file' for plain paths)."""
+    if is_local(path):
+        return "file"
+    return path.split("://", 1)[0]
+
+
+def _write_temporary(target: str, data: bytes) -> str:
+    """Write data completely (fsynced) to a new temp file next to target; returns its path."""
+    directory = os.path.dirname(target) or "."
+    os.makedirs(directory, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(target)}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=directory
+    )
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return temporary
+
+
+def _create_exclusive_local(path: str, data: bytes) -> bool:
+    target = _local(path)
+    temporary = _write_temporary(target, data)
+    try:
+        os.link(temporary, target)  # atomic; fails if target exists, and target is never partial
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+    return True
+
+
+@contextlib.contextmanager
+def _cas_lock(target: str) -> Iterator[None]:
+    """Exclusive flock on the directory's sidecar lock file (released when the fd closes)."""
+    directory = os.path.dirname(target) or "."
+    os.makedirs(directory, exist_ok=True)
+    descriptor = os.open(os.path.join(directory, CAS_LOCK_NAME), os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _read_local_or_none(target: str) -> bytes | None:
+    try:
+        with open(target, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
+
+
+def _replace_if_unchanged_local(path: str, expected: bytes, data: bytes) -> bool:
+    target = _local(path)
+    with _cas_lock(target):
+        if _read_local_or_none(target) != expected:
+            return False
+        temporary = _write_temporary(target, data)
+        os.replace(temporary, target)
+    return True
+
+
+def _remove_if_unchanged_local(path: str, expected: bytes) -> bool:
+    target = _local(path)
+    with _cas_lock(target):
+        if _read_local_or_none(target) != expected:
+            return False
+        os.unlink(target)
+    return True
+
+
+def _warn_not_exclusive(path: str, operation: str) -> None:
+    LOGGER.warning(
+        "%s: the %r filesystem cannot do %s atomically; two writers racing on this file "
+        "may both succeed",
+        path,
+        _protocol(path),
+        operation,
+    )
+
+
+def _create_exclusive_fallback(path: str, data: bytes) -> bool:
+    _warn_not_exclusive(path, "exclusive creates")
+    if exists(path):
+        return False
+    atomic_write_bytes(path, data)
+    return read_bytes(path) == data
+
+
+def _replace_if_unchanged_fallback(path: str, expected: bytes, data: bytes) -> bool:
+    _warn_not_exclusive(path, "compare-and-swap")
+    try:
+        if read_bytes(path) != expected:
+            return False
+    except FileNotFoundError:
+        return False
+    atomic_write_bytes(path, data)
+    return read_bytes(path) == data
+
+
+def _remove_if_unchanged_fallback(path: str, expected: bytes) -> bool:
+    _warn_not_exclusive(path, "compare-and-delete")
+    try:
+        if read_bytes(path) != expected:
+            return False
+    except FileNotFoundError:
+        return False
+    remove_file(path)
+    return True
+
+
+# Backends of the atomic primitives by fsspec protocol; others fall back loudly (see below).
+_EXCLUSIVE_CREATE: dict[str, Callable[[str, bytes], bool]] = {"file": _create_exclusive_local}
+_REPLACE_IF_UNCHANGED: dict[str, Callable[[str, bytes, bytes], bool]] = {
+    "file": _replace_if_unchanged_local
+}
+_REMOVE_IF_UNCHANGED: dict[str, Callable[[str, bytes], bool]] = {"file": _remove_if_unchanged_local}
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create a file with exactly data, only if it does not exist yet.
+
+    Locally the data goes to a complete temp file that is hard-linked to path, so of any
+    number of racing callers exactly one wins and no reader ever sees a partial file. A
+    filesystem without a registered backend falls back to exists-then-write (racy) and logs a
+    WARNING saying so.
+
+    Returns:
+        True iff this call created the file with exactly data.
+    """
+    return _EXCLUSIVE_CREATE.get(_protocol(path), _create_exclusive_fallback)(path, data)
+
+
+def replace_if_unchanged(path: str, expected: bytes, data: bytes) -> bool:
+    """Compare-and-swap: replace the file with data only if it still holds exactly expected.
+
+    Locally the read-compare-replace runs under an flock on a sidecar lock file in the same
+    directory (never deleted), and the replacement is an atomic rename. Unregistered
+    filesystems fall back to a racy read-compare-write with a WARNING.
+
+    Returns:
+        True iff this call replaced expected by data (False if the file changed or is gone).
+    """
+    replace = _REPLACE_IF_UNCHANGED.get(_protocol(path), _replace_if_unchanged_fallback)
+    return replace(path, expected, data)
+
+
+def remove_if_unchanged(path: str, expected: bytes) -> bool:
+    """Compare-and-delete: remove the file only if it still holds exactly expected.
+
+    Same locking as replace_if_unchanged, so a delete never removes a file that a concurrent
+    compare-and-swap has just replaced.
+
+    Returns:
+        True iff this call removed the file.
+    """
+    remove = _REMOVE_IF_UNCHANGED.get(_protocol(path), _remove_if_unchanged_fallback)
+    return remove(path, expected)
