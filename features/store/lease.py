@@ -27,9 +27,9 @@ def _now() -> datetime.datetime:
 class ViewLease:
     """Exclusive, expiring writer lease on one view, renewed by a heartbeat thread while held.
 
-    Local stores create the lease file with O_EXCL, so exactly one of two racing writers wins.
-    Object stores have no exclusive create; there the lease is written and read back, which
-    catches all but simultaneous starts. An expired lease (a crashed writer) is taken over.
+    The lease file is made with files.create_exclusive, so exactly one of two racing writers
+    wins, on local disks and on S3/GCS (conditional creates). An expired lease (a crashed
+    writer) is taken over with a compare-and-swap.
     """
 
     def __init__(
@@ -51,25 +51,21 @@ class ViewLease:
 
     def _current(self) -> dict[str, Any] | None:
         try:
-            return dict(json.loads(files.read_bytes(self.path)))
-        except (FileNotFoundError, ValueError):
+            return self._parse(files.read_bytes(self.path))
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _parse(data: bytes) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads(data))
+        except ValueError:
             return None
 
     def _create_exclusive(self) -> bool:
-        data = json.dumps(self._record()).encode()
-        if not files.is_local(self.path):
-            files.atomic_write_bytes(self.path, data)
-            current = self._current()
-            return current is not None and current["owner"] == self.owner
-        try:
-            descriptor = os.open(
-                self.path.removeprefix("file://"), os.O_CREAT | os.O_EXCL | os.O_WRONLY
-            )
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-        return True
+        # Exclusive everywhere files.create_exclusive is: local disks (hard link), S3
+        # (If-None-Match: *) and GCS (ifGenerationMatch=0); elsewhere it logs a warning.
+        return files.create_exclusive(self.path, json.dumps(self._record()).encode())
 
     def acquire(self) -> None:
         """Take the lease or raise.
@@ -80,7 +76,11 @@ class ViewLease:
         if self._create_exclusive():
             self._start_heartbeat()
             return
-        holder = self._current()
+        try:
+            current = files.read_bytes(self.path)
+        except FileNotFoundError:
+            current = b""  # released in between: the takeover below creates it
+        holder = self._parse(current)
         if holder is not None and datetime.datetime.fromisoformat(holder["expires_at"]) > _now():
             raise StoreError(
                 f"view at {self.path.rsplit('/', 2)[0]} is being written by run {holder['owner']} "
@@ -88,7 +88,13 @@ class ViewLease:
                 f"{holder['expires_at']}. Wait for it, or remove {self.path} if that run is dead."
             )
         LOGGER.warning("taking over an expired lease from %s", holder)
-        files.atomic_write_text(self.path, json.dumps(self._record()))
+        # Compare-and-swap: of several writers taking over the same expired lease, one wins.
+        record = json.dumps(self._record()).encode()
+        if not files.replace_if_unchanged(self.path, current or None, record):
+            raise StoreError(
+                f"view at {self.path.rsplit('/', 2)[0]}: another run took over its expired lease "
+                f"at the same time; see {self.path}"
+            )
         self._start_heartbeat()
 
     def _start_heartbeat(self) -> None:
