@@ -177,7 +177,8 @@ def _proxy_handler(upstream_port: int, log: RequestLog) -> type[http.server.Base
             if self.command != "HEAD":
                 self.wfile.write(data)
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = forward
+        # http.server dispatches on these names.
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = forward  # noqa: N815
 
     return Handler
 
@@ -213,8 +214,11 @@ def start_fake_gcs() -> Server:
     threading.Thread(target=proxy.serve_forever, daemon=True, name="gcs-proxy").start()
     public = f"http://127.0.0.1:{proxy.server_address[1]}"
     process = subprocess.Popen(
-        [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port)]
-        + ["-backend", "memory", "-external-url", public, "-log-level", "error"],
+        [
+            str(_get_binary_path()),
+            *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory"),
+            *("-external-url", public, "-log-level", "error"),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
