@@ -124,8 +124,11 @@ MAX_LOOKUP_REQUESTS = 10
 
 def _extract(manifest: str, store: str, shard_size: int = 4) -> int:
     return extract.run(
-        ["--manifest", manifest, "--store", store, "--view", VIEW, "--weights", RANDOM_WEIGHTS]
-        + ["--shard-size", str(shard_size), "--direct_num_workers", "1"]
+        [
+            *("--manifest", manifest, "--store", store, "--view", VIEW),
+            *("--weights", RANDOM_WEIGHTS, "--shard-size", str(shard_size)),
+            *("--direct_num_workers", "1"),
+        ]
     )
 
 
@@ -187,13 +190,18 @@ def remote_chain(
     codes["verify"] = verify.run(["--store", store])
     work = tmp_path_factory.mktemp(f"train-{request.param}")
     codes["labels"] = labels.run(
-        ["--dataset", "ava", "--raw", str(sample_dir), "--manifest", grown]
-        + ["--out", str(work / "labels.parquet"), "--test-fraction", "0.3", "--val-fraction", "0.3"]
+        [
+            *("--dataset", "ava", "--raw", str(sample_dir), "--manifest", grown),
+            *("--out", str(work / "labels.parquet"), "--test-fraction", "0.3"),
+            *("--val-fraction", "0.3"),
+        ]
     )
     codes["train"] = train.run(
-        ["--store", store, "--view", VIEW, "--labels", str(work / "labels.parquet")]
-        + ["--out", str(work / "run"), "--batch-size", "4", "--epochs-per-stage", "1"]
-        + ["--learning-rates", "1e-3", "--quiet"]
+        [
+            *("--store", store, "--view", VIEW, "--labels", str(work / "labels.parquet")),
+            *("--out", str(work / "run"), "--batch-size", "4", "--epochs-per-stage", "1"),
+            *("--learning-rates", "1e-3", "--quiet"),
+        ]
     )
     return {
         "bucket": bucket,
