@@ -221,7 +221,8 @@ def _crash_on_shard(crash_index: int, original: Any) -> Any:
     def write_shard(self, shard, values, *args, **kwargs):  # type: ignore[no-untyped-def]
         if shard.index == crash_index and not crashed:
             crashed.append(shard.index)
-            self.array.write_shard(shard.row_start, values.astype(np.float16))
+            if values is not None:  # None: a bulk writer already wrote them
+                self.array.write_shard(shard.row_start, values.astype(np.float16))
             raise RuntimeError("simulated worker crash before commit")
         return original(self, shard, values, *args, **kwargs)
 
