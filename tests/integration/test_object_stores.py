@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -270,3 +272,28 @@ def test_one_id_lookup_requests_do_not_grow_with_shards(remote_chain) -> None:
     LOGGER.info("requests per 1-id lookup: %s", counts)
     assert max(counts.values()) <= MAX_LOOKUP_REQUESTS, counts
     assert counts[fine] <= counts[remote_chain["store"]], counts
+
+
+def test_cli_in_a_child_process_reaches_the_store_through_fsspec_environment(remote_chain) -> None:
+    """FSSPEC_S3 / FSSPEC_GS (set by the server fixture) are all a child process needs."""
+    store = remote_chain["store"]
+    image_id = FeatureStore(store).index(VIEW).column("image_id")[0].as_py()
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "features.query",
+            "--store",
+            store,
+            "--view",
+            VIEW,
+            "--ids",
+            image_id,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert image_id in shown.stdout and "1 row(s)" in shown.stdout
