@@ -47,11 +47,23 @@ def filesystem(path: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(path)  # type: ignore[no-any-return]
 
 
+def _uncached(path: str) -> tuple[Any, str]:
+    """filesystem(path) with fsspec's cached listings of path and its parents dropped.
+
+    s3fs and gcsfs cache directory listings for the life of the filesystem instance by default,
+    but other processes (Beam workers, another run) write to the store: existence and listings
+    must come from the server.
+    """
+    fs, inner = filesystem(path)
+    fs.invalidate_cache(inner)
+    return fs, inner
+
+
 def exists(path: str) -> bool:
     """Whether a file or directory exists."""
     if is_local(path):
         return os.path.exists(_local(path))
-    fs, inner = filesystem(path)
+    fs, inner = _uncached(path)
     return bool(fs.exists(inner))
 
 
@@ -69,7 +81,7 @@ def list_names(path: str) -> list[str]:
     if is_local(path):
         local = _local(path)
         return sorted(os.listdir(local)) if os.path.isdir(local) else []
-    fs, inner = filesystem(path)
+    fs, inner = _uncached(path)
     if not fs.exists(inner):
         return []
     return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(inner, detail=False))

@@ -239,14 +239,12 @@ def start_fake_gcs() -> Server:
 
 def fsspec_options(protocol: str, endpoint_url: str) -> dict[str, Any]:
     """fsspec options reaching a local server (what FSSPEC_S3 / FSSPEC_GS would hold)."""
+    # Listing caches stay at their defaults (on), as users have them: the store must not
+    # depend on them (features.files drops them where it asks about existence).
     if protocol == "s3":
         # No region_name: s3fs would send LocationConstraint us-east-1, which moto rejects.
-        return {**CREDENTIALS, "client_kwargs": {"endpoint_url": endpoint_url}, **_NO_CACHE}
-    return {"token": "anon", "project": "test-project", "endpoint_url": endpoint_url, **_NO_CACHE}
-
-
-# Listings cached by one filesystem instance would hide objects written through another.
-_NO_CACHE = {"use_listings_cache": False}
+        return {**CREDENTIALS, "client_kwargs": {"endpoint_url": endpoint_url}}
+    return {"token": "anon", "project": "test-project", "endpoint_url": endpoint_url}
 
 
 def subprocess_environment(servers: dict[str, Server]) -> dict[str, str]:

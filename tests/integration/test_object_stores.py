@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,6 +103,23 @@ def test_two_writers_started_at_once_one_proceeds_the_other_names_it(bucket) -> 
         assert loser_error is not None and f"run-{round_index}-{winners[0]}" in loser_error
         leases[winners[0]].release()
         assert not files.exists(files.join(view, "lease.json"))
+
+
+def test_objects_written_by_another_client_are_listed_and_found(bucket, object_store_servers):
+    """Another process (a Beam worker, another run) has its own filesystem instance."""
+    protocol = bucket.url.split("://")[0]
+    other = fsspec.filesystem(
+        protocol,
+        skip_instance_cache=True,
+        **object_stores.fsspec_options(protocol, object_store_servers[protocol].endpoint_url),
+    )
+    folder = bucket.path("commits")
+    files.atomic_write_bytes(files.join(folder, "shard-0.json"), b"0")
+    assert files.list_names(folder) == ["shard-0.json"]  # cached by fsspec from here on
+    assert not files.exists(files.join(folder, "shard-1.json"))
+    other.pipe_file(files.join(folder, "shard-1.json").split("://")[1], b"1")
+    assert files.exists(files.join(folder, "shard-1.json"))
+    assert files.list_names(folder) == ["shard-0.json", "shard-1.json"]
 
 
 def test_unsupported_filesystem_warns_that_creates_are_not_exclusive(caplog) -> None:
