@@ -153,7 +153,7 @@ def remove_file(path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_local(path))
         return
-    fs, inner = filesystem(path)
+    fs, inner = _uncached(path)
     if fs.exists(inner):
         fs.rm_file(inner)
 
