@@ -277,19 +277,21 @@ def test_verify_and_one_epoch_of_training_read_the_object_store(remote_chain) ->
 
 
 def test_one_id_lookup_requests_do_not_grow_with_shards(remote_chain) -> None:
-    """Opens the store and reads one id, at 3 shards (shard size 4) and 10 (shard size 1)."""
+    """Opens the store and reads one id, cold, at 5 shards (shard size 4) and 10 (shard size 1)."""
     bucket = remote_chain["bucket"]
     fine = bucket.path("fine-store")
     assert _extract(remote_chain["first"], fine, shard_size=1) == 0
-    counts = {}
+    seen = {}
     for store in (remote_chain["store"], fine):
         image_id = FeatureStore(store).index(VIEW).column("image_id")[3].as_py()
+        bucket.fs.invalidate_cache()  # cold: no listing cached by the calls above
         with bucket.log.measure() as requests:
             FeatureStore(store).table(VIEW, ids=[image_id])
-        counts[store] = len(requests)
+        seen[store] = requests
+    counts = {store: len(requests) for store, requests in seen.items()}
     LOGGER.info("requests per 1-id lookup: %s", counts)
-    assert max(counts.values()) <= MAX_LOOKUP_REQUESTS, counts
-    assert counts[fine] <= counts[remote_chain["store"]], counts
+    assert max(counts.values()) <= MAX_LOOKUP_REQUESTS, seen
+    assert counts[fine] <= counts[remote_chain["store"]], seen
 
 
 def test_cli_in_a_child_process_reaches_the_store_through_fsspec_environment(remote_chain) -> None:
