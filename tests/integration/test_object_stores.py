@@ -290,8 +290,12 @@ def test_one_id_lookup_requests_do_not_grow_with_shards(remote_chain) -> None:
         seen[store] = requests
     counts = {store: len(requests) for store, requests in seen.items()}
     LOGGER.info("requests per 1-id lookup: %s", counts)
-    assert max(counts.values()) <= MAX_LOOKUP_REQUESTS, seen
-    assert counts[fine] <= counts[remote_chain["store"]], seen
+    listing = "\n".join(
+        f"{store}: {len(requests)} requests\n" + "\n".join(" ".join(r) for r in requests)
+        for store, requests in seen.items()
+    )
+    assert max(counts.values()) <= MAX_LOOKUP_REQUESTS, listing
+    assert counts[fine] <= counts[remote_chain["store"]], listing
 
 
 def test_cli_in_a_child_process_reaches_the_store_through_fsspec_environment(remote_chain) -> None:
