@@ -93,7 +93,8 @@ def read_bytes(path: str) -> bytes:
         with open(_local(path), "rb") as handle:
             return handle.read()
     fs, inner = filesystem(path)
-    return bytes(fs.cat_file(inner))
+    read = object_stores.READ_BYTES.get(_protocol(path))  # one request where cat_file takes two
+    return bytes(read(fs, inner) if read is not None else fs.cat_file(inner))
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -60,6 +60,18 @@ def _s3_read(fs: Any, path: str) -> tuple[bytes, str] | None:
     return bytes(body), str(response["ETag"])
 
 
+def s3_read_bytes(fs: Any, path: str) -> bytes:
+    """A whole object in one GetObject (s3fs >= 2025.5 sends a HEAD first, for its size).
+
+    Raises:
+        FileNotFoundError: no such object.
+    """
+    current = _s3_read(fs, path)
+    if current is None:
+        raise FileNotFoundError(path)
+    return current[0]
+
+
 def s3_replace_if_unchanged(fs: Any, path: str, expected: bytes, data: bytes) -> bool:
     """Replace the object with data iff it holds expected: PutObject If-Match its ETag."""
     current = _s3_read(fs, path)
@@ -165,6 +177,7 @@ def gcs_remove_if_unchanged(fs: Any, path: str, expected: bytes) -> bool:
 
 
 # By fsspec protocol (s3fs registers s3 and s3a, gcsfs gs and gcs).
+READ_BYTES: dict[str, Callable[[Any, str], bytes]] = {"s3": s3_read_bytes, "s3a": s3_read_bytes}
 CREATE_EXCLUSIVE: dict[str, Callable[[Any, str, bytes], bool]] = {
     "s3": s3_create_exclusive,
     "s3a": s3_create_exclusive,
