@@ -24,7 +24,7 @@ demo: $(VENV)/.installed-base
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy schemas features
+	$(VENV)/bin/mypy schemas features pipelines jobs orchestration benchmarks
 
 unit: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests/unit

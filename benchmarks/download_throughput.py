@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
-import sys
-import tempfile
+import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from benchmarks.fault_server import FaultServer, Route
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.download.fetch import FetchConfig
 from features.download.items import DownloadItem, process_shard
-from tests.helpers.fault_server import FaultServer, Route
 
 LOGGER = logging.getLogger(__name__)
 
@@ -38,14 +38,18 @@ def make_jpegs(n: int, side: int, seed: int) -> list[bytes]:
     return images
 
 
-def measure(server: FaultServer, names: list[str], workers: int) -> tuple[float, int, Counter[str]]:
+def measure(
+    server: FaultServer, names: list[str], workers: int, folder: Path
+) -> tuple[float, int, Counter[str]]:
     """(seconds, bytes, status counts) of one full download into a fresh folder."""
     items = [DownloadItem(name, server.url(f"{name}.jpg"), f"{name}.jpg") for name in names]
     config = FetchConfig(timeout=10, retries=1, backoff=0.05)
-    with tempfile.TemporaryDirectory() as folder:
-        started = time.perf_counter()
-        records = process_shard(items, Path(folder), config, workers)
-        elapsed = time.perf_counter() - started
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    started = time.perf_counter()
+    records = process_shard(items, folder, config, workers)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(folder)
     return elapsed, sum(row["bytes"] or 0 for row in records), Counter(r["status"] for r in records)
 
 
@@ -59,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--side", type=positive_int("--side"), default=256, help="px (256)")
     parser.add_argument(
         "--workers", default="1,4,16,32", help="comma-separated pool sizes (default 1,4,16,32)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_out/download"),
+        help="results.json, table.md and the scratch downloads go here",
     )
     add_common_arguments(parser)
     return parser
@@ -86,24 +96,23 @@ def _main(argv: Sequence[str] | None) -> int:
     with FaultServer() as server:
         for name, body in zip(names, bodies, strict=True):
             server.routes[f"{name}.jpg"] = Route(body)
+        results = []
         for workers in pools:
-            elapsed, size, statuses = measure(server, names, workers)
+            elapsed, size, statuses = measure(server, names, workers, args.out / "scratch")
+            results.append(
+                {"workers": workers, "seconds": elapsed, "bytes": size, "statuses": statuses}
+            )
             lines.append(
                 f"| {workers} | {elapsed:.2f} | {args.n / elapsed:.0f} | "
                 f"{size / elapsed / 1e6:.1f} | {dict(statuses)} |"
             )
+    (args.out / "results.json").write_text(json.dumps({"images": args.n, "runs": results}))
+    (args.out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +33,15 @@ def _folder_bytes(path: Path) -> int:
         for root, _, names in os.walk(path)
         for name in names
     )
+
+
+def codec_label(store: Path, view: str) -> str:
+    """The compression a view in the store records, e.g. 'Blosc lz4-5 bitshuffle'."""
+    from features.store import COMPRESSIONS, FeatureView
+
+    compression = FeatureView(str(store), view).compression
+    blosc = COMPRESSIONS.get(compression)
+    return f"Blosc {blosc.cname}-{blosc.clevel} {blosc.shuffle}" if blosc else compression
 
 
 def _pipeline_argv(manifest: Path, store: Path, views: Sequence[str]) -> list[str]:
@@ -81,12 +91,12 @@ def run_seed(images: list[Path], out: Path, poolings: Sequence[str]) -> float:
     return total
 
 
-def _measure(args: argparse.Namespace) -> dict[str, float]:
+def _measure(args: argparse.Namespace) -> dict[str, Any]:
     out = args.out
     write_ava_like_images(out / "images", args.images * 4, seed=3)
     images = sorted((out / "images").glob("*.jpg"))
     small, large = images[: args.images], images
-    results: dict[str, float] = {"images": args.images}
+    results: dict[str, Any] = {"images": args.images}
     for label, subset in (("n", small), ("4n", large)):
         folder = out / f"subset-{label}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -106,6 +116,7 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
         results[f"{label}_ratio"] = seed_seconds / seconds
     rows_variants = args.images * len(TRAIN8)
     for view in (NARROW.name, WIDE.name):
+        results[f"{view}_codec"] = codec_label(out / "store-both", f"{view}_train8")
         results[f"{view}_store_bytes_per_image_variant"] = (
             _folder_bytes(out / "store-both" / f"{view}_train8" / "features.zarr") / rows_variants
         )
@@ -118,7 +129,7 @@ def _measure(args: argparse.Namespace) -> dict[str, float]:
     return results
 
 
-def _rss(args: argparse.Namespace, results: dict[str, float]) -> None:
+def _rss(args: argparse.Namespace, results: dict[str, Any]) -> None:
     """Peak RSS of separate pipeline processes for N and 4N images (narrow + wide, train8)."""
     for label in ("n", "4n"):
         argv = _pipeline_argv(
@@ -139,7 +150,7 @@ def _rss(args: argparse.Namespace, results: dict[str, float]) -> None:
         results[f"peak_rss_mib_{label}"] = float(output.strip().splitlines()[-1])
 
 
-def format_table(results: dict[str, float]) -> str:
+def format_table(results: dict[str, Any]) -> str:
     """Markdown table."""
     n = int(results["images"])
     return "\n".join(
@@ -153,8 +164,8 @@ def format_table(results: dict[str, float]) -> str:
             "",
             "| storage per image per variant | bytes |",
             "| --- | ---: |",
-            f"| narrow, Zarr (Blosc zstd-1) | {results['irnv2_mlsp_narrow_store_bytes_per_image_variant']:,.0f} |",
-            f"| wide, Zarr (Blosc zstd-1) | {results['irnv2_mlsp_wide_store_bytes_per_image_variant']:,.0f} |",
+            f"| narrow, Zarr ({results['irnv2_mlsp_narrow_codec']}) | {results['irnv2_mlsp_narrow_store_bytes_per_image_variant']:,.0f} |",
+            f"| wide, Zarr ({results['irnv2_mlsp_wide_codec']}) | {results['irnv2_mlsp_wide_store_bytes_per_image_variant']:,.0f} |",
             f"| seed style, narrow + wide HDF5 datasets | {results['seed_both_file_bytes_per_image_variant']:,.0f} |",
             "",
             "| peak RSS (narrow + wide, train8) | MiB |",
@@ -180,6 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = _measure(args)
     _rss(args, results)
     print(format_table(results))
+    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
 
 

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from schemas.errors import MLSPError
 
@@ -80,3 +81,35 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted; committed shards are kept and a re-run resumes", file=sys.stderr)
         return 130
+
+
+class CliRun(Protocol):
+    """`run(argv=None) -> exit code`, the in-process entry point of every CLI module."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
+
+
+def cli_entry_points(
+    body: Callable[[Sequence[str] | None], int],
+) -> tuple[CliRun, Callable[[], None]]:
+    """The `run(argv)` and `main()` every CLI module exposes, around its body.
+
+    Usage, at the end of a CLI module: `run, main = cli_entry_points(_main)`.
+
+    Args:
+        body: parses argv and does the work, returning an exit code.
+
+    Returns:
+        (run, main): run(argv=None) returns the exit code (job-level errors become one
+        'error:' line, see run_cli); main() is the console-script entry point and exits with it.
+    """
+
+    def run(argv: Sequence[str] | None = None) -> int:
+        """Entry point; returns the exit code."""
+        return run_cli(body, argv)
+
+    def main() -> None:
+        """Console-script entry point: exits with run()'s exit code."""
+        sys.exit(run())
+
+    return run, main

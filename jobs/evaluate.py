@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, run_cli
-from features.store.query import FeatureStore
+from features.cli import add_common_arguments, cli_entry_points, configure_logging
+from features.store import FeatureStore
 from features.training.evaluation import Evaluation, evaluate_split, keras_predictor, load_run
 from features.training.labels import load_training_labels
 from features.training.metrics import AVA_THRESHOLD, METRIC_SETS
 from features.training.run_outputs import scatter_png, write_json
+from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
@@ -98,6 +99,11 @@ def _main(argv: Sequence[str] | None) -> int:
     config = trained.config
     store = FeatureStore(args.store or config.store)
     view = store.view(config.view)
+    if args.tta and len(view.spec.variants) < 2:
+        raise ConfigError(
+            f"--tta: view {config.view!r} stores one variant {list(view.spec.variants)}; TTA "
+            "averages several (extract with --variants tta18 or train8), or drop --tta"
+        )
     labels = load_training_labels(args.labels or config.labels, config.label_column)
     out = args.out or files.join(args.run, f"eval_{args.split}{'_tta' if args.tta else ''}")
     bar = _progress()
@@ -129,14 +135,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.training.evaluation import load_run
 from features.training.prediction import build_scoring_model, list_images, score_images
 from features.training.run_outputs import save_keras_model
@@ -76,14 +76,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

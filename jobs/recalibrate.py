@@ -6,14 +6,13 @@ import argparse
 import io
 import json
 import logging
-import sys
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.labels.calibration import (
     Calibration,
     apply_calibration,
@@ -28,6 +27,17 @@ LOGGER = logging.getLogger(__name__)
 CALIBRATION_FILE = "calibration.json"
 LABELS_FILE = "labels_recalibrated.parquet"
 PLOT_FILE = "recalibration.png"
+# Flags only a fit reads (dest -> flag); --apply takes the map, range and groups from its file.
+FITTING_FLAGS = {
+    "predictions": "--predictions",
+    "range": "--range",
+    "by": "--by",
+    "use": "--use",
+    "bootstrap": "--bootstrap",
+    "confidence": "--confidence",
+    "min_rows": "--min-rows",
+    "seed": "--seed",
+}
 
 
 def parse_range(text: str) -> tuple[float, float]:
@@ -66,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="recalibration", help="output folder (path or URL)")
     add_common_arguments(parser)
     return parser
+
+
+def fitting_flags_given(argv: Sequence[str] | None) -> list[str]:
+    """The fitting-only flags present in argv (abbreviations and --flag=value included).
+
+    Parsed, not string-matched: with the fitting flags defaulting to a sentinel, a flag was
+    given exactly when its value is something else.
+    """
+    unset = object()
+    probe = build_parser()
+    probe.set_defaults(**dict.fromkeys(FITTING_FLAGS, unset))
+    parsed = vars(probe.parse_args(argv))
+    return [flag for dest, flag in FITTING_FLAGS.items() if parsed[dest] is not unset]
 
 
 def read_labels(path: str) -> pd.DataFrame:
@@ -157,8 +180,15 @@ MODES: dict[bool, Callable[[argparse.Namespace, pd.DataFrame], Calibration]] = {
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(args.verbose)
+    ignored = fitting_flags_given(argv) if args.apply is not None else []
+    if ignored:
+        parser.error(
+            f"argument --apply: {', '.join(ignored)} only affect fitting; the saved "
+            "calibration.json fixes the map, range and groups (drop them, or fit without --apply)"
+        )
     labels = read_labels(args.labels)
     calibration = MODES[args.apply is not None](args, labels)
     table, fallback = apply_calibration(files.read_parquet(args.labels), calibration, args.column)
@@ -175,14 +205,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

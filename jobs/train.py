@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
-from features.store.query import FeatureStore
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
+from features.store import FeatureStore
 from features.training.heads import HEADS, TARGETS
 from features.training.input_stream import retain_freed_memory
 from features.training.labels import SCORE_COLUMNS, load_training_labels
@@ -221,14 +220,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Argv of every CLI the DAG calls, and the Beam operator's pipeline options (pure, no Airflow)."""
+"""Argv of every CLI the DAG calls, from a PipelineConfig via pipelines.stage_argv (no Airflow)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestration.config import METRIC_SETS, VIEWS, PipelineConfig, join, short_view
+from pipelines import stage_argv
 from pipelines.runners import RUNNERS
 from schemas.errors import ConfigError
 
@@ -22,18 +23,19 @@ def download_argv(config: PipelineConfig, retry_failed: bool = False) -> list[st
         The argv list.
     """
     settings = config.download
-    argv = [
-        *("--dataset", config.dataset, "--dest", config.data_root, "--source", config.source),
-        *("--workers", str(settings.workers), "--retries", str(settings.retries)),
-        *("--timeout", repr(float(settings.timeout)), "--backoff", repr(float(settings.backoff))),
-    ]
-    if config.label_list:
-        argv += ["--list", config.label_list]
-    for split_file in config.split_files:
-        argv += ["--split-file", split_file]
-    if config.sha256:
-        argv += ["--sha256", config.sha256]
-    return [*argv, "--retry-failed"] if retry_failed else argv
+    return stage_argv.download_argv(
+        config.dataset,
+        config.data_root,
+        config.source,
+        label_list=config.label_list or None,
+        split_files=config.split_files,
+        sha256=config.sha256 or None,
+        workers=settings.workers,
+        retries=settings.retries,
+        timeout=float(settings.timeout),
+        backoff=float(settings.backoff),
+        retry_failed=retry_failed,
+    )
 
 
 def labels_argv(config: PipelineConfig) -> list[str]:
@@ -43,12 +45,15 @@ def labels_argv(config: PipelineConfig) -> list[str]:
         The argv list.
     """
     settings = config.labels
-    return [
-        *("--dataset", config.dataset, "--raw", join(config.data_root, "raw")),
-        *("--manifest", config.manifest_path, "--out", config.labels_path),
-        *("--seed", str(settings.seed), "--test-fraction", repr(float(settings.test_fraction))),
-        *("--val-fraction", repr(float(settings.val_fraction))),
-    ]
+    return stage_argv.labels_argv(
+        config.dataset,
+        join(config.data_root, "raw"),
+        config.manifest_path,
+        config.labels_path,
+        seed=settings.seed,
+        test_fraction=float(settings.test_fraction),
+        val_fraction=float(settings.val_fraction),
+    )
 
 
 def extract_options(config: PipelineConfig, view: str) -> dict[str, Any]:
@@ -64,22 +69,17 @@ def extract_options(config: PipelineConfig, view: str) -> dict[str, Any]:
     Returns:
         The options dict (without the runner, which the operator adds).
     """
-    options: dict[str, Any] = {
-        "manifest": config.manifest_path,
-        "store": config.store_root,
-        "view": [VIEWS[short_view(view)]],
-        "weights": config.weights,
-    }
-    optional = {
-        "shard-size": config.shard_size,
-        "max-side": config.max_side,
-        "compression": config.compression,
-    }
-    options.update({key: value for key, value in optional.items() if value is not None})
-    if config.variants != "orig":
-        options["variants"] = config.variants
-    if config.fail_on_errors:
-        options["fail-on-errors"] = True
+    options = stage_argv.extract_options(
+        config.manifest_path,
+        config.store_root,
+        [VIEWS[short_view(view)]],
+        config.weights,
+        shard_size=config.shard_size,
+        max_side=config.max_side,
+        compression=config.compression,
+        variants=None if config.variants == "orig" else config.variants,
+        fail_on_errors=config.fail_on_errors,
+    )
     options.update(config.runner_options or {})
     return options
 
@@ -91,12 +91,16 @@ def train_argv(config: PipelineConfig, view: str) -> list[str]:
         The argv list; --overwrite when head.retrain is set.
     """
     short = short_view(view)
-    argv = [
-        *("--store", config.store_root, "--view", VIEWS[short], "--labels", config.labels_path),
-        *("--head", short, "--out", config.run_dir(short), "--quiet"),
-        *config.head.argv(),
-    ]
-    return [*argv, "--overwrite"] if config.head.retrain else argv
+    return stage_argv.train_argv(
+        config.store_root,
+        VIEWS[short],
+        config.labels_path,
+        short,
+        config.run_dir(short),
+        settings=config.head.argv(),
+        quiet=True,
+        overwrite=config.head.retrain,
+    )
 
 
 def evaluate_argv(config: PipelineConfig, view: str) -> list[str]:
@@ -105,10 +109,12 @@ def evaluate_argv(config: PipelineConfig, view: str) -> list[str]:
     Returns:
         The argv list.
     """
-    return [
-        *("--run", config.run_dir(view), "--split", config.evaluate_split),
-        *("--metrics", METRIC_SETS[config.dataset], "--out", config.eval_dir(view)),
-    ]
+    return stage_argv.evaluate_argv(
+        config.run_dir(view),
+        config.evaluate_split,
+        metrics=METRIC_SETS[config.dataset],
+        out=config.eval_dir(view),
+    )
 
 
 def reference_predictions_path(config: PipelineConfig) -> str:

@@ -177,7 +177,7 @@ def _check_variants(variants: str) -> None:
 def _check_compression(compression: Any) -> None:
     if compression is None:
         return
-    from features.store.backends import COMPRESSIONS  # lazy: DAG parsing imports no pyarrow
+    from features.store import COMPRESSIONS  # lazy: DAG parsing imports no pyarrow
 
     known = isinstance(compression, str) and compression in COMPRESSIONS
     _require(known, "compression", f"null or one of {sorted(COMPRESSIONS)}")

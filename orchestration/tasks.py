@@ -245,21 +245,11 @@ def store_summary(config: PipelineConfig, view: str) -> dict[str, Any]:
     """Committed shards of a view and what its latest extraction run did.
 
     Returns:
-        Shard counts and the last run's counters.
+        features.store.view_status of the view.
     """
-    from features.store.view import FeatureView
+    from features.store import view_status
 
-    store_view = FeatureView(config.store_root, VIEWS[short_view(view)])
-    history = store_view.run_history()
-    latest = max(history, key=lambda run: str(run.get("run_id", ""))) if history else {}
-    counters = ("run_id", "shards_committed_this_run", "images_forwarded_this_run")
-    return {
-        "path": store_view.path,
-        "shards_total": len(store_view.shards()),
-        "shards_committed": len(store_view.committed()),
-        "runs": len(history),
-        "latest_run": {key: latest.get(key) for key in counters},
-    }
+    return view_status(config.store_root, VIEWS[short_view(view)])
 
 
 def _view_summary(

@@ -9,7 +9,7 @@ from typing import Any
 import apache_beam as beam
 
 from features.extraction.shard import ExtractionConfig, ShardExtractor
-from features.store.view import ShardSpec
+from features.store import ShardSpec
 
 LOGGER = logging.getLogger(__name__)
 

@@ -8,13 +8,13 @@ import contextlib
 import functools
 import http.server
 import json
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.model.weights import IMAGENET_FILE, keras_models_dir
+from pipelines import stage_argv
 
 BANNER = "=" * 78
 
@@ -74,109 +74,50 @@ def _steps(args: argparse.Namespace, weights: str, url: str) -> list[tuple[str, 
 
     out, sample_dir, data = args.out, args.out / "sample", args.out / "data"
     store, run = str(out / "store"), str(out / "runs" / "narrow")
+    manifest, labels_file = str(data / "manifest.parquet"), str(data / "labels.parquet")
+    views = ["irnv2_mlsp_narrow", "irnv2_mlsp_wide"]
+    sample_argv = ["--out", str(sample_dir), "--n", str(args.n), "--max-side", "160", "--broken"]
+    download_argv = stage_argv.download_argv(
+        "ava",
+        str(data),
+        url + "/images/{image_id}.jpg",
+        label_list=str(sample_dir / "AVA.txt"),
+        workers=4,
+    )
+    labels_argv = stage_argv.labels_argv(
+        "ava",
+        str(data / "raw"),
+        manifest,
+        labels_file,
+        test_fraction=0.3,
+        val_fraction=0.2,
+    )
+    extract_argv = stage_argv.options_argv(
+        stage_argv.extract_options(manifest, store, views, weights, shard_size=16)
+    )
+    query_argv = ["--store", store, "--view", views[1], "--where", "status == 'ok'", "--limit", "3"]
+    head_settings = ["--batch-size", "8", "--epochs-per-stage", str(args.epochs_per_stage)]
+    head_settings += ["--patience", "3", "--learning-rates", "1e-3,1e-4"]
+    train_argv = stage_argv.train_argv(
+        store, views[0], labels_file, "narrow", run, settings=head_settings
+    )
     return [
         (
             "generate the sample (AVA-format votes, a few broken files)",
-            lambda: sample.run(
-                ["--out", str(sample_dir), "--n", str(args.n), "--max-side", "160", "--broken"]
-            ),
+            lambda: sample.run(sample_argv),
         ),
         (
             "download it from a local HTTP server (retries, checksums, resume)",
-            lambda: download.run(
-                [
-                    "--dataset",
-                    "ava",
-                    "--dest",
-                    str(data),
-                    "--source",
-                    url + "/images/{image_id}.jpg",
-                    "--list",
-                    str(sample_dir / "AVA.txt"),
-                    "--workers",
-                    "4",
-                ]
-            ),
+            lambda: download.run(download_argv),
         ),
-        (
-            "clean labels: MOS, distributions, seeded splits",
-            lambda: labels.run(
-                [
-                    "--dataset",
-                    "ava",
-                    "--raw",
-                    str(data / "raw"),
-                    "--manifest",
-                    str(data / "manifest.parquet"),
-                    "--out",
-                    str(data / "labels.parquet"),
-                    "--test-fraction",
-                    "0.3",
-                    "--val-fraction",
-                    "0.2",
-                ]
-            ),
-        ),
+        ("clean labels: MOS, distributions, seeded splits", lambda: labels.run(labels_argv)),
         (
             "extract narrow + wide MLSP features (one forward pass per image)",
-            lambda: extract.run(
-                [
-                    "--manifest",
-                    str(data / "manifest.parquet"),
-                    "--store",
-                    store,
-                    "--view",
-                    "irnv2_mlsp_narrow",
-                    "--view",
-                    "irnv2_mlsp_wide",
-                    "--weights",
-                    weights,
-                    "--shard-size",
-                    "16",
-                ]
-            ),
+            lambda: extract.run(extract_argv),
         ),
-        (
-            "query the store as pyarrow tables",
-            lambda: query.run(
-                [
-                    "--store",
-                    store,
-                    "--view",
-                    "irnv2_mlsp_wide",
-                    "--where",
-                    "status == 'ok'",
-                    "--limit",
-                    "3",
-                ]
-            ),
-        ),
-        (
-            "train a narrow head, streaming from the store",
-            lambda: train.run(
-                [
-                    "--store",
-                    store,
-                    "--view",
-                    "irnv2_mlsp_narrow",
-                    "--labels",
-                    str(data / "labels.parquet"),
-                    "--head",
-                    "narrow",
-                    "--out",
-                    run,
-                    "--batch-size",
-                    "8",
-                    "--epochs-per-stage",
-                    str(args.epochs_per_stage),
-                    "--patience",
-                    "3",
-                    "--learning-rates",
-                    "1e-3,1e-4",
-                ]
-            ),
-        ),
-        ("evaluate on the test split", lambda: evaluate.run(["--run", run, "--split", "test"])),
+        ("query the store as pyarrow tables", lambda: query.run(query_argv)),
+        ("train a narrow head, streaming from the store", lambda: train.run(train_argv)),
+        ("evaluate on the test split", lambda: evaluate.run(stage_argv.evaluate_argv(run, "test"))),
     ]
 
 
@@ -212,14 +153,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return code
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

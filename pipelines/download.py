@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -14,7 +13,7 @@ from typing import Any
 from tqdm import tqdm
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.download.fetch import FetchConfig
 from features.download.items import (
     IMAGES_DIR,
@@ -34,6 +33,7 @@ from schemas.labels import SUCCESS_STATUSES
 LOGGER = logging.getLogger(__name__)
 LOCAL_RUNNER = "local"
 MANIFEST_FILE = "manifest.parquet"
+EXIT_ITEM_FAILURES = 3  # as pipelines.extract --fail-on-errors
 
 
 def non_negative_int(name: str) -> Callable[[str], int]:
@@ -57,6 +57,21 @@ def positive_float(name: str) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{name} must be > 0, got {value}")
+        return value
+
+    return parse
+
+
+def fraction(name: str) -> Callable[[str], float]:
+    """argparse type for numbers in [0, 1] whose error names the flag."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not 0 <= value <= 1:
+            raise argparse.ArgumentTypeError(f"{name} must be in [0, 1], got {value}")
         return value
 
     return parse
@@ -95,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local thread pool (default) or a Beam runner")
     parser.add_argument("--shard-size", type=positive_int("--shard-size"), default=256,
                         help="items per Beam work unit (default 256)")
+    parser.add_argument("--fail-on-errors", action="store_true",
+                        help=f"exit {EXIT_ITEM_FAILURES} when any item's status is a failure")
+    parser.add_argument("--max-failed-fraction", type=fraction("--max-failed-fraction"),
+                        help=f"exit {EXIT_ITEM_FAILURES} when more than this fraction of the "
+                             "items failed (e.g. 0.05)")
     add_common_arguments(parser)
     return parser
 
@@ -137,11 +157,18 @@ def write_manifest(dest: Path, dataset: str, items: Sequence[DownloadItem],
     return table.num_rows
 
 
+def failed_count(records: Sequence[dict[str, Any]]) -> int:
+    """Items whose status is a failure."""
+    return sum(1 for row in records if row["status"] not in SUCCESS_STATUSES)
+
+
 def summary(records: Sequence[dict[str, Any]], fetched: int, dest: Path, rows: int) -> str:
-    """Final summary by status, with a few failures."""
+    """Final summary: item counts, counts by status, a few failures."""
     counts = Counter(row["status"] for row in records)
-    lines = [f"download: {fetched} item(s) processed this run; {rows} image(s) in "
-             f"{dest / MANIFEST_FILE}; status table {dest / STATUS_FILE}"]
+    failed = failed_count(records)
+    lines = [f"download: {len(records)} item(s): {len(records) - failed} ok, {failed} failed; "
+             f"{fetched} processed this run; {rows} image(s) in {dest / MANIFEST_FILE}; "
+             f"status table {dest / STATUS_FILE}"]
     lines += [f"  {status:<18} {count:>8}" for status, count in sorted(counts.items())]
     failures = [row for row in records if row["status"] not in SUCCESS_STATUSES]
     lines += [f"  ! {row['image_id']}: {row['status']} ({row['error']})" for row in failures[:10]]
@@ -171,17 +198,23 @@ def _main(argv: Sequence[str] | None) -> int:
     files.atomic_write_parquet(str(args.dest / STATUS_FILE), status_table(all_records))
     rows = write_manifest(args.dest, args.dataset, items, all_records)
     print(summary(all_records, len(records), args.dest, rows))
+    return _exit_code(args, all_records)
+
+
+def _exit_code(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> int:
+    """EXIT_ITEM_FAILURES when --fail-on-errors or --max-failed-fraction is violated, else 0."""
+    failed, items = failed_count(records), len(records)
+    if args.fail_on_errors and failed:
+        print(f"download: {failed} of {items} item(s) failed (--fail-on-errors)")
+        return EXIT_ITEM_FAILURES
+    limit = args.max_failed_fraction
+    if limit is not None and failed > limit * items:
+        print(f"download: {failed} of {items} item(s) failed, above --max-failed-fraction {limit}")
+        return EXIT_ITEM_FAILURES
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

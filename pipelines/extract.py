@@ -21,12 +21,13 @@ from features.extraction.planning import (
     pending_shards,
     prepare_views,
     resolve_specs,
+    store_names,
     summarize,
 )
 from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
 from features.extraction.variants import parse_variants
 from features.model.devices import DEVICES
-from features.store import BACKENDS
+from features.store import BACKENDS, ensure_store
 from features.store.backends import COMPRESSIONS
 from features.store.lease import ViewLease
 from features.store.view import FeatureView, ShardSpec
@@ -141,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"exit {EXIT_ROW_FAILURES} when any row has a status other than ok",
     )
+    parser.add_argument(
+        "--break-lease",
+        metavar="RUN_ID",
+        help="take the views' writer lease from this run even if it looks alive (an operator's "
+        "decision, recorded in the run history); a dead run on this host is replaced anyway",
+    )
     parser.add_argument("--summary-json", help="also write the run summary to this file")
     parser.add_argument(
         "--dry-run",
@@ -233,10 +240,8 @@ def _dry_run(args: argparse.Namespace, settings: RunnerSettings, beam_args: list
     return 0
 
 
-def _prepare(args: argparse.Namespace) -> list[FeatureView]:
+def _prepare(args: argparse.Namespace, leases: list[ViewLease]) -> list[FeatureView]:
     names = args.view_name or []
-    if len(names) > len(args.view):
-        raise ConfigError("--view-name is given more often than --view")
     specs = resolve_specs(
         args.view,
         args.weights,
@@ -247,7 +252,7 @@ def _prepare(args: argparse.Namespace) -> list[FeatureView]:
     )
     allocation = allocate_rows(read_manifest(args.manifest))
     return prepare_views(
-        args.store, specs, allocation, args.shard_size, args.format, args.compression
+        args.store, specs, allocation, args.shard_size, args.format, args.compression, leases=leases
     )
 
 
@@ -257,6 +262,7 @@ def _execute(
     beam_args: list[str],
     views: list[FeatureView],
     run_id: str,
+    lease_takeovers: list[dict[str, Any]],
 ) -> dict[str, Any]:
     shards = pending_shards(views)
     LOGGER.info(
@@ -292,10 +298,22 @@ def _execute(
             device_requested=args.device,
             runner_settings=settings.to_dict(),
             beam_args=beam_args,
+            lease_takeovers=lease_takeovers,
         )
         for view in views:
             view.write_run_summary(run_id, summary)
     return summary
+
+
+def _record_takeovers(store: str, leases: list[ViewLease], run_id: str) -> list[dict[str, Any]]:
+    """Log lease takeovers in the views' run history at once (the summary repeats them)."""
+    takeovers = [lease.taken_over for lease in leases if lease.taken_over is not None]
+    for lease in leases:
+        if lease.taken_over is not None:
+            name = lease.view_path.rstrip("/").rsplit("/", 1)[-1]
+            record = {"run_id": run_id, "outcome": "started", "lease_takeovers": [lease.taken_over]}
+            FeatureView(store, name).write_run_summary(run_id, record)
+    return takeovers
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -310,9 +328,15 @@ def _main(argv: Sequence[str] | None) -> int:
     run_id = (
         datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     )
-    views = _prepare(args)
-    with ViewLease.acquire_all(views, run_id):
-        summary = _execute(args, settings, beam_args, views, run_id)
+    # Leases first: nothing is created, removed or even modelled before this run holds them.
+    view_paths = [
+        files.join(args.store, name) for name in store_names(args.view, args.view_name or [])
+    ]
+    ensure_store(args.store)
+    with ViewLease.acquire_all(view_paths, run_id, args.break_lease) as leases:
+        takeovers = _record_takeovers(args.store, leases, run_id)
+        views = _prepare(args, leases)
+        summary = _execute(args, settings, beam_args, views, run_id, takeovers)
     if args.summary_json:
         files.atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print(format_summary(summary))

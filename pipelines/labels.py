@@ -6,7 +6,6 @@ import argparse
 import functools
 import logging
 import re
-import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging
 from features.download.manifest import read_manifest
 from features.labels.builders import LABEL_BUILDERS, LabelResult, build_ava
 from features.labels.engines import AUTO, DEFAULT_MEMORY_BUDGET, LABEL_ENGINES, EngineOptions
@@ -157,14 +156,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

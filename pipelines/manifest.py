@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.download.manifest import build_manifest, entries_from_csv, entries_from_folder
 
 LOGGER = logging.getLogger(__name__)
@@ -61,14 +60,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

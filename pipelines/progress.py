@@ -10,7 +10,7 @@ from typing import Any
 from tqdm import tqdm
 
 from features import files
-from features.store.view import FeatureView, ShardSpec
+from features.store import FeatureView, ShardSpec
 
 
 class CommitProgress:

@@ -12,7 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from features import files
-from pipelines.sample import generate_images
+from pipelines.sample_images import generate_images
 
 SCUT_SUBSETS = ("AF", "AM", "CF", "CM")
 SCUT_ZIP_NAME = "SCUT-FBP5500_v2.zip"

@@ -67,6 +67,84 @@ def _resize_to_policy(image: Image.Image, policy: InputPolicy) -> Image.Image:
     return image
 
 
+# 8-bit modes Pillow converts to RGB itself. Alpha (RGBA, LA, PA, P with a transparent index)
+# is dropped, keeping the colour stored under transparent pixels, as keras' load_img does
+# (the preprocessing of ava-mlsp). 16-bit-per-channel RGB(A) PNG and TIFF arrive here as
+# RGB(A): Pillow keeps the high byte of each sample, floor(x / 256).
+_PILLOW_RGB_MODES = frozenset(
+    {"1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "RGBa", "LA", "PA"}
+)
+SIXTEEN_BIT_MAX = 65535
+
+
+class UnsupportedModeError(ValueError):
+    """An image mode (or value range) without a faithful conversion to 8-bit RGB."""
+
+
+def sixteen_to_eight_bits(values: np.ndarray) -> np.ndarray:
+    """16-bit samples to 8 bits by their real range: round(x / 257), halves rounded up.
+
+    x / 257 maps 0..65535 onto 0..255 exactly, so an 8-bit image widened by x257 comes back
+    unchanged.
+    """
+    return ((values.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
+def _gray32(values: np.ndarray) -> np.ndarray:
+    """Mode I (32-bit int): values within 0..65535 are 16-bit samples (Pillow also stores
+    16-bit PGM and rescaled 9-15-bit PGM this way); any other range has no known scale."""
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high > SIXTEEN_BIT_MAX:
+        raise UnsupportedModeError(
+            f"image mode 'I' with values {low}..{high} outside 0..{SIXTEEN_BIT_MAX}: "
+            "no known 8-bit scale"
+        )
+    return sixteen_to_eight_bits(values)
+
+
+def _gray_float(values: np.ndarray) -> np.ndarray:
+    """Mode F (32-bit float): values within [0, 1] are scaled by 255, values within [0, 255]
+    are taken as 8-bit levels; rounded halves up. NaN, infinities, negatives or values above
+    255 have no known scale."""
+    low, high = float(values.min()), float(values.max())
+    if not (np.isfinite(low) and np.isfinite(high)) or low < 0.0 or high > 255.0:
+        raise UnsupportedModeError(
+            f"image mode 'F' with values {low:g}..{high:g} outside [0, 1] or [0, 255]: "
+            "no known 8-bit scale"
+        )
+    scale = 255.0 if high <= 1.0 else 1.0
+    return np.floor(values.astype(np.float64) * scale + 0.5).astype(np.uint8)
+
+
+# High bit-depth single-channel modes, scaled to 8 bits by their real range (never clipped).
+_HIGH_DEPTH_GRAY = {
+    "I;16": sixteen_to_eight_bits,
+    "I;16L": sixteen_to_eight_bits,
+    "I;16B": sixteen_to_eight_bits,
+    "I;16N": sixteen_to_eight_bits,
+    "I": _gray32,
+    "F": _gray_float,
+}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert a decoded image to 8-bit RGB by the documented rule of its mode.
+
+    Raises:
+        UnsupportedModeError: a mode or value range without a faithful conversion.
+    """
+    if image.mode in _HIGH_DEPTH_GRAY:
+        gray = _HIGH_DEPTH_GRAY[image.mode](np.asarray(image))
+        return Image.fromarray(np.repeat(gray[:, :, np.newaxis], 3, axis=2))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # the palette's transparency, then dropped like alpha
+    if image.mode not in _PILLOW_RGB_MODES:
+        raise UnsupportedModeError(
+            f"image mode {image.mode!r} has no faithful 8-bit RGB conversion"
+        )
+    return image.convert("RGB")
+
+
 def decode_image_bytes(
     data: bytes, name: str, policy: InputPolicy, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray | None, RowStatus, str | None]:
@@ -92,7 +170,7 @@ def decode_image_bytes(
             with Image.open(io.BytesIO(data)) as opened:
                 opened.load()
                 image = ImageOps.exif_transpose(opened) or opened
-                image = _resize_to_policy(image.convert("RGB"), policy)
+                image = _resize_to_policy(to_rgb(image), policy)
                 pixels = np.asarray(image, dtype=np.uint8)
     except Image.UnidentifiedImageError:
         return None, RowStatus.DECODE_ERROR, f"{name}: decode_error: not a recognised image format"

@@ -13,9 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.model.weights import file_sha256, imagenet_weights_path, parse_weights_id
-from features.store.root import ensure_store
-from features.store.view import FeatureView, ShardSpec
-from schemas.errors import ConfigError
+from features.store import FeatureView, ShardSpec, ViewLease, ensure_store
+from schemas.errors import ConfigError, StoreError
 from schemas.status import RowStatus
 from schemas.tables import ROW_ALLOCATION_SCHEMA
 from schemas.view_spec import PREDEFINED_VIEWS, FeatureViewSpec, InputPolicy
@@ -55,6 +54,20 @@ def weights_sha256(weights_id: str, taps: Sequence[str], compute_dtype: str = "f
     return backbone_weights_sha256(weights_id, tuple(taps), compute_dtype)
 
 
+def store_names(view_names: Sequence[str], names: Sequence[str] = ()) -> list[str]:
+    """Names of the views in the store: names for the first len(names) kinds, else the kind.
+
+    Raises:
+        ConfigError: more names than views, or names that repeat.
+    """
+    if len(names) > len(view_names):
+        raise ConfigError("--view-name is given more often than --view")
+    result = [*names, *view_names[len(names) :]]
+    if len(set(result)) != len(result):
+        raise ConfigError(f"--view/--view-name: view names repeat: {result}")
+    return result
+
+
 def resolve_specs(
     view_names: Sequence[str],
     weights_id: str,
@@ -84,9 +97,6 @@ def resolve_specs(
             "--variants: 'orig' and crops have different sizes and cannot share a forward "
             "batch; extract them into separate views (--view-name)"
         )
-    store_names = [*names, *view_names[len(names) :]]
-    if len(set(store_names)) != len(store_names):
-        raise ConfigError(f"--view/--view-name: view names repeat: {store_names}")
     specs = [
         replace(
             PREDEFINED_VIEWS[kind],
@@ -96,7 +106,7 @@ def resolve_specs(
             compute_dtype=compute_dtype,
             package_version=package_version(),
         )
-        for kind, name in zip(view_names, store_names, strict=True)
+        for kind, name in zip(view_names, store_names(view_names, names), strict=True)
     ]
     digest = weights_sha256(weights_id, specs[0].taps, compute_dtype)
     return [spec.with_weights(weights_id, digest) for spec in specs]
@@ -109,8 +119,13 @@ def prepare_views(
     shard_rows: int | None,
     format_name: str,
     compression: str | None = None,
+    *,
+    leases: Sequence[ViewLease],
 ) -> list[FeatureView]:
     """Create or validate every view; they share one row allocation and shard size.
+
+    Only a lease holder may create, validate or extend a view, so the caller takes the views'
+    leases first (ViewLease.acquire_all) and passes them here.
 
     Args:
         store: store root.
@@ -120,18 +135,22 @@ def prepare_views(
         format_name: a key of BACKENDS.
         compression: a key of COMPRESSIONS for new views (None = default; existing views
             keep theirs, and a different one is refused).
+        leases: held leases covering every view.
 
     Returns:
         The views, in the order of specs.
 
     Raises:
         ConfigError: views with different shard sizes, or an unknown compression.
-        StoreError: an existing view differs from what is asked.
+        StoreError: an existing view differs from what is asked, or a view's lease is not held.
     """
     ensure_store(store)
+    held = {lease.view_path for lease in leases if lease.held}
     views = []
     for spec in specs:
         view = FeatureView(store, spec.name)
+        if view.path not in held:
+            raise StoreError(f"view {view.path}: its lease is not held by this run")
         view.ensure(spec, allocation, shard_rows, format_name, compression)
         views.append(view)
     if len({view.shard_rows for view in views}) > 1:

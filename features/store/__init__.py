@@ -1,27 +1,42 @@
 """Feature store: views of MLSP features with a Parquet index, commit markers and lineage.
 
 The public entry points: `FeatureStore` (reads), `ensure_store` (the root marker),
-`verify_view` and `convert_view` / `export_ava_mlsp`; the rest of `features.store` is internal.
+`verify_view` and `convert_view` / `export_ava_mlsp`, `view_status`; for the extraction and the
+training input also the view (`FeatureView`, `ShardSpec`, `CommitMarker`, `ViewLease`) and the
+read primitives below. Code outside `features/store/` imports these names from `features.store`,
+never a submodule (tests/unit/test_import_rules.py checks it).
 """
 
-from features.store.backends import BACKENDS, FeatureArray
+from features.store.backends import BACKENDS, COMPRESSIONS, FeatureArray
 from features.store.convert import convert_view, export_ava_mlsp
-from features.store.query import FeatureStore
+from features.store.lease import ViewLease
+from features.store.query import FeatureStore, read_feature_rows
 from features.store.root import STORE_MARKER, ensure_store
+from features.store.row_scatter import ScatterRequest, key_runs
+from features.store.shard_reader import decode_threads
+from features.store.status import view_status
 from features.store.verify import VerificationReport, verify_view
-from features.store.view import CommitMarker, FeatureView, ShardSpec
+from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
 
 __all__ = [
     "BACKENDS",
+    "COMPRESSIONS",
     "STORE_MARKER",
     "CommitMarker",
     "FeatureArray",
     "FeatureStore",
     "FeatureView",
+    "ScatterRequest",
     "ShardSpec",
     "VerificationReport",
+    "ViewLease",
     "convert_view",
+    "decode_threads",
     "ensure_store",
     "export_ava_mlsp",
+    "image_ids_digest",
+    "key_runs",
+    "read_feature_rows",
     "verify_view",
+    "view_status",
 ]

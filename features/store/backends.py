@@ -44,6 +44,9 @@ COMPRESSIONS: dict[str, BloscSettings | None] = {
 # features every epoch, and with zstd a 2-core machine cannot decode wide views faster than
 # 1 GB/s (benchmarks.train_input). Views created before this default keep their zstd.
 DEFAULT_COMPRESSION = "lz4"
+# What a layout may record: the COMPRESSIONS choices, or "lzf", which HDF5 writes for both
+# Blosc choices (h5py has no Blosc) and records as such.
+RECORDED_COMPRESSIONS = frozenset({*COMPRESSIONS, "lzf"})
 
 
 def check_compression(name: str) -> str:
@@ -67,7 +70,7 @@ class ArrayLayout:
         feature_shape: shape of one variant's features.
         dtype: storage dtype name.
         shard_rows: rows per shard, the unit one worker writes in one go.
-        compression: a key of COMPRESSIONS.
+        compression: the codec actually written: a key of COMPRESSIONS, or "lzf" (HDF5).
 
     Raises:
         ConfigError: an unknown compression.
@@ -81,7 +84,8 @@ class ArrayLayout:
     compression: str = DEFAULT_COMPRESSION
 
     def __post_init__(self) -> None:
-        check_compression(self.compression)
+        if self.compression not in RECORDED_COMPRESSIONS:
+            check_compression(self.compression)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -113,6 +117,15 @@ class FeatureArray(abc.ABC):
 
     def __init__(self, view_path: str) -> None:
         self.path = files.join(view_path, self.directory_name)
+
+    @classmethod
+    def written_compression(cls, requested: str) -> str:
+        """The codec this format writes (and records) for a COMPRESSIONS choice.
+
+        Raises:
+            ConfigError: an unknown choice.
+        """
+        return check_compression(requested)
 
     @abc.abstractmethod
     def create(self, layout: ArrayLayout) -> None:

@@ -57,7 +57,8 @@ def convert_view(
     target = FeatureView(target_store, spec.name)
     if target.exists():
         raise ConfigError(f"--out {target_store}: view {spec.name!r} already exists there")
-    compression = compression or source.compression
+    if compression is None and source.compression in COMPRESSIONS:  # "lzf" (HDF5): default
+        compression = source.compression
     target.create(spec, source.allocation, source.shard_rows, format_name, compression)
     markers = source.committed()
     removed = files.join(source.path, "removed.json")

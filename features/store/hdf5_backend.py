@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 
 from features import files
-from features.store.backends import ArrayLayout, FeatureArray
+from features.store.backends import ArrayLayout, FeatureArray, check_compression
 from schemas.errors import StoreError
 
 DATASET = "features"
 VIRTUAL_FILE = "features.h5"
-# h5py filter of each COMPRESSIONS name: h5py has no Blosc, so both Blosc choices use LZF.
-HDF5_FILTERS: dict[str, str | None] = {"zstd": "lzf", "lz4": "lzf", "none": None}
+# h5py filter of each recorded compression: h5py has no Blosc, so both Blosc choices write LZF,
+# recorded as "lzf" (stores before that recorded the choice: "zstd" or "lz4").
+HDF5_FILTERS: dict[str, str | None] = {"lzf": "lzf", "zstd": "lzf", "lz4": "lzf", "none": None}
 # Stores written before compression was a choice have no "compression" in layout.json.
 LEGACY_COMPRESSION = "zstd"
 
@@ -34,6 +35,15 @@ class HDF5FeatureArray(FeatureArray):
 
     format_name = "hdf5"
     directory_name = "features.hdf5"
+
+    @classmethod
+    def written_compression(cls, requested: str) -> str:
+        """"lzf" for either Blosc choice, "none" for none: what write_shard writes.
+
+        Raises:
+            ConfigError: an unknown choice.
+        """
+        return HDF5_FILTERS[check_compression(requested)] or "none"
 
     def _layout_path(self) -> str:
         return files.join(self.path, "layout.json")

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from features import files
 from features.store.backends import (
+    BACKENDS,
     DEFAULT_COMPRESSION,
     ArrayLayout,
     FeatureArray,
@@ -27,6 +28,8 @@ from schemas.view_spec import FeatureViewSpec
 
 LOGGER = logging.getLogger(__name__)
 VIEW_FORMAT_VERSION = 1
+# Files create() writes besides the features array; an interrupted create() leaves only these.
+CREATION_FILES = ("rows.parquet", "spec.json")
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ class FeatureView:
     ) -> None:
         """Create the view: features array, row allocation, spec, then view.json last.
 
-        A crash before view.json leaves a directory that the next create() overwrites.
+        Call only while holding the view's lease. A crash before view.json leaves the files
+        this method writes, and only those are cleared by the next create().
 
         Args:
             spec, allocation, shard_rows, format_name: the view's spec, rows and layout.
@@ -129,24 +133,26 @@ class FeatureView:
 
         Raises:
             ConfigError: an unknown compression.
-            StoreError: shard_rows < 1 or an unknown format.
+            StoreError: shard_rows < 1, an unknown format, or the directory holds a view or
+                shards (then nothing is removed).
         """
         if shard_rows < 1:
             raise StoreError(f"shard_rows must be >= 1, got {shard_rows}")
         allocation = allocation.cast(ROW_ALLOCATION_SCHEMA)
         rows = allocation.column("row").to_numpy()
         total_rows = int(rows[-1]) + 1 if len(rows) else 0  # appended segments leave gaps
+        backend = backend_for(format_name, self.path)
         layout = ArrayLayout(
             total_rows,
             len(spec.variants),
             spec.feature_shape,
             spec.storage_dtype,
             shard_rows,
-            compression or DEFAULT_COMPRESSION,
+            backend.written_compression(compression or DEFAULT_COMPRESSION),
         )
-        files.remove_tree(self.path)
+        self._clear_unfinished_creation()
         files.makedirs(self.path)
-        backend_for(format_name, self.path).create(layout)
+        backend.create(layout)
         files.atomic_write_parquet(self._file("rows.parquet"), allocation)
         files.atomic_write_text(self._file("spec.json"), spec.to_json())
         meta = {
@@ -167,6 +173,24 @@ class FeatureView:
             format_name,
             layout.compression,
         )
+
+    def _clear_unfinished_creation(self) -> None:
+        """Remove what an interrupted create() left: only the files creation itself writes.
+
+        Raises:
+            StoreError: the directory holds a finished view, index parts or commit markers.
+        """
+        leftovers = ["view.json"] if self.exists() else []
+        leftovers += [name for name in ("index", "commits") if files.list_names(self._file(name))]
+        if leftovers:
+            raise StoreError(
+                f"{self.path} already holds {', '.join(leftovers)}; refusing to create a view "
+                "over it (nothing was removed)"
+            )
+        for name in CREATION_FILES:
+            files.remove_file(self._file(name))
+        for backend in BACKENDS.values():
+            files.remove_tree(self._file(backend.directory_name))
 
     def ensure(
         self,
@@ -208,7 +232,10 @@ class FeatureView:
             raise StoreError(
                 f"view {self.name!r} is stored as {self.format_name}, not {format_name}"
             )
-        if compression is not None and compression != self.compression:
+        if compression is not None and self.compression not in (
+            compression,
+            self.array.written_compression(compression),  # HDF5 records "lzf" for zstd/lz4
+        ):
             raise StoreError(
                 f"view {self.name!r} is stored with {self.compression} compression, not "
                 f"{compression} (omit --compression to reuse it, or use a new view name)"

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from features import files
-from features.store.view import FeatureView
+from features.store import FeatureView
 from features.training.input_stream import RowSelection, iter_all_variants, select_rows
 from features.training.labels import TrainingLabels
 from features.training.metrics import (

@@ -14,10 +14,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from features.store.query import read_feature_rows
-from features.store.row_scatter import ScatterRequest, key_runs
-from features.store.shard_reader import decode_threads
-from features.store.view import FeatureView
+from features.store import (
+    FeatureView,
+    ScatterRequest,
+    decode_threads,
+    key_runs,
+    read_feature_rows,
+)
 from features.training.labels import TrainingLabels
 from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from features.extraction.planning import package_version
-from features.store.view import FeatureView
+from features.store import FeatureView
 from features.training.heads import (
     bn_momentum_for,
     build_head,

@@ -9,6 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from features.download.manifest import read_manifest
 from features.extraction.planning import allocate_rows, pending_shards, prepare_views, resolve_specs
 from features.extraction.shard import ExtractionConfig, ShardExtractor
+from features.store.lease import ViewLease
 from pipelines.beam_extract import build_extract_pipeline
 from schemas.view_spec import InputPolicy
 from tests.conftest import RANDOM_WEIGHTS
@@ -26,9 +27,9 @@ SAMPLE_STATUSES = {
 def test_graph_totals_and_skips(sample_manifest, tmp_path) -> None:
     store = str(tmp_path / "store")
     specs = resolve_specs(["irnv2_mlsp_narrow"], RANDOM_WEIGHTS, InputPolicy())
-    views = prepare_views(
-        store, specs, allocate_rows(read_manifest(str(sample_manifest))), 8, "zarr"
-    )
+    allocation = allocate_rows(read_manifest(str(sample_manifest)))
+    with ViewLease.acquire_all([f"{store}/irnv2_mlsp_narrow"], "graph-test") as leases:
+        views = prepare_views(store, specs, allocation, 8, "zarr", leases=leases)
     config = ExtractionConfig(store=store, views=("irnv2_mlsp_narrow",), run_id="graph-test")
     shards = pending_shards(views)
     assert [shard.rows for shard in shards] == [8, 8, 1]

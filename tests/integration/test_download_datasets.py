@@ -11,11 +11,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks.fault_server import FaultServer, Route
 from features import files
 from pipelines import download, labels
 from pipelines.sample import write_sample
 from pipelines.sample_datasets import write_ava_split_lists, write_scut_zip
-from tests.helpers.fault_server import FaultServer, Route
 
 
 @pytest.fixture

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from benchmarks.fault_server import FaultServer, Route
 from features.download.fetch import FetchConfig, fetch
 from features.download.items import DownloadItem, process_item
 from pipelines.download import run
 from schemas.labels import DOWNLOADS_SCHEMA
-from tests.helpers.fault_server import FaultServer, Route
 
 FAST = FetchConfig(timeout=0.5, deadline=2.0, retries=3, backoff=0.01, backoff_max=2.0)
 
@@ -149,3 +149,31 @@ def test_bad_argument_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
         run(["--dataset", "ava", "--dest", "d", "--source", "s", "--workers", "0"])
     assert exit_info.value.code == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_failure_limits_exit_3_and_the_summary_counts(server: FaultServer, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    bodies = {f"f{index}": jpeg(40 + index) for index in range(6)}
+    for name, body in bodies.items():
+        server.routes[f"{name}.jpg"] = Route(body)
+    server.routes["f4.jpg"].always = "404"
+    server.routes["f5.jpg"].always = "404"
+    listing = tmp_path / "list.csv"
+    listing.write_text("image_id,score\n" + "".join(f"{name},3\n" for name in bodies))
+    argv = ["--dataset", "folder", "--dest", str(tmp_path / "dest"), "--list", str(listing),
+            "--source", server.url("{image_id}.jpg"), "--retries", "0", "--timeout", "1"]
+    assert run(argv) == 0  # no limit given: failures are data, not an exit code
+    assert "6 item(s): 4 ok, 2 failed" in capsys.readouterr().out
+    assert run([*argv, "--fail-on-errors"]) == 3  # the failures on record count
+    assert "2 of 6 item(s) failed (--fail-on-errors)" in capsys.readouterr().out
+    assert run([*argv, "--max-failed-fraction", "0.34"]) == 0  # 2/6 = 0.333 <= 0.34
+    assert run([*argv, "--max-failed-fraction", "0.33"]) == 3
+    assert "above --max-failed-fraction 0.33" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
+def test_bad_failed_fraction_exits_2(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--dataset", "ava", "--dest", "d", "--source", "s", "--max-failed-fraction", value])
+    assert exit_info.value.code == 2
+    assert "--max-failed-fraction" in capsys.readouterr().err

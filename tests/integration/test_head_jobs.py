@@ -128,11 +128,13 @@ def test_narrow_head_beats_chance_on_the_test_split(chain) -> None:
     assert (out / "scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_tta_on_a_single_variant_view_equals_plain_evaluation(chain) -> None:
+def test_tta_on_a_single_variant_view_is_refused(
+    chain, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = Path(chain["work"]) / "tta"
-    assert evaluate.run(["--run", chain["run"], "--tta", "--out", str(out)]) == 0
-    plain = pq.read_table(Path(chain["run"]) / "eval_test" / "predictions.parquet")
-    assert pq.read_table(out / "predictions.parquet").equals(plain)
+    assert evaluate.run(["--run", chain["run"], "--tta", "--out", str(out)]) == 2
+    assert "--tta: view 'irnv2_mlsp_narrow' stores one variant ['orig']" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_prediction_from_images_equals_head_on_stored_features(chain) -> None:

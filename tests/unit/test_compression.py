@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from features import files
 from features.store import backends
 from features.store.backends import COMPRESSIONS, ArrayLayout, ZarrFeatureArray
-from features.store.hdf5_backend import HDF5_FILTERS, HDF5FeatureArray
+from features.store.hdf5_backend import HDF5_FILTERS
 from features.store.shard_reader import ShardScanner
 from features.store.view import FeatureView
 from schemas.errors import ConfigError, StoreError
@@ -123,21 +123,31 @@ def test_scanner_reads_equal_zarr_reads(
     np.testing.assert_array_equal(bits(array.read_range(start, stop)), bits(expected))
 
 
-def test_every_compression_has_an_hdf5_filter() -> None:
-    assert set(HDF5_FILTERS) == set(COMPRESSIONS)
+def test_every_recorded_compression_has_an_hdf5_filter() -> None:
+    assert set(HDF5_FILTERS) == backends.RECORDED_COMPRESSIONS == {*COMPRESSIONS, "lzf"}
 
 
 @pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
-def test_hdf5_filter_and_recorded_name(tmp_path, compression) -> None:
-    array = HDF5FeatureArray(str(tmp_path))
-    array.create(ArrayLayout(4, 1, (3,), "float16", 4, compression))
-    values = np.arange(12, dtype=np.float16).reshape(4, 1, 3)
-    array.write_shard(0, values)
-    with h5py.File(files.native(array.shard_path(0)), "r") as handle:
-        assert handle["features"].compression == HDF5_FILTERS[compression]
-    array.resize(8)
-    assert array.layout().compression == compression
-    np.testing.assert_array_equal(array.read_range(0, 4), values)
+def test_hdf5_records_the_codec_it_wrote(tmp_path, compression) -> None:
+    view = new_view(str(tmp_path), "hdf5", SMALL_NARROW, 4, 4, compression)
+    written = "none" if compression == "none" else "lzf"  # h5py has no Blosc
+    shape = (4, 1, *SMALL_NARROW.feature_shape)
+    view.array.write_shard(0, np.arange(np.prod(shape), dtype=np.float16).reshape(shape))
+    with h5py.File(files.native(view.array.shard_path(0)), "r") as handle:
+        assert handle["features"].compression == (None if written == "none" else "lzf")
+    layout = json.loads(files.read_bytes(files.join(view.array.path, "layout.json")))
+    assert (view.meta["compression"], layout["compression"]) == (written, written)
+    reopened = FeatureView(str(tmp_path), SMALL_NARROW.name)
+    assert reopened.compression == reopened.array.layout().compression == written
+    reopened.ensure(SMALL_NARROW, reopened.allocation, None, "hdf5", compression)  # same ask: ok
+    other = "none" if compression != "none" else "lz4"
+    with pytest.raises(StoreError, match=f"stored with {written} compression, not {other}"):
+        reopened.ensure(SMALL_NARROW, reopened.allocation, None, "hdf5", other)
+
+
+def test_zarr_refuses_hdf5s_lzf(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="compression 'lzf' is unknown"):
+        ZarrFeatureArray.written_compression("lzf")
 
 
 @pytest.mark.parametrize("backend", ["zarr", "hdf5"])

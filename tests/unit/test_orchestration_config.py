@@ -209,13 +209,13 @@ def test_param_defaults_build_a_valid_config() -> None:
 
 
 def test_compression_param_lists_the_store_choices() -> None:
-    from features.store.backends import COMPRESSIONS
+    from features.store import COMPRESSIONS
 
     assert param_specs()["compression"]["enum"] == [None, *sorted(COMPRESSIONS)]
 
 
 def test_param_schemas_accept_their_defaults() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
+    import jsonschema  # the `test` extra
     for name, spec in param_specs().items():
         schema = {key: value for key, value in spec.items() if key not in ("default",)}
         jsonschema.validate(spec["default"], schema)

@@ -33,6 +33,37 @@ def _synthetic(k: float, b: float, n: int, noise: float, seed: int) -> tuple[np.
     return y, np.clip(k * y + b, 1.0, 5.0) + rng.normal(0.0, noise, n)
 
 
+def _analytic_widths(
+    y: np.ndarray, p: np.ndarray, k: float, b: float, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Normal-theory widths of the (k, b) intervals: OLS standard errors on the unclipped rows.
+
+    Independent of the bootstrap: sigma from the residuals of the true map, SE(k) =
+    sigma / sqrt(Sxx), SE(b) = sigma * sqrt(1/n + mean^2 / Sxx); width = 2 z SE. Clipped rows
+    carry no information about (k, b), so they are left out (the clipped case's approximation).
+    """
+    from scipy.stats import norm
+
+    inside = (k * y + b > 1.0) & (k * y + b < 5.0)
+    y_in, residual = y[inside], (p - (k * y + b))[inside]
+    sigma, sxx = residual.std(ddof=2), float(((y_in - y_in.mean()) ** 2).sum())
+    z = norm.ppf(0.5 + confidence / 2)
+    se_k = sigma / np.sqrt(sxx)
+    se_b = sigma * np.sqrt(1 / len(y_in) + y_in.mean() ** 2 / sxx)
+    return 2 * z * se_k, 2 * z * se_b
+
+
+def _assert_widths_near(
+    k_interval: tuple[float, float] | list[float],
+    b_interval: tuple[float, float] | list[float],
+    expected: tuple[float, float],
+) -> None:
+    """Bootstrap widths within a factor 2 of the analytic ones (100 resamples wobble ~10%)."""
+    for interval, analytic in zip((k_interval, b_interval), expected, strict=True):
+        width = interval[1] - interval[0]
+        assert 0.5 * analytic < width < 2.0 * analytic, (interval, width, analytic)
+
+
 def test_closed_form_matches_hand_computation() -> None:
     # y = 1,2,3 and p = 2,4,7: slope = sum((y-2)(p-13/3)) / sum((y-2)^2) = (7/3+8/3)/2 = 5/2.
     k, b = closed_form(np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 7.0]))
@@ -45,6 +76,7 @@ def test_recovers_unclipped_map_within_interval() -> None:
     result = fit(y, p, RecalibrationConfig(n_bootstrap=100, seed=2), "pooled")
     assert result.k_interval[0] <= 0.82 <= result.k_interval[1]
     assert result.b_interval[0] <= -0.04 <= result.b_interval[1]
+    _assert_widths_near(result.k_interval, result.b_interval, _analytic_widths(y, p, 0.82, -0.04))
     assert result.mse_after < result.mse_before
     assert result.mse_after == pytest.approx(0.01, rel=0.25)  # the noise variance
 
@@ -56,6 +88,7 @@ def test_recovers_map_when_clipping_is_active() -> None:
     assert result.extra["clipped_fraction"] > 0.2
     assert result.k_interval[0] <= 1.3 <= result.k_interval[1]
     assert result.b_interval[0] <= -0.9 <= result.b_interval[1]
+    _assert_widths_near(result.k_interval, result.b_interval, _analytic_widths(y, p, 1.3, -0.9))
     naive_k, _ = closed_form(y, p)
     assert abs(result.map.k - 1.3) < abs(naive_k - 1.3)  # clipping biases the closed form
 
@@ -125,6 +158,10 @@ def test_job_recovers_shifted_sample_and_applies(tmp_path: Path,
     k_lo, k_hi = saved["pooled"]["k_interval"]
     b_lo, b_hi = saved["pooled"]["b_interval"]
     assert k_lo <= SHIFT_K <= k_hi and b_lo <= SHIFT_B <= b_hi
+    predictions = pq.read_table(tmp_path / "predictions.parquet").to_pandas()
+    p = predictions.set_index("image_id").loc[ids, "prediction"].to_numpy(np.float64)
+    expected = _analytic_widths(np.array(scores), p, SHIFT_K, SHIFT_B)
+    _assert_widths_near((k_lo, k_hi), (b_lo, b_hi), expected)
     assert (out / "recalibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fitted = pq.read_table(out / "labels_recalibrated.parquet")
     applied_dir = tmp_path / "applied"
@@ -141,6 +178,17 @@ def test_job_refuses_disjoint_ids(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert run(["--labels", str(tmp_path / "l.parquet"), "--predictions",
                 str(tmp_path / "p.parquet"), "--out", str(tmp_path / "o")]) == 1
     assert "share no image ids" in capsys.readouterr().err
+
+
+def test_apply_with_fitting_flags_is_exit_2_naming_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--labels", "l.parquet", "--apply", "c.json", "--range", "1,5", "--boot", "9"]
+    with pytest.raises(SystemExit) as exit_info:
+        run([*argv, "--seed=3", "--by", "subset"])  # abbreviations and --flag=value count too
+    assert exit_info.value.code == 2
+    assert "--range, --by, --bootstrap, --seed only affect fitting" in capsys.readouterr().err
+    assert not (tmp_path / "recalibration").exists()
 
 
 def test_job_bad_range_is_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -135,14 +135,12 @@ def test_config_validation_and_buffer_cap() -> None:
     assert InputConfig.from_dict(config.to_dict()) == config
 
 
-def test_retain_freed_memory_is_applied_on_glibc() -> None:
+def test_retain_freed_memory_is_applied_exactly_on_glibc() -> None:
     import platform
 
     from features.training.input_stream import retain_freed_memory
 
-    if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
-    assert retain_freed_memory() is True
+    assert retain_freed_memory() is (platform.libc_ver()[0] == "glibc")  # mallopt is glibc's
 
 
 def _epoch(reader: BlockReader, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:

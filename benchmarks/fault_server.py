@@ -1,4 +1,4 @@
-"""Threaded HTTP server on 127.0.0.1 serving bytes per path, with injectable faults per path."""
+"""HTTP server on 127.0.0.1 serving bytes per path, with injectable faults (benchmarks and tests)."""
 
 from __future__ import annotations
 

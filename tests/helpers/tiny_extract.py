@@ -1,0 +1,80 @@
+"""A tiny extraction job (4 small images, 2 shards) and a run-independent fingerprint of a store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from tests.conftest import RANDOM_WEIGHTS
+
+VIEW = "irnv2_mlsp_narrow"
+SHARD_ROWS = 2
+# What differs between two clean runs of the same command: when and by which run, how long.
+RUN_FIELDS = {"run_id", "committed_at", "seconds", "created_at"}
+TIMING_COLUMNS = {"read_ms", "decode_ms", "model_ms"}
+
+
+def tiny_manifest(root: Path, count: int = 4) -> Path:
+    """Write count small JPEGs (75-80 px sides) and their manifest under root."""
+    from features import files
+    from features.download.manifest import build_manifest, entries_from_folder
+    from pipelines.sample import write_sample
+
+    write_sample(root, n=count, seed=14, broken=False, min_side=75, max_side=80)
+    path = root / "manifest.parquet"
+    table = build_manifest(entries_from_folder(root / "images"), "tiny")
+    files.atomic_write_parquet(str(path), table)
+    return path
+
+
+def extract_argv(manifest: Path, store: Path) -> list[str]:
+    """Arguments of pipelines.extract for the tiny job (random weights, shards of 2 rows)."""
+    return [
+        "--manifest",
+        str(manifest),
+        "--store",
+        str(store),
+        "--view",
+        VIEW,
+        "--weights",
+        RANDOM_WEIGHTS,
+        "--shard-size",
+        str(SHARD_ROWS),
+        "--direct_num_workers",
+        "1",
+    ]
+
+
+def _json_without_run_fields(path: Path) -> Any:
+    return {k: v for k, v in json.loads(path.read_bytes()).items() if k not in RUN_FIELDS}
+
+
+def store_fingerprint(store: Path) -> dict[str, Any]:
+    """Every file of the store by relative path: its bytes, except for what names the run.
+
+    Features arrays, rows.parquet, spec.json and store.json are compared byte for byte; view.json
+    and commit markers without their time/run-id fields; index parts without their timing
+    columns; runs/ by the outcomes it records (file names are run ids). A leftover lease,
+    temp file or extra file shows up as a key of its own.
+    """
+    fingerprint: dict[str, Any] = {}
+    for path in sorted(p for p in store.rglob("*") if p.is_file()):
+        relative = path.relative_to(store).as_posix()
+        if relative.endswith(".cas.lock"):
+            continue  # the lock file of the lease's compare-and-swap: empty, never deleted
+        if "/runs/" in relative:
+            outcome = json.loads(path.read_bytes()).get("outcome")
+            fingerprint.setdefault("runs outcomes", []).append(outcome)
+        elif relative.endswith("/view.json") or "/commits/" in relative:
+            fingerprint[relative] = _json_without_run_fields(path)
+        elif "/index/" in relative:
+            table = pq.read_table(path)
+            fingerprint[relative] = table.drop_columns(
+                [name for name in table.column_names if name in TIMING_COLUMNS]
+            ).to_pylist()
+        else:
+            fingerprint[relative] = path.read_bytes()
+    return fingerprint
