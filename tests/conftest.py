@@ -12,6 +12,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Before anything imports gcsfs: its default "gs" filesystem (ExtendedGcsFileSystem) probes each
+# bucket over gRPC and stalls about a minute per call against the GCS emulator of the tests.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 RANDOM_WEIGHTS = "random:0"
 
