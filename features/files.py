@@ -16,6 +16,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from features import object_stores
+
 LOGGER = logging.getLogger(__name__)
 # Sidecar lock of the compare-and-swap primitives; never deleted, so every writer locks one inode.
 CAS_LOCK_NAME = ".cas.lock"
@@ -45,11 +47,23 @@ def filesystem(path: str) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(path)  # type: ignore[no-any-return]
 
 
+def _uncached(path: str) -> tuple[Any, str]:
+    """filesystem(path) with fsspec's cached listings of path and its parents dropped.
+
+    s3fs and gcsfs cache directory listings for the life of the filesystem instance by default,
+    but other processes (Beam workers, another run) write to the store: existence and listings
+    must come from the server.
+    """
+    fs, inner = filesystem(path)
+    fs.invalidate_cache(inner)
+    return fs, inner
+
+
 def exists(path: str) -> bool:
     """Whether a file or directory exists."""
     if is_local(path):
         return os.path.exists(_local(path))
-    fs, inner = filesystem(path)
+    fs, inner = _uncached(path)
     return bool(fs.exists(inner))
 
 
@@ -67,7 +81,7 @@ def list_names(path: str) -> list[str]:
     if is_local(path):
         local = _local(path)
         return sorted(os.listdir(local)) if os.path.isdir(local) else []
-    fs, inner = filesystem(path)
+    fs, inner = _uncached(path)
     if not fs.exists(inner):
         return []
     return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(inner, detail=False))
@@ -79,7 +93,8 @@ def read_bytes(path: str) -> bytes:
         with open(_local(path), "rb") as handle:
             return handle.read()
     fs, inner = filesystem(path)
-    return bytes(fs.cat_file(inner))
+    read = object_stores.READ_BYTES.get(_protocol(path))  # one request where cat_file takes two
+    return bytes(read(fs, inner) if read is not None else fs.cat_file(inner))
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -139,7 +154,7 @@ def remove_file(path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(_local(path))
         return
-    fs, inner = filesystem(path)
+    fs, inner = _uncached(path)
     if fs.exists(inner):
         fs.rm_file(inner)
 
@@ -269,11 +284,31 @@ _REPLACE_IF_UNCHANGED: dict[str, Callable[[str, bytes, bytes], bool]] = {
 _REMOVE_IF_UNCHANGED: dict[str, Callable[[str, bytes], bool]] = {"file": _remove_if_unchanged_local}
 
 
+def _on_object_store(operation: Callable[..., bool]) -> Callable[..., bool]:
+    """Adapt a features.object_stores function (filesystem, inner path, ...) to take a URL."""
+
+    def call(path: str, *contents: bytes) -> bool:
+        fs, inner = filesystem(path)
+        return operation(fs, inner, *contents)
+
+    return call
+
+
+# S3 and GCS decide conditional writes on the server (features/object_stores.py).
+for _registry, _operations in (
+    (_EXCLUSIVE_CREATE, object_stores.CREATE_EXCLUSIVE),
+    (_REPLACE_IF_UNCHANGED, object_stores.REPLACE_IF_UNCHANGED),
+    (_REMOVE_IF_UNCHANGED, object_stores.REMOVE_IF_UNCHANGED),
+):
+    _registry.update({name: _on_object_store(op) for name, op in _operations.items()})
+
+
 def create_exclusive(path: str, data: bytes) -> bool:
     """Create a file with exactly data, only if it does not exist yet.
 
     Locally the data goes to a complete temp file that is hard-linked to path, so of any
-    number of racing callers exactly one wins and no reader ever sees a partial file. A
+    number of racing callers exactly one wins and no reader ever sees a partial file. S3
+    (If-None-Match: *) and GCS (ifGenerationMatch=0) decide it on the server. A
     filesystem without a registered backend falls back to exists-then-write (racy) and logs a
     WARNING saying so.
 
@@ -283,8 +318,12 @@ def create_exclusive(path: str, data: bytes) -> bool:
     return _EXCLUSIVE_CREATE.get(_protocol(path), _create_exclusive_fallback)(path, data)
 
 
-def replace_if_unchanged(path: str, expected: bytes, data: bytes) -> bool:
+def replace_if_unchanged(path: str, expected: bytes | None, data: bytes) -> bool:
     """Compare-and-swap: replace the file with data only if it still holds exactly expected.
+
+    expected=None means "the file must not exist" (create_exclusive), so one call publishes a
+    pointer whether or not it exists yet. On S3 and GCS the server checks the version token
+    (ETag, generation) read together with the compared bytes.
 
     Locally the read-compare-replace runs under an flock on a sidecar lock file in the same
     directory (never deleted), and the replacement is an atomic rename. Unregistered
@@ -293,6 +332,8 @@ def replace_if_unchanged(path: str, expected: bytes, data: bytes) -> bool:
     Returns:
         True iff this call replaced expected by data (False if the file changed or is gone).
     """
+    if expected is None:
+        return create_exclusive(path, data)
     replace = _REPLACE_IF_UNCHANGED.get(_protocol(path), _replace_if_unchanged_fallback)
     return replace(path, expected, data)
 
