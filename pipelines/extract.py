@@ -26,7 +26,7 @@ from features.extraction.planning import (
 from features.extraction.shard import DEFAULT_MAX_BATCH_PIXELS, ExtractionConfig
 from features.extraction.variants import parse_variants
 from features.model.devices import DEVICES
-from features.store import BACKENDS
+from features.store import BACKENDS, publish_snapshot
 from features.store.backends import COMPRESSIONS
 from features.store.lease import ViewLease
 from features.store.view import FeatureView, ShardSpec
@@ -286,6 +286,7 @@ def _execute(
     finally:
         for view in views:
             view.finalize()
+            publish_snapshot(view, run_id)  # readers then read O(1) files per lookup
         summary = summarize(views, run_id, time.perf_counter() - started, settings.runner)
         summary.update(
             outcome=outcome,

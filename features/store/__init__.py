@@ -1,11 +1,13 @@
 """Feature store: views of MLSP features with a Parquet index, commit markers and lineage.
 
 The public entry points: `FeatureStore` (reads), `ensure_store` (the root marker),
-`verify_view` and `convert_view` / `export_ava_mlsp`; the rest of `features.store` is internal.
+`verify_view`, `convert_view` / `export_ava_mlsp` and `publish_snapshot` / `compact_view`; the rest of `features.store` is internal.
 """
 
-from features.store.backends import BACKENDS, FeatureArray
+from features.store.backends import FeatureArray
+from features.store.compaction import compact_view, publish_snapshot
 from features.store.convert import convert_view, export_ava_mlsp
+from features.store.formats import BACKENDS
 from features.store.query import FeatureStore
 from features.store.root import STORE_MARKER, ensure_store
 from features.store.verify import VerificationReport, verify_view
@@ -20,8 +22,10 @@ __all__ = [
     "FeatureView",
     "ShardSpec",
     "VerificationReport",
+    "compact_view",
     "convert_view",
     "ensure_store",
     "export_ava_mlsp",
+    "publish_snapshot",
     "verify_view",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -150,6 +151,24 @@ class FeatureArray(abc.ABC):
         values = self.read_range(int(rows[0]), int(rows[-1]) + 1) if contiguous else None
         scatter_from_values(self.read_rows(rows) if values is None else values, request, out)
 
+    @abc.abstractmethod
+    def shard_key(self, shard_index: int) -> str:
+        """Path of the stored object holding one shard's features, relative to self.path."""
+
+    def shard_checksum(self, shard_index: int) -> tuple[str, str]:
+        """Integrity record of one shard, from the bytes actually stored.
+
+        Returns:
+            (the object's path relative to the view, sha256 of its bytes or "" when the
+            object does not exist: Zarr stores nothing for a shard that is all fill value).
+        """
+        relative = f"{self.directory_name}/{self.shard_key(shard_index)}"
+        try:
+            data = files.read_bytes(files.join(self.path, self.shard_key(shard_index)))
+        except FileNotFoundError:
+            return relative, ""
+        return relative, hashlib.sha256(data).hexdigest()
+
     def finalize(self, committed: Sequence[Any]) -> None:
         """Publish reader-side metadata after a run (committed: ShardSpecs with markers)."""
         del committed  # formats whose writes are self-describing need nothing here
@@ -232,6 +251,11 @@ class ZarrFeatureArray(FeatureArray):
                 return name
         raise StoreError(f"{self.path}: inner codecs {codecs} are none of {sorted(COMPRESSIONS)}")
 
+    def shard_key(self, shard_index: int) -> str:
+        # Zarr v3's default chunk key encoding: c/<row shard>/0/0/... (one shard spans the rest).
+        dimensions = 2 + len(self.layout().feature_shape)
+        return "/".join(["c", str(shard_index), *["0"] * (dimensions - 1)])
+
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         self._open()[row_start : row_start + values.shape[0]] = values
 
@@ -286,27 +310,3 @@ class ZarrFeatureArray(FeatureArray):
             scatter.scatter(request, out)
         else:
             super().scatter_rows(request, out)
-
-
-def _registry() -> dict[str, type[FeatureArray]]:
-    from features.store.hdf5_backend import HDF5FeatureArray
-
-    return {backend.format_name: backend for backend in (ZarrFeatureArray, HDF5FeatureArray)}
-
-
-BACKENDS: dict[str, type[FeatureArray]] = _registry()
-
-
-def backend_for(format_name: str, view_path: str) -> FeatureArray:
-    """Instantiate the registered backend for a format name.
-
-    Raises:
-        StoreError: unknown format.
-    """
-    try:
-        backend_class = BACKENDS[format_name]
-    except KeyError:
-        raise StoreError(
-            f"unknown store format {format_name!r}; known: {sorted(BACKENDS)}"
-        ) from None
-    return backend_class(view_path)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -65,18 +64,7 @@ def index_for(view: FeatureView, shard: ShardSpec, statuses: list[str]) -> pa.Ta
 
 
 def commit(view: FeatureView, shard: ShardSpec, values: np.ndarray, statuses: list[str]) -> None:
-    marker = CommitMarker(
-        shard.index,
-        shard.row_start,
-        shard.row_stop,
-        image_ids_digest(view.shard_image_ids(shard)),
-        view.spec.identity_sha256(),
-        dict(Counter(statuses)),
-        "run-1",
-        shard.rows,
-        0.1,
-    )
-    view.write_shard(shard, values, index_for(view, shard, statuses), marker)
+    view.commit_shard(shard, values, index_for(view, shard, statuses), "run-1", seconds=0.1)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
