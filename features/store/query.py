@@ -47,20 +47,21 @@ def _row_runs(rows: np.ndarray) -> list[tuple[int, int]]:
 
 
 def read_feature_rows(view: FeatureView, rows: np.ndarray) -> np.ndarray:
-    """Features of the given rows, in the given order, touching only the chunks they live in."""
+    """Features of the given rows, in the given order, touching only the chunks they live in.
+
+    Long runs of rows are scanned shard by shard (read_range decodes whole shards in threads);
+    scattered or few rows are read chunk by chunk straight into place (scatter_rows).
+    """
     unique, inverse = np.unique(rows, return_inverse=True)
     runs = _row_runs(unique)
     array = view.array
-    if len(runs) <= _MAX_RANGE_READS:
-        blocks = [array.read_range(start, stop) for start, stop in runs]
-        values = np.concatenate(blocks) if blocks else array.read_rows(unique)
+    if runs and len(runs) <= _MAX_RANGE_READS and len(unique) >= view.shard_rows:
+        values = np.concatenate([array.read_range(start, stop) for start, stop in runs])
     else:
         spec = view.spec
-        values = np.empty(
-            (len(unique), len(spec.variants), *spec.feature_shape), spec.storage_dtype
-        )
-        slots = np.arange(len(unique))
-        array.scatter_rows(ScatterRequest(unique, None, slots), values)
+        shape = (len(unique), len(spec.variants), *spec.feature_shape)
+        values = np.empty(shape, spec.storage_dtype)
+        array.scatter_rows(ScatterRequest(unique, None, np.arange(len(unique))), values)
     return values[inverse]
 
 

@@ -206,10 +206,8 @@ class SnapshotRead:
         except FileNotFoundError:
             return None
         part_file = index_part_path(self.view_path, shard)
-        try:
-            part = files.read_parquet(part_file).cast(FEATURE_INDEX_SCHEMA)
-        except FileNotFoundError:
-            raise StoreError(f"{part_file}: missing, but {marker_file} commits its shard") from None
+        part = read_piece(part_file, f"index part of the shard {marker_file} commits")
+        part = part.cast(FEATURE_INDEX_SCHEMA)
         self._check_pending(marker_file, marker, part, rows, ids)
         flags = pa.array(np.zeros(part.num_rows, dtype=bool))
         return part.append_column(pa.field("removed", pa.bool_()), flags)
