@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from features import files
+from features.store.point_read import read_sparse_rows
 from features.store.row_scatter import RowScatter, ScatterRequest, scatter_from_values
 from schemas.errors import ConfigError, StoreError
 
@@ -138,6 +139,13 @@ class FeatureArray(abc.ABC):
     @abc.abstractmethod
     def resize(self, rows: int) -> None:
         """Grow the row axis (new rows are NaN); existing rows are untouched."""
+
+    def read_scattered(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted, unique) spread over many shards, reading only the chunks holding them.
+
+        Formats with a byte-range path override this; this one is read_rows.
+        """
+        return self.read_rows(rows)
 
     def scatter_rows(self, request: ScatterRequest, out: np.ndarray) -> None:
         """Copy rows (one variant each, or all) into slots of out: out[slots[i]] = row i.
@@ -296,6 +304,15 @@ class ZarrFeatureArray(FeatureArray):
             return np.asarray(array[0][start:stop])
 
         return scanner.read_range(row_start, row_stop, through_zarr)
+
+    def read_scattered(self, rows: np.ndarray) -> np.ndarray:
+        """Byte-range reads of each touched shard's index and chunks (features.store.point_read)."""
+        from features.store.shard_reader import ShardScanner
+
+        scanner = ShardScanner.open(self.path) if len(rows) else None
+        if scanner is None or rows[-1] >= scanner.format.shape[0]:
+            return self.read_rows(rows)
+        return read_sparse_rows(self.path, scanner.format, rows)
 
     def scatter_rows(self, request: ScatterRequest, out: np.ndarray) -> None:
         """Rows read straight into their slots (features.store.row_scatter) when the layout

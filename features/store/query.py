@@ -15,7 +15,7 @@ from features import files
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
 from features.store.filters import parse_where
 from features.store.root import STORE_MARKER
-from features.store.row_scatter import ScatterRequest, key_runs
+from features.store.row_scatter import key_runs
 from features.store.snapshot import read_snapshot
 from features.store.view import FeatureView
 from schemas.errors import StoreError, UnknownImageIdsError
@@ -50,7 +50,7 @@ def read_feature_rows(view: FeatureView, rows: np.ndarray) -> np.ndarray:
     """Features of the given rows, in the given order, touching only the chunks they live in.
 
     Long runs of rows are scanned shard by shard (read_range decodes whole shards in threads);
-    scattered or few rows are read chunk by chunk straight into place (scatter_rows).
+    scattered or few rows are read chunk by chunk with byte-range reads (read_scattered).
     """
     unique, inverse = np.unique(rows, return_inverse=True)
     runs = _row_runs(unique)
@@ -58,10 +58,7 @@ def read_feature_rows(view: FeatureView, rows: np.ndarray) -> np.ndarray:
     if runs and len(runs) <= _MAX_RANGE_READS and len(unique) >= view.shard_rows:
         values = np.concatenate([array.read_range(start, stop) for start, stop in runs])
     else:
-        spec = view.spec
-        shape = (len(unique), len(spec.variants), *spec.feature_shape)
-        values = np.empty(shape, spec.storage_dtype)
-        array.scatter_rows(ScatterRequest(unique, None, np.arange(len(unique))), values)
+        values = array.read_scattered(unique)
     return values[inverse]
 
 

@@ -72,7 +72,9 @@ def assert_reads_exactly(root: str, committed_shards: set[int]) -> None:
         table = store.table("narrow", ids=[image_id])
         assert table.column("row").to_pylist() == [row]
         if statuses_of(ROWS)[row] == "ok":
-            np.testing.assert_array_equal(table.column("features")[0].to_numpy(), values_of(ROWS)[row])
+            np.testing.assert_array_equal(
+                table.column("features")[0].to_numpy(), values_of(ROWS)[row]
+            )
 
 
 def test_snapshot_reads_match_marker_reads(tmp_path, backend) -> None:

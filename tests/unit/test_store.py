@@ -218,11 +218,19 @@ def test_failed_write_then_retry_is_exact(tmp_path, backend, compression, monkey
 
 
 def _probe_zarr_reads(monkeypatch) -> list[int]:
-    """Record the size of every buffer zarr's LocalStore returns."""
+    """Record the size of every buffer zarr's LocalStore returns and of every positioned read."""
     from zarr.storage import LocalStore
 
     sizes: list[int] = []
     real_get = LocalStore.get
+    real_pread = os.pread
+
+    def counting_pread(descriptor, count, offset):
+        data = real_pread(descriptor, count, offset)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counting_pread)
 
     async def counting_get(self, key, prototype=None, byte_range=None):
         buffer = await real_get(self, key, prototype, byte_range)
