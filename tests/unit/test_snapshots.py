@@ -172,7 +172,7 @@ def test_missing_features_object_of_a_committed_shard_is_named(tmp_path) -> None
         FeatureStore(str(tmp_path)).table("narrow", ids=["img0002"])
 
 
-class InjectedFault(OSError):
+class InjectedWriteError(OSError):
     """The k-th write failed (test injection)."""
 
 
@@ -184,7 +184,7 @@ def _fail_on_call(monkeypatch, k: int) -> list[int]:
         def flaky(*args, **kwargs):
             calls[0] += 1
             if calls[0] == k:
-                raise InjectedFault(f"write {k} failed (injected)")
+                raise InjectedWriteError(f"write {k} failed (injected)")
             return function(*args, **kwargs)
 
         return flaky
@@ -210,7 +210,7 @@ def test_a_crash_at_any_write_loses_nothing_and_exposes_nothing(tmp_path, backen
             try:
                 scenario(view)
                 crashed = False
-            except InjectedFault:
+            except InjectedWriteError:
                 crashed = True
         view.reset_cache()
         assert_reads_exactly(root, {s.index for s in view.shards() if view.is_committed(s)})
