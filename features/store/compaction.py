@@ -27,7 +27,6 @@ from features.store.snapshot import (
     list_snapshots,
     publish_pointer,
     read_pointer,
-    read_snapshot,
     shard_ranges,
     write_snapshot,
 )
@@ -56,16 +55,24 @@ SHARDS_SCHEMA = pa.schema(
 )
 
 
-def _write_piece(path: str, table: pa.Table) -> None:
-    """A snapshot piece: zstd Parquet in row groups of ROW_GROUP_ROWS with min/max statistics."""
+def _write_piece(path: str, table: pa.Table) -> int:
+    """A snapshot piece: zstd Parquet in row groups of ROW_GROUP_ROWS, with min/max statistics
+    on image_id only (they prune row groups; others would only grow the footer). Returns its
+    size in bytes."""
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    pq.write_table(
+        table,
+        buffer,
+        compression="zstd",
+        row_group_size=ROW_GROUP_ROWS,
+        write_statistics=["image_id"],
+    )
     files.atomic_write_bytes(path, buffer.getvalue())
+    return len(buffer.getvalue())
 
 
 def _previous(view: FeatureView) -> Snapshot | None:
-    number = read_pointer(view.path)
-    return None if number is None else read_snapshot(view.path, number, "latest")
+    return read_pointer(view.path)
 
 
 def _new_shards(
@@ -152,9 +159,8 @@ def publish_snapshot(view: FeatureView, reason: str) -> int:
     names = {
         piece: f"{SNAPSHOTS_DIR}/{tag}.{piece}.parquet" for piece in ("index", "plan", "shards")
     }
-    _write_piece(files.join(view.path, names["index"]), index)
-    _write_piece(files.join(view.path, names["plan"]), _plan(view, committed))
-    _write_piece(files.join(view.path, names["shards"]), shards_table)
+    pieces = {"index": index, "plan": _plan(view, committed), "shards": shards_table}
+    sizes = {name: _write_piece(files.join(view.path, names[name]), pieces[name]) for name in names}
     snapshot = Snapshot(
         snapshot=number,
         parent=previous.snapshot if previous else None,
@@ -170,10 +176,11 @@ def publish_snapshot(view: FeatureView, reason: str) -> int:
         removed_sha256=removed_digest,
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         reason=reason,
+        sizes=sizes,
     )
     if not write_snapshot(view.path, snapshot):
         raise StoreError(f"{view.path}: snapshot {number} was published by another writer")
-    publish_pointer(view.path, number)
+    publish_pointer(view.path, snapshot)
     LOGGER.info(
         "view %s: snapshot %d (%d shards committed, %d new; %d index rows)",
         view.name,

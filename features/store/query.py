@@ -112,8 +112,10 @@ class FeatureStore:
             StoreError: no such view.
         """
         view = FeatureView(self.path, name)
-        if not view.exists():
-            raise StoreError(f"no view {name!r} in {self.path}; views: {self.views()}")
+        try:
+            view.meta  # noqa: B018 (reads view.json: the view exists)
+        except StoreError:
+            raise StoreError(f"no view {name!r} in {self.path}; views: {self.views()}") from None
         return view
 
     def index(

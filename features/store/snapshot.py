@@ -14,7 +14,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from features import files
@@ -39,6 +39,7 @@ class Snapshot:
         shard_count: shards planned over `rows` (committed or not).
         index, plan, shards: file names (relative to the view) of its Parquet pieces.
         index_rows: rows in the index piece.
+        sizes: bytes of each piece by name (ranged reads need no HEAD request first).
         removed_sha256: digest of removed.json's ids when it was taken.
         created_at, reason: when and why (run id or "compact").
     """
@@ -57,6 +58,7 @@ class Snapshot:
     removed_sha256: str
     created_at: str
     reason: str
+    sizes: dict[str, int] = field(default_factory=dict)
     format_version: int = SNAPSHOT_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,11 +102,13 @@ def pointer_path(view_path: str) -> str:
     return files.join(view_path, POINTER_FILE)
 
 
-def read_pointer(view_path: str) -> int | None:
-    """Number of the latest snapshot, or None for a view without snapshots (older layout).
+def read_pointer(view_path: str) -> Snapshot | None:
+    """The latest snapshot, from the pointer (which carries a copy of its record), or None for
+    a view without snapshots (older layout).
 
     Raises:
-        StoreError: an unreadable pointer (the message names it).
+        StoreError: an unreadable pointer, or one naming a missing snapshot (the message names
+            the file).
     """
     path = pointer_path(view_path)
     try:
@@ -112,12 +116,31 @@ def read_pointer(view_path: str) -> int | None:
     except FileNotFoundError:
         return None
     try:
-        number = json.loads(data)["snapshot"]
+        pointer = json.loads(data)
+        number = pointer["snapshot"]
         if not isinstance(number, int) or number < 1:
             raise ValueError(f"snapshot {number!r} is not a positive integer")
-        return number
-    except (ValueError, KeyError, TypeError) as error:
+        record = pointer.get("record")
+        if record is not None and record.get("snapshot") != number:
+            raise ValueError(f"its record is of snapshot {record.get('snapshot')}, not {number}")
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise StoreError(f"{path}: unreadable snapshot pointer ({error})") from error
+    if record is None:
+        return read_snapshot(view_path, number, f"named by {path}")
+    return _parse(path, record)
+
+
+def _parse(path: str, record: Any) -> Snapshot:
+    try:
+        snapshot = Snapshot.from_dict(record)
+    except (ValueError, KeyError, TypeError) as error:
+        raise StoreError(f"{path}: unreadable snapshot ({error})") from error
+    if snapshot.format_version > SNAPSHOT_FORMAT_VERSION:
+        raise StoreError(
+            f"{path}: snapshot format {snapshot.format_version} is newer than this package "
+            f"reads ({SNAPSHOT_FORMAT_VERSION}); upgrade the package"
+        )
+    return snapshot
 
 
 def read_snapshot(view_path: str, number: int, named_by: str = "") -> Snapshot:
@@ -141,15 +164,10 @@ def read_snapshot(view_path: str, number: int, named_by: str = "") -> Snapshot:
             f"snapshots of this view: {known or 'none'}"
         ) from None
     try:
-        snapshot = Snapshot.from_dict(json.loads(data))
-    except (ValueError, KeyError, TypeError) as error:
+        record = json.loads(data)
+    except ValueError as error:
         raise StoreError(f"{path}: unreadable snapshot ({error})") from error
-    if snapshot.format_version > SNAPSHOT_FORMAT_VERSION:
-        raise StoreError(
-            f"{path}: snapshot format {snapshot.format_version} is newer than this package "
-            f"reads ({SNAPSHOT_FORMAT_VERSION}); upgrade the package"
-        )
-    return snapshot
+    return _parse(path, record)
 
 
 def list_snapshots(view_path: str) -> list[int]:
@@ -196,9 +214,12 @@ def create_exclusive(path: str, data: bytes) -> bool:
     return True
 
 
-def publish_pointer(view_path: str, number: int) -> None:
-    """Point readers at snapshot `number` (atomic replace; the one place to swap for CAS)."""
-    files.atomic_write_text(pointer_path(view_path), json.dumps({"snapshot": number}))
+def publish_pointer(view_path: str, snapshot: Snapshot) -> None:
+    """Point readers at a snapshot (atomic replace; the one place to swap for a conditional
+    write). The pointer carries a copy of the record, so readers of the latest state need one
+    GET, not two; the snapshot file stays the immutable original time travel reads."""
+    pointer = {"snapshot": snapshot.snapshot, "record": snapshot.to_dict()}
+    files.atomic_write_text(pointer_path(view_path), json.dumps(pointer))
 
 
 def write_snapshot(view_path: str, snapshot: Snapshot) -> bool:

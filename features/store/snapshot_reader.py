@@ -8,10 +8,11 @@ the snapshot only (one listing of commits/ first when there are many of them).
 
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import IO, Any
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,23 +39,99 @@ PLAN_SCHEMA = pa.schema([pa.field("image_id", pa.string()), pa.field("row", pa.i
 INDEX_WITH_REMOVED = FEATURE_INDEX_SCHEMA.append(pa.field("removed", pa.bool_()))
 
 
-@contextmanager
-def open_binary(path: str, what: str) -> Iterator[IO[bytes]]:
-    """Open a file for random access (local or fsspec URL); a missing file names itself.
+class RangeFile(io.RawIOBase):
+    """A read-only file whose bytes come from ranged reads, kept once fetched.
 
-    Raises:
-        StoreError: the file does not exist (`what` says whose file it is).
+    Parquet readers seek and read a file many times (footer length, footer, each column chunk);
+    on an object store each of those would be a request. Here the caller prefetches the tail
+    (footer) and the span of the row groups it needs, one ranged GET each, and every read
+    pyarrow makes is served from them.
     """
-    try:
-        if files.is_local(path):
-            handle: IO[bytes] = open(files.native(path), "rb")  # noqa: SIM115
-        else:
-            fs, inner = files.filesystem(path)
-            handle = fs.open(inner, "rb")
-    except FileNotFoundError:
-        raise StoreError(f"{path}: {what} is missing") from None
-    with handle:
-        yield handle
+
+    def __init__(self, path: str, what: str, size: int | None) -> None:
+        super().__init__()
+        self.path, self.what = path, what
+        self._local = files.is_local(path)
+        try:
+            if self._local:
+                self._descriptor = os.open(files.native(path), os.O_RDONLY)
+                self.size = os.fstat(self._descriptor).st_size if size is None else size
+            else:
+                self._fs, self._inner = files.filesystem(path)
+                self.size = int(self._fs.size(self._inner)) if size is None else size
+        except FileNotFoundError:
+            raise StoreError(f"{path}: {what} is missing") from None
+        self._pieces: list[tuple[int, bytes]] = []
+        self._position = 0
+
+    def prefetch(self, start: int, stop: int) -> None:
+        """Fetch bytes [start, stop) with one read (clipped to the file)."""
+        start, stop = max(0, start), min(self.size, stop)
+        if stop <= start or self._cached(start, stop) is not None:
+            return
+        try:
+            if self._local:
+                data = os.pread(self._descriptor, stop - start, start)
+            else:
+                data = bytes(self._fs.cat_file(self._inner, start=start, end=stop))
+        except FileNotFoundError:
+            raise StoreError(f"{self.path}: {self.what} is missing") from None
+        self._pieces.append((start, data))
+
+    def _cached(self, start: int, stop: int) -> bytes | None:
+        for first, data in self._pieces:
+            if first <= start and stop <= first + len(data):
+                return data[start - first : stop - first]
+        return None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}[whence]
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        stop = min(self.size, self._position + len(view))
+        if stop <= self._position:
+            return 0
+        self.prefetch(self._position, stop)
+        data = self._cached(self._position, stop)
+        assert data is not None  # prefetch just covered it
+        view[: len(data)] = data
+        self._position = stop
+        return len(data)
+
+    def close(self) -> None:
+        if self._local and not self.closed:
+            os.close(self._descriptor)
+        super().close()
+
+
+# The tail fetched first: the footer of a piece's few row groups fits with room to spare.
+_TAIL_BYTES = 256 * 1024
+
+
+def _group_span(metadata: pq.FileMetaData, group: int) -> tuple[int, int]:
+    """Byte range of one row group's column chunks."""
+    row_group = metadata.row_group(group)
+    starts, stops = [], []
+    for column in range(row_group.num_columns):
+        chunk = row_group.column(column)
+        first = chunk.data_page_offset
+        if chunk.has_dictionary_page and chunk.dictionary_page_offset is not None:
+            first = min(first, chunk.dictionary_page_offset)
+        starts.append(first)
+        stops.append(first + chunk.total_compressed_size)
+    return min(starts), max(stops)
 
 
 def candidate_row_groups(metadata: pq.FileMetaData, column: int, wanted: np.ndarray) -> list[int]:
@@ -78,21 +155,38 @@ def candidate_row_groups(metadata: pq.FileMetaData, column: int, wanted: np.ndar
     return groups
 
 
-def read_matching(path: str, what: str, ids: Sequence[str]) -> pa.Table:
+def read_matching(path: str, what: str, ids: Sequence[str], size: int | None) -> pa.Table:
     """Rows of a Parquet piece sorted by image_id whose id is in ids, reading only the row
-    groups whose statistics can hold them."""
+    groups whose statistics can hold them: one ranged read for the footer, one per run of
+    adjacent row groups (size: the piece's bytes if known, else a HEAD request tells)."""
     wanted = np.asarray(sorted(set(ids)), dtype=object)
-    with open_binary(path, what) as handle:
+    with RangeFile(path, what, size) as handle:
+        handle.prefetch(handle.size - _TAIL_BYTES, handle.size)
         piece = pq.ParquetFile(handle)
         column = piece.schema_arrow.get_field_index("image_id")
         groups = candidate_row_groups(piece.metadata, column, wanted)
+        spans = [_group_span(piece.metadata, group) for group in groups]
+        for start, stop in _merged(spans):
+            handle.prefetch(start, stop)
         table = piece.read_row_groups(groups) if groups else piece.schema_arrow.empty_table()
     return table.filter(pc.is_in(table.column("image_id"), pa.array(wanted, pa.string())))
 
 
-def read_piece(path: str, what: str) -> pa.Table:
-    """A whole Parquet piece of a snapshot."""
-    with open_binary(path, what) as handle:
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent byte ranges joined, so neighbouring row groups cost one read."""
+    merged: list[list[int]] = []
+    for start, stop in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], stop)
+        else:
+            merged.append([start, stop])
+    return [(start, stop) for start, stop in merged]
+
+
+def read_piece(path: str, what: str, size: int | None = None) -> pa.Table:
+    """A whole Parquet piece of a snapshot (one read of all its bytes)."""
+    with RangeFile(path, what, size) as handle:
+        handle.prefetch(0, handle.size)
         return pq.read_table(handle)
 
 
@@ -136,12 +230,22 @@ class SnapshotRead:
     def _what(self, piece: str) -> str:
         return f"{piece} piece of snapshot {self.snapshot.snapshot}"
 
+    def _piece(self, name: str) -> pa.Table:
+        relative = getattr(self.snapshot, name)
+        size = self.snapshot.sizes.get(name)
+        return read_piece(self._file(relative), self._what(name), size)
+
+    def _matching(self, name: str, ids: Sequence[str]) -> pa.Table:
+        relative = getattr(self.snapshot, name)
+        size = self.snapshot.sizes.get(name)
+        return read_matching(self._file(relative), self._what(name), ids, size)
+
     def index(self) -> pa.Table:
         """All visible index rows, ordered by row, with the `removed` column."""
-        base = read_piece(self._file(self.snapshot.index), self._what("index"))
+        base = self._piece("index")
         parts = [base.cast(INDEX_WITH_REMOVED)]
         if self.include_pending:
-            plan = read_piece(self._file(self.snapshot.plan), self._what("plan"))
+            plan = self._piece("plan")
             if self.tail_plan is not None:
                 plan = pa.concat_tables(
                     [plan.cast(PLAN_SCHEMA), self.tail_plan().cast(PLAN_SCHEMA)]
@@ -153,11 +257,11 @@ class SnapshotRead:
 
     def lookup(self, ids: Sequence[str]) -> pa.Table:
         """Visible index rows of the given ids (any order; ids not visible are absent)."""
-        found = read_matching(self._file(self.snapshot.index), self._what("index"), ids)
+        found = self._matching("index", ids)
         found = found.cast(INDEX_WITH_REMOVED)
         missing = sorted(set(ids) - set(found.column("image_id").to_pylist()))
         if missing and self.include_pending:
-            plan = read_matching(self._file(self.snapshot.plan), self._what("plan"), missing)
+            plan = self._matching("plan", missing)
             if self.tail_plan is not None and plan.num_rows < len(missing):
                 tail = self.tail_plan()
                 tail = tail.filter(pc.is_in(tail.column("image_id"), pa.array(missing)))

@@ -184,9 +184,11 @@ class FeatureView:
     def meta(self) -> dict[str, Any]:
         """Contents of view.json."""
         if self._meta is None:
-            if not self.exists():
-                raise StoreError(f"no view {self.name!r} in store {self.store_root}")
-            self._meta = json.loads(files.read_bytes(self._file("view.json")))
+            try:  # one GET, no existence check first: readers count requests
+                data = files.read_bytes(self._file("view.json"))
+            except FileNotFoundError:
+                raise StoreError(f"no view {self.name!r} in store {self.store_root}") from None
+            self._meta = json.loads(data)
         return self._meta
 
     @property
@@ -406,19 +408,12 @@ class FeatureView:
             StoreError: as_of names no snapshot, the pointer names a missing one, or the view
                 has no snapshot at all while as_of asks for one.
         """
-        latest = read_pointer(self.path)
         if as_of is not None:
-            if latest is None and not self.snapshots():
-                raise StoreError(
-                    f"view {self.name!r} at {self.path} has no snapshots (as_of={as_of})"
-                )
             snapshot = read_snapshot(self.path, as_of, f"as_of={as_of}")
             return SnapshotRead(self.path, snapshot, include_pending=False, removed=None)
-        if latest is None:
+        snapshot = read_pointer(self.path)
+        if snapshot is None:
             return None
-        snapshot = read_snapshot(
-            self.path, latest, f"named by {self._file('_latest_snapshot.json')}"
-        )
         rows = int(self.meta["rows"])
         tail = None if rows == snapshot.rows else lambda: self._tail_plan(snapshot.rows)
         return SnapshotRead(self.path, snapshot, True, self.removed_image_ids(), tail)
