@@ -152,10 +152,11 @@ def count_opens(root: str, operation: Callable[[], Any]) -> int:
 def measure(root: str, n: int, name: str, repeats: int) -> dict[str, float]:
     """Cold (first call in this process) and warm (median of repeats) time of one operation.
 
-    Libraries are imported before the cold call: a cold read is a new process's first read,
-    not its import time.
+    Libraries are imported before the cold call (pyarrow imports pandas lazily on first use, 0.5 s
+    here): a cold read is a new process's first read, not its import time.
     """
     import numcodecs.blosc  # noqa: F401
+    import pandas  # noqa: F401
     import pyarrow.parquet  # noqa: F401
     import zarr  # noqa: F401
 

@@ -42,7 +42,7 @@ from schemas.tables import FEATURE_INDEX_SCHEMA
 
 LOGGER = logging.getLogger(__name__)
 # Rows per Parquet row group of the index and plan pieces: a point lookup decodes one group.
-ROW_GROUP_ROWS = 4096
+ROW_GROUP_ROWS = 8192
 SHARDS_SCHEMA = pa.schema(
     [
         pa.field("shard", pa.int64()),
@@ -56,14 +56,15 @@ SHARDS_SCHEMA = pa.schema(
 
 
 def _write_piece(path: str, table: pa.Table) -> int:
-    """A snapshot piece: zstd Parquet in row groups of ROW_GROUP_ROWS, with min/max statistics
-    on image_id only (they prune row groups; others would only grow the footer). Returns its
+    """A snapshot piece: LZ4 Parquet in row groups of ROW_GROUP_ROWS, with min/max statistics
+    on image_id only (they prune row groups; others would only grow the footer). LZ4 decodes
+    about twice as fast as zstd here, and a 1k-id lookup decodes most row groups. Returns its
     size in bytes."""
     buffer = io.BytesIO()
     pq.write_table(
         table,
         buffer,
-        compression="zstd",
+        compression="lz4",
         row_group_size=ROW_GROUP_ROWS,
         write_statistics=["image_id"],
     )

@@ -15,8 +15,15 @@ import numpy as np
 
 from features import files
 from features.store.row_scatter import key_runs
-from features.store.shard_reader import MISSING, ShardFormat, decode_chunk, parse_index
+from features.store.shard_reader import (
+    MISSING,
+    ShardFormat,
+    decode_chunk,
+    decode_pool,
+    parse_index,
+)
 
+_PARALLEL_ABOVE = 8  # shards touched before reading them in the decode pool
 RangeReader = Callable[[int, int], bytes]  # (offset from the start, or negative from the end; size)
 
 
@@ -50,8 +57,18 @@ def read_sparse_rows(array_path: str, fmt: ShardFormat, rows: np.ndarray) -> np.
         StoreError: a corrupt shard index or chunk (the message names the object).
     """
     out = np.empty((len(rows), *fmt.shape[1:]), fmt.dtype)
-    for shard, picked in key_runs(rows // fmt.shard_rows):
-        _read_shard_rows(array_path, fmt, shard, rows[picked], out[picked])
+    tasks = [(shard, picked) for shard, picked in key_runs(rows // fmt.shard_rows)]
+    if len(tasks) < _PARALLEL_ABOVE:
+        for shard, picked in tasks:
+            _read_shard_rows(array_path, fmt, shard, rows[picked], out[picked])
+        return out
+    # Reads and Blosc release the GIL: shards in parallel (each writes its own slice of out).
+    futures = [
+        decode_pool().submit(_read_shard_rows, array_path, fmt, shard, rows[picked], out[picked])
+        for shard, picked in tasks
+    ]
+    for future in futures:
+        future.result()
     return out
 
 
@@ -73,7 +90,8 @@ def _read_shard_rows(
         index = parse_index(memoryview(raw), fmt, where)
         chunk = np.empty((fmt.chunk_rows, *fmt.shape[1:]), fmt.dtype)
         local = rows - shard * fmt.shard_rows
-        for number, picked in key_runs(local // fmt.chunk_rows):
+        chunks = [(int(local[0]) // fmt.chunk_rows, slice(0, 1))] if len(local) == 1 else None
+        for number, picked in chunks or key_runs(local // fmt.chunk_rows):
             offset, nbytes = (int(value) for value in index[number])
             if offset == MISSING:
                 out[picked] = fmt.fill_value
