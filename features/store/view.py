@@ -31,8 +31,7 @@ from features.store.shards import (
     marker_path,
     read_marker_bytes,
 )
-from features.store.snapshot import list_snapshots, read_pointer, read_snapshot
-from features.store.snapshot_reader import SnapshotRead, removed_flags
+from features.store.view_reads import ViewReads
 from schemas.errors import SpecMismatchError, StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA, ROW_ALLOCATION_SCHEMA
 from schemas.view_spec import FeatureViewSpec
@@ -42,10 +41,9 @@ VIEW_FORMAT_VERSION = 1
 
 
 __all__ = ["CommitMarker", "FeatureView", "ShardSpec", "image_ids_digest"]
-_HINTED: set[str] = set()  # views already told to run features.compact (log once each)
 
 
-class FeatureView:
+class FeatureView(ViewReads):
     """A view of one store: create or open it, write shards, and read committed rows."""
 
     def __init__(self, store_root: str, name: str) -> None:
@@ -393,77 +391,6 @@ class FeatureView:
         marker, data = read_marker_bytes(path)
         check_marker(path, shard, marker, self.shard_image_ids(shard), self.spec.identity_sha256())
         return marker, data
-
-    def snapshots(self) -> list[int]:
-        """Numbers of the view's published snapshots, ascending."""
-        return list_snapshots(self.path)
-
-    def snapshot_read(self, as_of: int | None = None) -> SnapshotRead | None:
-        """A read at snapshot as_of, or at the latest plus shards committed since (as_of None).
-
-        Returns None for a view without snapshots (written before them): callers then read
-        every marker (correct, slower; `python -m features.compact` upgrades the view).
-
-        Raises:
-            StoreError: as_of names no snapshot, the pointer names a missing one, or the view
-                has no snapshot at all while as_of asks for one.
-        """
-        if as_of is not None:
-            snapshot = read_snapshot(self.path, as_of, f"as_of={as_of}")
-            return SnapshotRead(self.path, snapshot, include_pending=False, removed=None)
-        snapshot = read_pointer(self.path)
-        if snapshot is None:
-            return None
-        rows = int(self.meta["rows"])
-        tail = None if rows == snapshot.rows else lambda: self._tail_plan(snapshot.rows)
-        return SnapshotRead(self.path, snapshot, True, self.removed_image_ids(), tail)
-
-    def _tail_plan(self, first_row: int) -> pa.Table:
-        allocation = self.allocation.select(["image_id", "row"])
-        rows = allocation.column("row").to_numpy()
-        return allocation.slice(int(np.searchsorted(rows, first_row)))
-
-    def committed_index(self, as_of: int | None = None) -> pa.Table:
-        """Index rows of committed shards only, ordered by row, with a `removed` column.
-
-        Args:
-            as_of: a snapshot number (time travel); None = the latest state.
-
-        Raises:
-            StoreError: see snapshot_read.
-        """
-        read = self.snapshot_read(as_of)
-        if read is None:
-            index = self.marker_index()
-            self.last_read = {"snapshot": None, "shards_after": []}
-            return index
-        index = read.index()
-        self.last_read = {
-            "snapshot": read.snapshot.snapshot,
-            "shards_after": sorted(read.pending_committed),
-        }
-        return index
-
-    def marker_index(self) -> pa.Table:
-        """The committed index built from every marker and index part (no snapshot used)."""
-        if self.path not in _HINTED:
-            _HINTED.add(self.path)
-            LOGGER.info(
-                "view %s has no snapshot: reading every commit marker; run "
-                "`python -m features.compact --store %s --view %s` once to speed up reads",
-                self.name,
-                self.store_root,
-                self.name,
-            )
-        markers = self.committed()
-        parts = [
-            files.read_parquet(self.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
-            for shard in self.shards()
-            if shard.index in markers
-        ]
-        index = pa.concat_tables(parts) if parts else FEATURE_INDEX_SCHEMA.empty_table()
-        flags = removed_flags(index.column("image_id"), self.removed_image_ids())
-        return index.append_column(pa.field("removed", pa.bool_()), flags)
 
     def finalize(self) -> None:
         """Publish format-level reader metadata (e.g. HDF5's Virtual Dataset) for committed shards."""
