@@ -274,3 +274,29 @@ def test_markers_carry_the_stored_features_checksum(tmp_path, backend) -> None:
     stored = files.read_bytes(files.join(view.path, marker.features_file))
     assert marker.features_sha256 == hashlib.sha256(stored).hexdigest()
     assert isinstance(view.array, FeatureArray)
+
+
+def test_rows_appended_after_the_snapshot_are_found_once_committed(tmp_path, backend) -> None:
+    from features.extraction.planning import allocate_rows
+    from tests.unit.test_store import manifest
+
+    view = new_view(str(tmp_path), backend, SMALL_NARROW, 4, SHARD_ROWS)
+    for shard in view.shards():
+        commit(view, shard, values_of(4)[shard.row_start : shard.row_stop], ["ok"] * 2)
+    publish_snapshot(view, "first")
+    grown = manifest(6).filter(pa.array([i != 2 for i in range(6)]))  # img0003 leaves
+    view.ensure(SMALL_NARROW, allocate_rows(grown), None, backend)
+    store = FeatureStore(str(tmp_path))
+    with pytest.raises(UnknownImageIdsError, match="img0005"):
+        store.table("narrow", ids=["img0005"])
+    new_shard = view.shards()[-1]
+    assert (new_shard.row_start, new_shard.row_stop) == (4, 6)
+    commit(view, new_shard, values_of(6)[4:6], ["ok", "ok"])
+    table = store.table("narrow", ids=["img0005", "img0000"])
+    assert table.column("row").to_pylist() == [5, 0]
+    np.testing.assert_array_equal(table.column("features")[0].to_numpy(), values_of(6)[5])
+    index = store.index("narrow")
+    assert index.column("row").to_pylist() == list(range(6))
+    assert index.filter(index.column("removed")).column("image_id").to_pylist() == ["img0003"]
+    assert publish_snapshot(view, "second") == 2
+    assert FeatureStore(str(tmp_path)).index("narrow").equals(index)
