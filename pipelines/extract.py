@@ -40,7 +40,7 @@ from pipelines.runners import (
     runner_options,
     settings_from_args,
 )
-from schemas.errors import ConfigError, PipelineError
+from schemas.errors import ConfigError, PipelineError, StoreError
 from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, InputPolicy
 
 LOGGER = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _execute(
     finally:
         for view in views:
             view.finalize()
-            publish_snapshot(view, run_id)  # readers then read O(1) files per lookup
+            _publish(view, run_id, outcome)
         summary = summarize(views, run_id, time.perf_counter() - started, settings.runner)
         summary.update(
             outcome=outcome,
@@ -297,6 +297,17 @@ def _execute(
         for view in views:
             view.write_run_summary(run_id, summary)
     return summary
+
+
+def _publish(view: FeatureView, run_id: str, outcome: str) -> None:
+    """Publish the view's snapshot (readers then open O(1) files per lookup). After a failed
+    run a publishing error is logged, not raised over the run's own error."""
+    try:
+        publish_snapshot(view, run_id)
+    except StoreError as error:
+        if outcome != "failed":
+            raise
+        LOGGER.warning("view %s: no snapshot published after the failed run: %s", view.name, error)
 
 
 def _main(argv: Sequence[str] | None) -> int:

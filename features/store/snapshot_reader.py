@@ -296,6 +296,10 @@ class SnapshotRead:
 
     def _pending_parts(self, plan: pa.Table, shards: Sequence[int]) -> list[pa.Table]:
         """Index parts of the shards (among those given) committed since the snapshot."""
+        if not shards:
+            return []
+        plan_shards = plan.column("row").to_numpy() // self.snapshot.shard_rows
+        plan = plan.filter(pa.array(np.isin(plan_shards, np.asarray(shards, dtype=np.int64))))
         plan_rows = plan.column("row").to_numpy()
         plan_ids = np.asarray(plan.column("image_id").to_pylist(), dtype=object)
         parts = []
