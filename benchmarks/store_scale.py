@@ -268,15 +268,21 @@ def _in_fresh_process(root: str, n: int, what: str, repeats: int) -> dict[str, A
     return dict(json.loads(output.strip().splitlines()[-1]))
 
 
-def bench_size(base: str, n: int, repeats: int) -> dict[str, Any]:
-    """Build one view and measure it; returns one row of the report."""
+def bench_size(base: str, n: int, repeats: int, keep: bool) -> dict[str, Any]:
+    """Build one view (or reuse one a --keep run left) and measure it; one row of the report."""
     root = os.path.join(base, f"n{n}")
-    row: dict[str, Any] = {"rows": n, **build_view(root, n)}
-    LOGGER.info("built %d rows in %.1f s, snapshot %.1f s", n, row["build_s"], row["snapshot_s"])
+    if os.path.exists(os.path.join(root, VIEW, "_latest_snapshot.json")):
+        row: dict[str, Any] = {"rows": n, "shards": -(-n // SHARD_ROWS), "reused": True}
+    else:
+        row = {"rows": n, **build_view(root, n)}
+        LOGGER.info(
+            "built %d rows in %.1f s, snapshot %.1f s", n, row["build_s"], row["snapshot_s"]
+        )
     for what in ("files", "lookup_1id", "lookup_1id_after_snapshot", "lookup_1k", "index"):
         row.update(_in_fresh_process(root, n, what, repeats))
     row.update(_in_fresh_process(root, n, "requests", 1))
-    files.remove_tree(root)
+    if not keep:
+        files.remove_tree(root)
     return row
 
 
@@ -319,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5, help="warm repetitions (median)")
     parser.add_argument("--root", help="where to build the views (default: a temp dir)")
     parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the views under --root (a rerun reuses them)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--measure", help=argparse.SUPPRESS)
@@ -332,7 +341,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.child:
         return _child(args)
     base = args.root or tempfile.mkdtemp(prefix="store-scale-")
-    rows = [bench_size(base, int(size), args.repeats) for size in args.sizes.split(",")]
+    sizes = [int(size) for size in args.sizes.split(",")]
+    rows = [bench_size(base, size, args.repeats, args.keep) for size in sizes]
     report = format_report(rows)
     print(report)
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
