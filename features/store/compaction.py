@@ -72,10 +72,6 @@ def _write_piece(path: str, table: pa.Table) -> int:
     return len(buffer.getvalue())
 
 
-def _previous(view: FeatureView) -> Snapshot | None:
-    return read_pointer(view.path)
-
-
 def _new_shards(
     view: FeatureView, done: set[int]
 ) -> tuple[list[pa.Table], list[dict[str, object]]]:
@@ -114,6 +110,32 @@ def _plan(view: FeatureView, committed: set[int]) -> pa.Table:
     return plan.take(pc.sort_indices(plan.column("image_id")))
 
 
+def _merged_pieces(
+    view: FeatureView,
+    previous: Snapshot | None,
+    parts: list[pa.Table],
+    records: list[dict[str, object]],
+    removed: set[str],
+) -> tuple[pa.Table, pa.Table]:
+    """The new index piece (previous one + new parts, sorted by image_id, current removed
+    flags) and shards piece (previous records + new ones)."""
+    kept, old_shards = [], []
+    if previous is not None:
+        old_index = read_piece(files.join(view.path, previous.index), "index piece")
+        kept = [old_index.drop_columns(["removed"])]
+        shards = read_piece(files.join(view.path, previous.shards), "shards piece")
+        old_shards = [shards.cast(SHARDS_SCHEMA)]
+    index = pa.concat_tables(
+        [part.cast(FEATURE_INDEX_SCHEMA) for part in [*kept, *parts]]
+        or [FEATURE_INDEX_SCHEMA.empty_table()]
+    )
+    index = index.take(pc.sort_indices(index.column("image_id")))
+    flags = removed_flags(index.column("image_id"), removed)
+    index = index.append_column(pa.field("removed", pa.bool_()), flags).cast(INDEX_WITH_REMOVED)
+    shards_table = pa.concat_tables([*old_shards, pa.Table.from_pylist(records, SHARDS_SCHEMA)])
+    return index, shards_table
+
+
 def publish_snapshot(view: FeatureView, reason: str) -> int:
     """Publish a snapshot of the view's committed shards; returns its number.
 
@@ -125,7 +147,7 @@ def publish_snapshot(view: FeatureView, reason: str) -> int:
     Raises:
         StoreError: a marker or index part is invalid, or another publisher took the number.
     """
-    previous = _previous(view)
+    previous = read_pointer(view.path)
     done = set(previous.committed_shards()) if previous else set()
     parts, records = _new_shards(view, done)
     removed = view.removed_image_ids()
@@ -137,24 +159,8 @@ def publish_snapshot(view: FeatureView, reason: str) -> int:
         and (previous.rows, previous.removed_sha256) == (rows, removed_digest)
     ):
         return previous.snapshot
-    old_index = old_shards = None
-    if previous is not None:
-        old_index = read_piece(files.join(view.path, previous.index), "index piece")
-        old_shards = read_piece(files.join(view.path, previous.shards), "shards piece")
-    kept = [] if old_index is None else [old_index.drop_columns(["removed"])]
-    index = pa.concat_tables(
-        [part.cast(FEATURE_INDEX_SCHEMA) for part in [*kept, *parts]]
-        or [FEATURE_INDEX_SCHEMA.empty_table()]
-    )
-    index = index.take(pc.sort_indices(index.column("image_id")))
-    index = index.append_column(
-        pa.field("removed", pa.bool_()), removed_flags(index.column("image_id"), removed)
-    ).cast(INDEX_WITH_REMOVED)
-    shards_table = pa.concat_tables(
-        ([old_shards.cast(SHARDS_SCHEMA)] if old_shards is not None else [])
-        + [pa.Table.from_pylist(records, SHARDS_SCHEMA)]
-    )
-    committed = done | {int(record["shard"]) for record in records}  # type: ignore[call-overload]
+    index, shards_table = _merged_pieces(view, previous, parts, records, removed)
+    committed = done | set(shards_table.column("shard").to_pylist())
     number = max([0, *list_snapshots(view.path)]) + 1
     tag = f"{number:06d}-{uuid.uuid4().hex[:8]}"
     names = {
