@@ -27,7 +27,7 @@ from features.download.manifest import build_manifest, entries_from_folder
 from features.extraction.images import load_image
 from features.extraction.planning import allocate_rows, package_version, prepare_views
 from features.extraction.shard import ExtractionConfig, ShardExtractor
-from features.store.view import FeatureView
+from features.store import FeatureView, ViewLease, ensure_store
 from schemas.view_spec import PREDEFINED_VIEWS
 
 GPU_IMAGES_PER_SECOND = 3000.0  # InceptionResNetV2 on an A100 (issue 12); not measured here
@@ -106,7 +106,12 @@ def pipeline_rate(
     spec = replace(PREDEFINED_VIEWS[VIEW], package_version=package_version())
     spec = spec.with_weights("stand-in:zeros", StandInModel.weights_sha256)
     store = tempfile.mkdtemp(dir=root)
-    views = prepare_views(store, [spec], allocate_rows(manifest), shard_size, "zarr")
+    ensure_store(store)
+    view_path = files.join(store, spec.name)
+    with ViewLease.acquire_all([view_path], "gpu-feed", None) as leases:
+        views = prepare_views(
+            store, [spec], allocate_rows(manifest), shard_size, "zarr", leases=leases
+        )
     config = ExtractionConfig(
         store, (VIEW,), "gpu-feed", decode_threads=threads, max_batch_pixels=batch_pixels
     )

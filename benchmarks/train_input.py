@@ -8,7 +8,6 @@ import os
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ from benchmarks.reference_hdf5 import reference_batches, write_reference_file
 from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
 from features.extraction.planning import allocate_rows, ensure_store
 from features.store.backends import COMPRESSIONS
-from features.store.view import CommitMarker, FeatureView, image_ids_digest
+from features.store.view import FeatureView
 from features.training.heads import HEADS
 from features.training.input_stream import (
     BlockReader,
@@ -105,19 +104,8 @@ def build_view(
                 "model_ms": [0.0] * shard.rows,
             }
         )
-        marker = CommitMarker(
-            shard.index,
-            shard.row_start,
-            shard.row_stop,
-            image_ids_digest(ids),
-            spec.identity_sha256(),
-            dict(Counter(["ok"] * shard.rows)),
-            "bench",
-            shard.rows,
-            0.0,
-        )
         values = relu_like(rng, (shard.rows, len(spec.variants), *spec.feature_shape))
-        view.write_shard(shard, values, index, marker)
+        view.commit_shard(shard, values, index, "bench")
     return view
 
 

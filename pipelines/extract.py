@@ -29,10 +29,15 @@ from features.extraction.planning import (
 from features.extraction.shard import ExtractionConfig
 from features.extraction.variants import parse_variants
 from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES, configure_device
-from features.store import BACKENDS, ensure_store
-from features.store.backends import COMPRESSIONS
-from features.store.lease import ViewLease
-from features.store.view import FeatureView, ShardSpec
+from features.store import (
+    BACKENDS,
+    COMPRESSIONS,
+    FeatureView,
+    ShardSpec,
+    ViewLease,
+    ensure_store,
+    publish_snapshot,
+)
 from pipelines.progress import CommitProgress, format_summary
 from pipelines.runners import (
     RunnerSettings,
@@ -44,7 +49,7 @@ from pipelines.runners import (
     settings_from_args,
 )
 from pipelines.worker_env import WorkerEnvironment, worker_environment
-from schemas.errors import ConfigError, PipelineError
+from schemas.errors import ConfigError, PipelineError, StoreError
 from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, InputPolicy
 
 LOGGER = logging.getLogger(__name__)
@@ -309,6 +314,7 @@ def _execute(
     finally:
         for view in views:
             view.finalize()
+            _publish(view, run_id, outcome)
         summary = summarize(views, run_id, time.perf_counter() - started, settings.runner)
         summary.update(
             outcome=outcome,
@@ -322,6 +328,8 @@ def _execute(
         for view in views:
             view.write_run_summary(run_id, summary)
     return summary
+
+
 
 
 def _record_takeovers(store: str, leases: list[ViewLease], run_id: str) -> list[dict[str, Any]]:
@@ -350,6 +358,17 @@ def _check_environment(
     if not runner_entry(settings.runner).remote_workers and args.device in ("gpu", "npu"):
         configure_device(args.device)  # local workers share this machine: fail here, not there
     return environment
+
+
+def _publish(view: FeatureView, run_id: str, outcome: str) -> None:
+    """Publish the view's snapshot (readers then open O(1) files per lookup). After a failed
+    run a publishing error is logged, not raised over the run's own error."""
+    try:
+        publish_snapshot(view, run_id)
+    except StoreError as error:
+        if outcome != "failed":
+            raise
+        LOGGER.warning("view %s: no snapshot published after the failed run: %s", view.name, error)
 
 
 def _main(argv: Sequence[str] | None) -> int:

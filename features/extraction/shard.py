@@ -29,7 +29,7 @@ from features.model.devices import (
     placed_device,
 )
 from features.model.mlsp import ExtractorKey, MLSPExtractor, get_extractor
-from features.store.view import CommitMarker, FeatureView, ShardSpec, image_ids_digest
+from features.store import FeatureView, ShardSpec
 from schemas.errors import ConfigError, StoreError
 from schemas.status import RowStatus
 from schemas.tables import FEATURE_INDEX_SCHEMA
@@ -183,19 +183,15 @@ class ShardExtractor:
         forwarded = model.images_forwarded - forwarded_before
         seconds = time.perf_counter() - started
         for view in pending:
-            marker = CommitMarker(
-                shard=shard.index,
-                row_start=shard.row_start,
-                row_stop=shard.row_stop,
-                image_ids_sha256=image_ids_digest([row["image_id"] for row in rows]),
-                spec_sha256=view.spec.identity_sha256(),
-                status_counts=dict(counts),
-                run_id=self.config.run_id,
+            view.commit_shard(
+                shard,
+                features[view.name],
+                index,
+                self.config.run_id,
                 images_forwarded=forwarded,
                 seconds=round(seconds, 3),
                 device=self.shard_device(forwarded),
             )
-            view.write_shard(shard, features[view.name], index, marker)
         LOGGER.info(
             "shard %d rows %d:%d committed to %s: %s, %.2f images/s",
             shard.index,

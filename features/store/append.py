@@ -4,25 +4,46 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from features import files
+from features.store.backends import FeatureArray
 from schemas.tables import ROW_ALLOCATION_SCHEMA
 
-if TYPE_CHECKING:
-    from features.store.view import FeatureView
-
 LOGGER = logging.getLogger(__name__)
+
+
+class AppendableView(Protocol):
+    """What reconciling needs of a view (FeatureView provides it; no import, so no cycle)."""
+
+    name: str
+    path: str
+
+    @property
+    def allocation(self) -> pa.Table: ...
+
+    @property
+    def meta(self) -> dict[str, Any]: ...
+
+    @property
+    def shard_rows(self) -> int: ...
+
+    @property
+    def array(self) -> FeatureArray: ...
+
+    def removed_image_ids(self) -> set[str]: ...
+
+    def reset_cache(self) -> None: ...
 
 
 def _next_boundary(rows: int, shard_rows: int) -> int:
     return -(-rows // shard_rows) * shard_rows
 
 
-def reconcile_manifest(view: FeatureView, manifest_allocation: pa.Table) -> tuple[int, int]:
+def reconcile_manifest(view: AppendableView, manifest_allocation: pa.Table) -> tuple[int, int]:
     """Bring the view's rows in line with a manifest, never moving or deleting existing rows.
 
     New images get rows in a fresh segment starting on the next shard boundary, so no
@@ -55,7 +76,7 @@ def reconcile_manifest(view: FeatureView, manifest_allocation: pa.Table) -> tupl
     return len(new_ids), len(removed)
 
 
-def _append(view: FeatureView, manifest_allocation: pa.Table, new_ids: set[str]) -> None:
+def _append(view: AppendableView, manifest_allocation: pa.Table, new_ids: set[str]) -> None:
     """Resize the array, then publish the longer allocation, then view.json (readers' order)."""
     mask = pc.is_in(manifest_allocation.column("image_id"), pa.array(sorted(new_ids), pa.string()))
     additions = manifest_allocation.filter(mask).sort_by([("image_id", "ascending")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -10,6 +11,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from features import files
+from features.store.point_read import read_sparse_rows
 from features.store.row_scatter import RowScatter, ScatterRequest, scatter_from_values
 from schemas.errors import ConfigError, StoreError
 
@@ -151,6 +153,13 @@ class FeatureArray(abc.ABC):
     def resize(self, rows: int) -> None:
         """Grow the row axis (new rows are NaN); existing rows are untouched."""
 
+    def read_scattered(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted, unique) spread over many shards, reading only the chunks holding them.
+
+        Formats with a byte-range path override this; this one is read_rows.
+        """
+        return self.read_rows(rows)
+
     def scatter_rows(self, request: ScatterRequest, out: np.ndarray) -> None:
         """Copy rows (one variant each, or all) into slots of out: out[slots[i]] = row i.
 
@@ -162,6 +171,24 @@ class FeatureArray(abc.ABC):
         contiguous = int(rows[-1]) - int(rows[0]) + 1 == len(rows)
         values = self.read_range(int(rows[0]), int(rows[-1]) + 1) if contiguous else None
         scatter_from_values(self.read_rows(rows) if values is None else values, request, out)
+
+    @abc.abstractmethod
+    def shard_key(self, shard_index: int) -> str:
+        """Path of the stored object holding one shard's features, relative to self.path."""
+
+    def shard_checksum(self, shard_index: int) -> tuple[str, str]:
+        """Integrity record of one shard, from the bytes actually stored.
+
+        Returns:
+            (the object's path relative to the view, sha256 of its bytes or "" when the
+            object does not exist: Zarr stores nothing for a shard that is all fill value).
+        """
+        relative = f"{self.directory_name}/{self.shard_key(shard_index)}"
+        try:
+            data = files.read_bytes(files.join(self.path, self.shard_key(shard_index)))
+        except FileNotFoundError:
+            return relative, ""
+        return relative, hashlib.sha256(data).hexdigest()
 
     def finalize(self, committed: Sequence[Any]) -> None:
         """Publish reader-side metadata after a run (committed: ShardSpecs with markers)."""
@@ -245,6 +272,11 @@ class ZarrFeatureArray(FeatureArray):
                 return name
         raise StoreError(f"{self.path}: inner codecs {codecs} are none of {sorted(COMPRESSIONS)}")
 
+    def shard_key(self, shard_index: int) -> str:
+        # Zarr v3's default chunk key encoding: c/<row shard>/0/0/... (one shard spans the rest).
+        dimensions = 2 + len(self.layout().feature_shape)
+        return "/".join(["c", str(shard_index), *["0"] * (dimensions - 1)])
+
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         self._open()[row_start : row_start + values.shape[0]] = values
 
@@ -286,6 +318,15 @@ class ZarrFeatureArray(FeatureArray):
 
         return scanner.read_range(row_start, row_stop, through_zarr)
 
+    def read_scattered(self, rows: np.ndarray) -> np.ndarray:
+        """Byte-range reads of each touched shard's index and chunks (features.store.point_read)."""
+        from features.store.shard_reader import ShardScanner
+
+        scanner = ShardScanner.open(self.path) if len(rows) else None
+        if scanner is None or rows[-1] >= scanner.format.shape[0]:
+            return self.read_rows(rows)
+        return read_sparse_rows(self.path, scanner.format, rows)
+
     def scatter_rows(self, request: ScatterRequest, out: np.ndarray) -> None:
         """Rows read straight into their slots (features.store.row_scatter) when the layout
         is the one this store writes; otherwise the generic read-then-place."""
@@ -299,27 +340,3 @@ class ZarrFeatureArray(FeatureArray):
             scatter.scatter(request, out)
         else:
             super().scatter_rows(request, out)
-
-
-def _registry() -> dict[str, type[FeatureArray]]:
-    from features.store.hdf5_backend import HDF5FeatureArray
-
-    return {backend.format_name: backend for backend in (ZarrFeatureArray, HDF5FeatureArray)}
-
-
-BACKENDS: dict[str, type[FeatureArray]] = _registry()
-
-
-def backend_for(format_name: str, view_path: str) -> FeatureArray:
-    """Instantiate the registered backend for a format name.
-
-    Raises:
-        StoreError: unknown format.
-    """
-    try:
-        backend_class = BACKENDS[format_name]
-    except KeyError:
-        raise StoreError(
-            f"unknown store format {format_name!r}; known: {sorted(BACKENDS)}"
-        ) from None
-    return backend_class(view_path)

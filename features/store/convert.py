@@ -14,7 +14,9 @@ import numpy as np
 
 from features import files
 from features.cli import add_common_arguments, configure_logging, run_cli
-from features.store.backends import BACKENDS, COMPRESSIONS
+from features.store.backends import COMPRESSIONS
+from features.store.compaction import publish_snapshot
+from features.store.formats import BACKENDS
 from features.store.root import ensure_store
 from features.store.view import FeatureView
 from schemas.errors import ConfigError
@@ -31,9 +33,10 @@ def convert_view(
 ) -> FeatureView:
     """Copy a view's committed shards into a new view of another format (same spec and rows).
 
-    Markers are copied unchanged: they describe rows, ids and spec, none of which depend on
-    the format or the compression. Shards are written through the target backend, index part
-    first, marker last.
+    Markers keep their lineage (rows, ids, spec, run): none of it depends on the format or the
+    compression; their features checksum is recomputed from the target's stored bytes. Shards
+    are written through the target backend, index part first, marker last, and the new view
+    gets a snapshot.
 
     Args:
         source: the view to copy.
@@ -71,6 +74,7 @@ def convert_view(
         index = files.read_parquet(source.index_part_path(shard))
         target.write_shard(shard, values, index, markers[shard.index])
     target.finalize()
+    publish_snapshot(target, f"convert from {source.path}")
     for run in source.run_history():
         files.atomic_write_text(
             files.join(target.path, "runs", f"{run['run_id']}.json"), json.dumps(run, indent=2)

@@ -48,9 +48,12 @@ class HDF5FeatureArray(FeatureArray):
     def _layout_path(self) -> str:
         return files.join(self.path, "layout.json")
 
+    def shard_key(self, shard_index: int) -> str:
+        return f"shards/shard-{shard_index:06d}.h5"
+
     def shard_path(self, shard_index: int) -> str:
         """File of one shard."""
-        return files.join(self.path, "shards", f"shard-{shard_index:06d}.h5")
+        return files.join(self.path, self.shard_key(shard_index))
 
     def _write_layout(self, layout: ArrayLayout) -> None:
         data = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -12,7 +13,9 @@ import numpy as np
 
 from features import files
 from features.cli import add_common_arguments, configure_logging, run_cli
-from features.store.view import FeatureView, ShardSpec
+from features.store.query import FeatureStore
+from features.store.snapshot_reader import read_piece
+from features.store.view import CommitMarker, FeatureView, ShardSpec
 from schemas.errors import StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA
 
@@ -70,7 +73,12 @@ def _check_committed_shard(
         report.problems.append(
             f"{where}: status counts {dict(Counter(statuses))} != marker {dict(counts)}"
         )
-    values = view.array.read_range(shard.row_start, shard.row_stop).astype(np.float32)
+    try:
+        values = view.array.read_range(shard.row_start, shard.row_stop).astype(np.float32)
+    except Exception as error:  # a corrupt object fails in the codec (Blosc, HDF5, zarr)
+        where_file = files.join(view.array.path, view.array.shard_key(shard.index))
+        report.problems.append(f"{where}: {where_file} cannot be decoded ({error})")
+        return
     flat = values.reshape(len(values), -1)
     finite = np.asarray(np.isfinite(flat).all(axis=1))
     all_nan = np.asarray(np.isnan(flat).all(axis=1))
@@ -99,8 +107,77 @@ def _check_uncommitted_shard(
         )
 
 
-def verify_view(view: FeatureView) -> VerificationReport:
-    """Check every committed shard of a view and that readers see committed rows only."""
+def _check_checksum(
+    view: FeatureView, shard: ShardSpec, marker: CommitMarker, report: VerificationReport
+) -> None:
+    """Deep check: the shard's stored features object still has the bytes its marker recorded."""
+    if marker.features_sha256 is None:
+        report.notes.append(
+            f"shard {shard.index}: marker has no features checksum (written before checksums)"
+        )
+        return
+    features_file, checksum = view.array.shard_checksum(shard.index)
+    if checksum != marker.features_sha256:
+        now = checksum[:12] + "…" if checksum else "missing"
+        report.problems.append(
+            f"shard {shard.index}: {files.join(view.path, features_file)} changed since commit "
+            f"(sha256 recorded {marker.features_sha256[:12] or 'absent'}…, now {now})"
+        )
+
+
+def _check_snapshot(
+    view: FeatureView, markers: Mapping[int, CommitMarker], report: VerificationReport
+) -> None:
+    """The latest snapshot: readable, its pieces present, its shards' markers unchanged."""
+    try:
+        read = view.snapshot_read()
+    except StoreError as error:
+        report.problems.append(str(error))
+        return
+    if read is None:
+        report.notes.append("no snapshot yet: run python -m features.compact to speed up reads")
+        return
+    snapshot = read.snapshot
+    try:
+        shards = read_piece(files.join(view.path, snapshot.shards), "shards piece of snapshot")
+        read_piece(files.join(view.path, snapshot.plan), "plan piece of snapshot")
+        indexed = read_piece(files.join(view.path, snapshot.index), "index piece of snapshot")
+    except StoreError as error:
+        report.problems.append(str(error))
+        return
+    if indexed.num_rows != snapshot.index_rows:
+        report.problems.append(f"snapshot {snapshot.snapshot}: index piece row count differs")
+    recorded = dict(
+        zip(
+            shards.column("shard").to_pylist(),
+            shards.column("marker_sha256").to_pylist(),
+            strict=True,
+        )
+    )
+    for shard in view.shards():
+        if not snapshot.is_committed(shard.index):
+            continue
+        if shard.index not in markers:
+            report.problems.append(
+                f"snapshot {snapshot.snapshot} commits shard {shard.index} but "
+                f"{view.marker_path(shard)} is missing or invalid"
+            )
+            continue
+        _, data = view.read_marker_with_bytes(shard)
+        if hashlib.sha256(data).hexdigest() != recorded.get(shard.index):
+            report.problems.append(
+                f"{view.marker_path(shard)}: differs from the digest snapshot "
+                f"{snapshot.snapshot} recorded"
+            )
+
+
+def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
+    """Check every committed shard of a view and that readers see committed rows only.
+
+    Args:
+        view: the view.
+        deep: also recompute every committed shard's features checksum (reads all bytes).
+    """
     report = VerificationReport(view.name)
     _check_layout(view, report)
     markers, marker_problems = view.inspect_markers()
@@ -108,9 +185,12 @@ def verify_view(view: FeatureView) -> VerificationReport:
     for shard in view.shards():
         if shard.index in markers:
             _check_committed_shard(view, shard, markers[shard.index].status_counts, report)
+            if deep:
+                _check_checksum(view, shard, markers[shard.index], report)
             report.shards_checked += 1
         else:
             _check_uncommitted_shard(view, shard, report)
+    _check_snapshot(view, markers, report)
     if not marker_problems:
         committed_rows = {
             row
@@ -131,17 +211,21 @@ def verify_view(view: FeatureView) -> VerificationReport:
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the verify CLI."""
     parser = argparse.ArgumentParser(
-        prog="python -m features.store.verify", description="Verify committed shards of feature views."
+        prog="python -m features.store.verify",
+        description="Verify committed shards of feature views.",
     )
     parser.add_argument("--store", required=True, help="store root (path or URL)")
     parser.add_argument("--view", action="append", help="view to verify (repeatable; default: all)")
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        help="also recompute each committed shard's features checksum (reads every stored byte)",
+    )
     add_common_arguments(parser)
     return parser
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from features.store.query import FeatureStore
-
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
     store = FeatureStore(args.store)
@@ -150,7 +234,7 @@ def _main(argv: Sequence[str] | None) -> int:
         raise StoreError(f"{args.store}: no views to verify")
     failed = 0
     for name in names:
-        report = verify_view(store.view(name))
+        report = verify_view(store.view(name), deep=args.deep)
         verdict = "OK" if report.ok else f"FAILED ({len(report.problems)} problem(s))"
         print(
             f"{name}: {verdict}: {report.shards_checked} committed shard(s), {report.rows_checked} row(s) checked"

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from features import files
+from features.store.append import reconcile_manifest
 from features.store.backends import (
-    BACKENDS,
     DEFAULT_COMPRESSION,
     ArrayLayout,
     FeatureArray,
-    backend_for,
     check_compression,
 )
+from features.store.formats import BACKENDS, backend_for
+from features.store.shards import (
+    CommitMarker,
+    ShardSpec,
+    check_marker,
+    image_ids_digest,
+    index_part_path,
+    marker_path,
+    read_marker_bytes,
+)
+from features.store.view_reads import ViewReads
 from schemas.errors import SpecMismatchError, StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA, ROW_ALLOCATION_SCHEMA
 from schemas.view_spec import FeatureViewSpec
@@ -32,61 +42,10 @@ VIEW_FORMAT_VERSION = 1
 CREATION_FILES = ("rows.parquet", "spec.json")
 
 
-@dataclass(frozen=True)
-class ShardSpec:
-    """A contiguous, shard-aligned row range: the unit of work and of commit."""
-
-    index: int
-    row_start: int
-    row_stop: int
-
-    @property
-    def rows(self) -> int:
-        """Number of rows in the shard."""
-        return self.row_stop - self.row_start
-
-    @property
-    def name(self) -> str:
-        """File stem used for the shard's index part and commit marker."""
-        return f"shard-{self.index:06d}"
+__all__ = ["CommitMarker", "FeatureView", "ShardSpec", "image_ids_digest"]
 
 
-@dataclass(frozen=True)
-class CommitMarker:
-    """Proof that a shard's features and index part are completely written."""
-
-    shard: int
-    row_start: int
-    row_stop: int
-    image_ids_sha256: str
-    spec_sha256: str
-    status_counts: Mapping[str, int]
-    run_id: str
-    images_forwarded: int
-    seconds: float
-    device: str = ""
-    committed_at: str = field(
-        default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    )
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON form."""
-        data = asdict(self)
-        data["status_counts"] = dict(self.status_counts)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CommitMarker:
-        """Inverse of to_dict."""
-        return cls(**dict(data))
-
-
-def image_ids_digest(image_ids: Sequence[str]) -> str:
-    """Digest of an ordered list of image ids (ties a marker to the rows it covers)."""
-    return hashlib.sha256("\n".join(image_ids).encode("utf-8")).hexdigest()
-
-
-class FeatureView:
+class FeatureView(ViewReads):
     """A view of one store: create or open it, write shards, and read committed rows."""
 
     def __init__(self, store_root: str, name: str) -> None:
@@ -96,6 +55,8 @@ class FeatureView:
         self._meta: dict[str, Any] | None = None
         self._spec: FeatureViewSpec | None = None
         self._allocation: pa.Table | None = None
+        # What the last committed_index() read: {"snapshot": N or None, "shards_after": [...]}.
+        self.last_read: dict[str, Any] = {}
 
     # ---- paths -------------------------------------------------------------------------
     def _file(self, *parts: str) -> str:
@@ -103,11 +64,11 @@ class FeatureView:
 
     def index_part_path(self, shard: ShardSpec) -> str:
         """Parquet index part of a shard."""
-        return self._file("index", f"{shard.name}.parquet")
+        return index_part_path(self.path, shard.index)
 
     def marker_path(self, shard: ShardSpec) -> str:
         """Commit marker of a shard."""
-        return self._file("commits", f"{shard.name}.json")
+        return marker_path(self.path, shard.index)
 
     # ---- lifecycle ---------------------------------------------------------------------
     def exists(self) -> bool:
@@ -240,8 +201,6 @@ class FeatureView:
                 f"view {self.name!r} is stored with {self.compression} compression, not "
                 f"{compression} (omit --compression to reuse it, or use a new view name)"
             )
-        from features.store.append import reconcile_manifest
-
         reconcile_manifest(self, allocation)
 
     # ---- metadata ----------------------------------------------------------------------
@@ -249,9 +208,11 @@ class FeatureView:
     def meta(self) -> dict[str, Any]:
         """Contents of view.json."""
         if self._meta is None:
-            if not self.exists():
-                raise StoreError(f"no view {self.name!r} in store {self.store_root}")
-            self._meta = json.loads(files.read_bytes(self._file("view.json")))
+            try:  # one GET, no existence check first: readers count requests
+                data = files.read_bytes(self._file("view.json"))
+            except FileNotFoundError:
+                raise StoreError(f"no view {self.name!r} in store {self.store_root}") from None
+            self._meta = json.loads(data)
         return self._meta
 
     @property
@@ -318,36 +279,97 @@ class FeatureView:
 
     def removed_image_ids(self) -> set[str]:
         """Ids whose images left the manifest; their rows stay, marked removed."""
-        path = self._file("removed.json")
-        return set(json.loads(files.read_bytes(path))) if files.exists(path) else set()
+        try:
+            return set(json.loads(files.read_bytes(self._file("removed.json"))))
+        except FileNotFoundError:
+            return set()
 
     def reset_cache(self) -> None:
         """Forget cached metadata (after the view was changed on disk)."""
         self._meta = self._spec = self._allocation = None
 
     # ---- writing -----------------------------------------------------------------------
+    def commit_shard(
+        self,
+        shard: ShardSpec,
+        values: np.ndarray | None,
+        index: pa.Table,
+        run_id: str,
+        images_forwarded: int | None = None,
+        seconds: float = 0.0,
+        device: str = "",
+    ) -> CommitMarker:
+        """Write and commit one shard: features, index part, then a marker built here.
+
+        The marker's digests come from the view itself (image ids of the allocated rows, the
+        spec) and its status counts from the index, so callers never assemble one by hand.
+
+        Args:
+            shard: the shard.
+            values: [rows, variants, *feature_shape] features, or None when the caller already
+                wrote them to the array (bulk writers); the checksum covers what is stored.
+            index: FEATURE_INDEX_SCHEMA rows of the shard, in row order.
+            run_id, images_forwarded, seconds, device: lineage recorded in the marker
+                (images_forwarded defaults to the shard's rows).
+
+        Returns:
+            The marker written.
+
+        Raises:
+            StoreError: index ids or shapes that do not match the shard.
+        """
+        image_ids = self.shard_image_ids(shard)
+        if index.column("image_id").to_pylist() != image_ids:
+            raise StoreError(f"shard {shard.index}: index image ids differ from the row allocation")
+        counts = Counter(index.column("status").to_pylist())
+        marker = CommitMarker(
+            shard=shard.index,
+            row_start=shard.row_start,
+            row_stop=shard.row_stop,
+            image_ids_sha256=image_ids_digest(image_ids),
+            spec_sha256=self.spec.identity_sha256(),
+            status_counts=dict(sorted(counts.items())),
+            run_id=run_id,
+            images_forwarded=shard.rows if images_forwarded is None else images_forwarded,
+            seconds=round(seconds, 3),
+            device=device,
+        )
+        return self.write_shard(shard, values, index, marker)
+
     def write_shard(
-        self, shard: ShardSpec, values: np.ndarray, index: pa.Table, marker: CommitMarker
-    ) -> None:
+        self, shard: ShardSpec, values: np.ndarray | None, index: pa.Table, marker: CommitMarker
+    ) -> CommitMarker:
         """Write a shard's features, then its index part, then its commit marker.
 
+        The marker gets the checksum of the features as stored (read back after the write).
         Readers trust only the marker, and it is written last and atomically, so a crash at any
-        point leaves either the previous committed state or the new one.
+        point leaves either the previous committed state or the new one. Prefer commit_shard;
+        this form copies an existing marker's lineage (format conversion).
+
+        Returns:
+            The marker written (with features_file and features_sha256 filled in).
         """
-        expected = (shard.rows, len(self.spec.variants), *self.spec.feature_shape)
-        if values.shape != expected:
-            raise StoreError(f"shard {shard.index}: features {values.shape} != expected {expected}")
+        if values is not None:
+            expected = (shard.rows, len(self.spec.variants), *self.spec.feature_shape)
+            if values.shape != expected:
+                raise StoreError(
+                    f"shard {shard.index}: features {values.shape} != expected {expected}"
+                )
+            dtype = self.spec.storage_dtype
+            self.array.write_shard(shard.row_start, values.astype(dtype, copy=False))
         if index.num_rows != shard.rows:
             raise StoreError(
                 f"shard {shard.index}: index has {index.num_rows} rows, not {shard.rows}"
             )
-        self.array.write_shard(shard.row_start, values.astype(self.spec.storage_dtype, copy=False))
+        features_file, checksum = self.array.shard_checksum(shard.index)
+        marker = replace(marker, features_file=features_file, features_sha256=checksum)
         files.atomic_write_parquet(self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA))
-        files.atomic_write_text(self.marker_path(shard), json.dumps(marker.to_dict(), indent=2))
+        files.atomic_write_bytes(self.marker_path(shard), marker.to_bytes())
+        return marker
 
     # ---- reading -----------------------------------------------------------------------
     def committed(self) -> dict[int, CommitMarker]:
-        """Valid commit markers by shard index.
+        """Valid commit markers by shard index (reads every marker: writers and verify only).
 
         Raises:
             StoreError: a marker disagrees with the view's shards or row allocation.
@@ -365,58 +387,36 @@ class FeatureView:
         """
         if not files.exists(self.marker_path(shard)):
             return False
-        self._read_marker(shard)
+        self.read_marker(shard)
         return True
 
     def inspect_markers(self) -> tuple[dict[int, CommitMarker], list[StoreError]]:
         """Valid markers by shard index, and one error per invalid marker (for verification)."""
-        shards = {shard.name: shard for shard in self.shards()}
         markers: dict[int, CommitMarker] = {}
         problems: list[StoreError] = []
-        for file_name in files.list_names(self._file("commits")):
-            stem = file_name.removesuffix(".json")
-            if not file_name.endswith(".json") or stem not in shards:
-                continue  # temp files of an interrupted write, or foreign files
-            shard = shards[stem]
+        for shard in self.listed_shards():
             try:
-                markers[shard.index] = self._read_marker(shard)
+                markers[shard.index] = self.read_marker(shard)
             except StoreError as error:
                 problems.append(error)
         return markers, problems
 
-    def _read_marker(self, shard: ShardSpec) -> CommitMarker:
+    def listed_shards(self) -> list[ShardSpec]:
+        """Shards of the plan that have a marker file (one listing of commits/)."""
+        present = set(files.list_names(self._file("commits")))
+        return [shard for shard in self.shards() if f"{shard.name}.json" in present]
+
+    def read_marker(self, shard: ShardSpec) -> CommitMarker:
         """Read and validate a shard's marker; any defect is a StoreError naming the file."""
-        path = self.marker_path(shard)
-        try:
-            marker = CommitMarker.from_dict(json.loads(files.read_bytes(path)))
-        except (ValueError, TypeError) as error:
-            raise StoreError(f"{path}: unreadable marker ({error})") from error
-        self._check_marker(shard, marker)
+        marker, _ = self.read_marker_with_bytes(shard)
         return marker
 
-    def _check_marker(self, shard: ShardSpec, marker: CommitMarker) -> None:
-        if (marker.row_start, marker.row_stop) != (shard.row_start, shard.row_stop):
-            raise StoreError(
-                f"{self.marker_path(shard)}: rows {marker.row_start}:{marker.row_stop}"
-                f" do not match the shard {shard.row_start}:{shard.row_stop}"
-            )
-        if marker.image_ids_sha256 != image_ids_digest(self.shard_image_ids(shard)):
-            raise StoreError(f"{self.marker_path(shard)}: image-id digest does not match the rows")
-        if marker.spec_sha256 != self.spec.identity_sha256():
-            raise StoreError(f"{self.marker_path(shard)}: written under a different spec")
-
-    def committed_index(self) -> pa.Table:
-        """Index rows of committed shards only, ordered by row."""
-        markers = self.committed()
-        shards = [shard for shard in self.shards() if shard.index in markers]
-        parts = [
-            files.read_parquet(self.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
-            for shard in shards
-        ]
-        index = pa.concat_tables(parts) if parts else FEATURE_INDEX_SCHEMA.empty_table()
-        removed = self.removed_image_ids()
-        flags = [image_id in removed for image_id in index.column("image_id").to_pylist()]
-        return index.append_column(pa.field("removed", pa.bool_()), pa.array(flags, pa.bool_()))
+    def read_marker_with_bytes(self, shard: ShardSpec) -> tuple[CommitMarker, bytes]:
+        """read_marker, plus the marker file's bytes (snapshots record their digest)."""
+        path = self.marker_path(shard)
+        marker, data = read_marker_bytes(path)
+        check_marker(path, shard, marker, self.shard_image_ids(shard), self.spec.identity_sha256())
+        return marker, data
 
     def finalize(self) -> None:
         """Publish format-level reader metadata (e.g. HDF5's Virtual Dataset) for committed shards."""

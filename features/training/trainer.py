@@ -310,6 +310,7 @@ def lineage(
         "store": config.store,
         "view": view.name,
         "view_spec": view.spec.to_dict(),
+        "store_snapshot": view.last_read,  # snapshot read (+ shards after it): pass as_of to redo
         "feature_shape": list(view.spec.feature_shape),
         "label_version": labels.label_version,
         "labels_source": labels.source,

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pyarrow as pa
 
 from features.extraction.planning import allocate_rows, ensure_store
-from features.store.view import CommitMarker, FeatureView, image_ids_digest
+from features.store.view import FeatureView
 from features.training.labels import TrainingLabels
 from schemas.tables import MANIFEST_SCHEMA
 from schemas.view_spec import FeatureViewSpec
@@ -67,19 +65,8 @@ def build_encoded_view(
                 "model_ms": [1.0] * shard.rows,
             }
         )
-        marker = CommitMarker(
-            shard.index,
-            shard.row_start,
-            shard.row_stop,
-            image_ids_digest(view.shard_image_ids(shard)),
-            spec.identity_sha256(),
-            dict(Counter(statuses)),
-            "run-1",
-            shard.rows,
-            0.1,
-        )
         values = encoded_features(spec, np.arange(shard.row_start, shard.row_stop), shard.index)
-        view.write_shard(shard, values, index, marker)
+        view.commit_shard(shard, values, index, "run-1", seconds=0.1)
     return view
 
 

@@ -114,6 +114,8 @@ def test_every_step_succeeds_and_writes_its_outputs(chain) -> None:
     record = json.loads((run_dir / "run.json").read_text())
     assert record["view_spec"]["weights_id"] == RANDOM_WEIGHTS
     assert record["label_version"].startswith("lv-") and record["seed"] == 0
+    # The extraction run published snapshot 1 at its end; training read exactly that.
+    assert record["store_snapshot"] == {"snapshot": 1, "shards_after": []}
     history = (run_dir / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,stage,learning_rate") and len(history) >= 3
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -65,18 +64,7 @@ def index_for(view: FeatureView, shard: ShardSpec, statuses: list[str]) -> pa.Ta
 
 
 def commit(view: FeatureView, shard: ShardSpec, values: np.ndarray, statuses: list[str]) -> None:
-    marker = CommitMarker(
-        shard.index,
-        shard.row_start,
-        shard.row_stop,
-        image_ids_digest(view.shard_image_ids(shard)),
-        view.spec.identity_sha256(),
-        dict(Counter(statuses)),
-        "run-1",
-        shard.rows,
-        0.1,
-    )
-    view.write_shard(shard, values, index_for(view, shard, statuses), marker)
+    view.commit_shard(shard, values, index_for(view, shard, statuses), "run-1", seconds=0.1)
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -232,11 +220,19 @@ def test_failed_write_then_retry_is_exact(tmp_path, backend, compression, monkey
 
 
 def _probe_zarr_reads(monkeypatch) -> list[int]:
-    """Record the size of every buffer zarr's LocalStore returns."""
+    """Record the size of every buffer zarr's LocalStore returns and of every positioned read."""
     from zarr.storage import LocalStore
 
     sizes: list[int] = []
     real_get = LocalStore.get
+    real_pread = os.pread
+
+    def counting_pread(descriptor, count, offset):
+        data = real_pread(descriptor, count, offset)
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(os, "pread", counting_pread)
 
     async def counting_get(self, key, prototype=None, byte_range=None):
         buffer = await real_get(self, key, prototype, byte_range)

@@ -1,0 +1,102 @@
+"""Scattered rows of a sharded Zarr array with byte-range reads: a shard's index, then its chunks.
+
+Point lookups touch one row here and there; reading whole shard objects (what scans and the
+training input do) would cost a shard per row. Here each touched shard costs one read of its
+index and one read per inner chunk holding requested rows, locally (pread) or on an object
+store (ranged GETs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from features import files
+from features.store.row_scatter import key_runs
+from features.store.shard_reader import (
+    MISSING,
+    ShardFormat,
+    decode_chunk,
+    decode_pool,
+    parse_index,
+)
+
+_PARALLEL_ABOVE = 8  # shards touched before reading them in the decode pool
+RangeReader = Callable[[int, int], bytes]  # (offset from the start, or negative from the end; size)
+
+
+def _local_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
+    try:
+        descriptor = os.open(files.native(path), os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    size = os.fstat(descriptor).st_size
+
+    def read(offset: int, nbytes: int) -> bytes:
+        return os.pread(descriptor, nbytes, offset if offset >= 0 else size + offset)
+
+    return read, lambda: os.close(descriptor)
+
+
+def _remote_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
+    fs, inner = files.filesystem(path)
+
+    def read(offset: int, nbytes: int) -> bytes:
+        end = offset + nbytes if offset >= 0 else None  # a suffix range: the shard index
+        return bytes(fs.cat_file(inner, start=offset, end=end))
+
+    return read, lambda: None  # no HEAD request: the first ranged GET finds a missing object
+
+
+def read_sparse_rows(array_path: str, fmt: ShardFormat, rows: np.ndarray) -> np.ndarray:
+    """Rows (sorted, unique) of the array as [len(rows), *shape[1:]]; missing ones are fill.
+
+    Raises:
+        StoreError: a corrupt shard index or chunk (the message names the object).
+    """
+    out = np.empty((len(rows), *fmt.shape[1:]), fmt.dtype)
+    tasks = [(shard, picked) for shard, picked in key_runs(rows // fmt.shard_rows)]
+    if len(tasks) < _PARALLEL_ABOVE:
+        for shard, picked in tasks:
+            _read_shard_rows(array_path, fmt, shard, rows[picked], out[picked])
+        return out
+    # Reads and Blosc release the GIL: shards in parallel (each writes its own slice of out).
+    futures = [
+        decode_pool().submit(_read_shard_rows, array_path, fmt, shard, rows[picked], out[picked])
+        for shard, picked in tasks
+    ]
+    for future in futures:
+        future.result()
+    return out
+
+
+def _read_shard_rows(
+    array_path: str, fmt: ShardFormat, shard: int, rows: np.ndarray, out: np.ndarray
+) -> None:
+    where = files.join(array_path, fmt.shard_key(shard))
+    opened = _local_reader(where) if files.is_local(where) else _remote_reader(where)
+    if opened is None:
+        out[:] = fmt.fill_value
+        return
+    read, close = opened
+    try:
+        try:
+            raw = read(-fmt.index_nbytes if fmt.index_at_end else 0, fmt.index_nbytes)
+        except FileNotFoundError:
+            out[:] = fmt.fill_value
+            return
+        index = parse_index(memoryview(raw), fmt, where)
+        chunk = np.empty((fmt.chunk_rows, *fmt.shape[1:]), fmt.dtype)
+        local = rows - shard * fmt.shard_rows
+        chunks = [(int(local[0]) // fmt.chunk_rows, slice(0, 1))] if len(local) == 1 else None
+        for number, picked in chunks or key_runs(local // fmt.chunk_rows):
+            offset, nbytes = (int(value) for value in index[number])
+            if offset == MISSING:
+                out[picked] = fmt.fill_value
+                continue
+            decode_chunk(memoryview(read(offset, nbytes)), chunk, fmt.blosc, where)
+            out[picked] = chunk[local[picked] - number * fmt.chunk_rows]
+    finally:
+        close()
