@@ -33,7 +33,9 @@ LAYERS = {
     "tests": 5,
 }
 STORE = "features.store"
-STORE_ALIASES = frozenset({"features.query", "features.verify", "features.convert"})
+STORE_ALIASES = frozenset(
+    {"features.query", "features.verify", "features.convert", "features.compact"}
+)
 INTERNALS_EXEMPT_PACKAGES = frozenset({"benchmarks", "tests"})
 
 

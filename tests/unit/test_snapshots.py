@@ -195,7 +195,8 @@ def _fail_on_call(monkeypatch, k: int) -> list[int]:
         return flaky
 
     monkeypatch.setattr(files, "atomic_write_bytes", wrap(files.atomic_write_bytes))
-    monkeypatch.setattr(snapshot_module, "create_exclusive", wrap(snapshot_module.create_exclusive))
+    monkeypatch.setattr(files, "create_exclusive", wrap(files.create_exclusive))
+    monkeypatch.setattr(files, "replace_if_unchanged", wrap(files.replace_if_unchanged))
     for backend_class in BACKENDS.values():
         monkeypatch.setattr(backend_class, "write_shard", wrap(backend_class.write_shard))
     return calls
