@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import zarr
 
 from benchmarks.reference_hdf5 import reference_batches, write_reference_file
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features import files
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    positive_int,
+)
 from features.extraction.planning import allocate_rows, ensure_store
 from features.store.backends import COMPRESSIONS
 from features.store.view import FeatureView
@@ -297,6 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="each timing repeats passes until this long (default 1.0)",
     )
     parser.add_argument("--work", help="scratch folder (default: a temporary one)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench_out/train_input"),
+        help="results.json and table.md go here",
+    )
     add_common_arguments(parser)
     return parser
 
@@ -344,18 +357,16 @@ def _main(argv: Sequence[str] | None) -> int:
         with tempfile.TemporaryDirectory(dir=args.work) as scratch:
             first = not any(m.view == case.spec.name for m in results)
             results += measure_case(os.path.join(scratch, "store"), case, with_reference=first)
-    print(markdown_table(results))
+    table = markdown_table(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [{**asdict(m), "mb_per_s": m.mb_per_s} for m in results]
+    files.atomic_write_text(str(args.out / "results.json"), json.dumps(rows, indent=1))
+    files.atomic_write_text(str(args.out / "table.md"), table + "\n")
+    print(table)
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ import argparse
 import datetime
 import json
 import logging
-import sys
 import time
 import uuid
 from collections import Counter
@@ -14,7 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    positive_int,
+)
 from features.download.manifest import read_manifest
 from features.extraction.feed import DEFAULT_PREFETCH_BATCHES
 from features.extraction.images import DEFAULT_MAX_PIXELS
@@ -400,14 +404,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return EXIT_ROW_FAILURES if args.fail_on_errors and failed else 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 job error, 2 bad argument, 3 failed rows)."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

@@ -6,14 +6,13 @@ import argparse
 import json
 import logging
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging
 from features.store.backends import COMPRESSIONS
 from features.store.compaction import publish_snapshot
 from features.store.formats import BACKENDS
@@ -176,14 +175,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":

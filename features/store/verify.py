@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, run_cli
+from features.cli import add_common_arguments, cli_entry_points, configure_logging
 from features.store.query import FeatureStore
 from features.store.snapshot_reader import read_piece
 from features.store.view import CommitMarker, FeatureView, ShardSpec
@@ -247,14 +246,7 @@ def _main(argv: Sequence[str] | None) -> int:
     return 1 if failed else 0
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    """Entry point; exit 0 when every view verifies, 1 otherwise."""
-    return run_cli(_main, argv)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    sys.exit(run())
+run, main = cli_entry_points(_main)
 
 
 if __name__ == "__main__":
