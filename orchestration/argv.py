@@ -9,6 +9,7 @@ from typing import Any
 from orchestration.config import METRIC_SETS, VIEWS, PipelineConfig, join, short_view
 from pipelines.runners import RUNNERS
 from schemas.errors import ConfigError
+from schemas.view_spec import PREDEFINED_VIEWS
 
 
 def download_argv(config: PipelineConfig, retry_failed: bool = False) -> list[str]:
@@ -85,7 +86,7 @@ def extract_options(config: PipelineConfig, view: str) -> dict[str, Any]:
 
 
 def train_argv(config: PipelineConfig, view: str) -> list[str]:
-    """Argv of `jobs.train` for one view (the head of the same name).
+    """Argv of `jobs.train` for one view (its spec's head: narrow for flat, wide for grid views).
 
     Returns:
         The argv list; --overwrite when head.retrain is set.
@@ -93,7 +94,7 @@ def train_argv(config: PipelineConfig, view: str) -> list[str]:
     short = short_view(view)
     argv = [
         *("--store", config.store_root, "--view", VIEWS[short], "--labels", config.labels_path),
-        *("--head", short, "--out", config.run_dir(short), "--quiet"),
+        *("--head", PREDEFINED_VIEWS[VIEWS[short]].head, "--out", config.run_dir(short), "--quiet"),
         *config.head.argv(),
     ]
     return [*argv, "--overwrite"] if config.head.retrain else argv

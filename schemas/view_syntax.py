@@ -25,7 +25,11 @@ def _bad(field: str, message: str) -> ConfigError:
 def _integers(text: str, separator: str, field: str) -> tuple[int, ...]:
     parts = text.split(separator)
     if not all(part.strip().isdigit() and int(part) >= 1 for part in parts):
-        raise _bad(field, f"{text!r} is not a list of positive integers separated by {separator!r}")
+        raise _bad(
+            field,
+            f"{text!r} is not a list of positive integers separated by {separator!r} "
+            f"(poolings: {POOLING_SYNTAX})",
+        )
     return tuple(int(part) for part in parts)
 
 
