@@ -250,8 +250,10 @@ class ShardExtractor:
                 strict=True,
             )
         ):
+            if status != RowStatus.OK.value:  # failed rows may have no size
+                continue
             smallest = _smallest_crop(height, width, variants)
-            if status == RowStatus.OK.value and smallest < min_side:
+            if smallest < min_side:
                 values[row] = np.nan
                 statuses[row] = RowStatus.TOO_SMALL.value
                 image_id = index.column("image_id")[row].as_py()
