@@ -131,8 +131,7 @@ def verify_view(view: FeatureView) -> VerificationReport:
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the verify CLI."""
     parser = argparse.ArgumentParser(
-        prog="python -m features.store.verify",
-        description="Verify committed shards of feature views.",
+        prog="python -m features.store.verify", description="Verify committed shards of feature views."
     )
     parser.add_argument("--store", required=True, help="store root (path or URL)")
     parser.add_argument("--view", action="append", help="view to verify (repeatable; default: all)")
