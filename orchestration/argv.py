@@ -10,6 +10,7 @@ from orchestration.config import METRIC_SETS, VIEWS, PipelineConfig, join, short
 from pipelines import stage_argv
 from pipelines.runners import RUNNERS
 from schemas.errors import ConfigError
+from schemas.view_spec import PREDEFINED_VIEWS
 
 
 def download_argv(config: PipelineConfig, retry_failed: bool = False) -> list[str]:
@@ -85,7 +86,7 @@ def extract_options(config: PipelineConfig, view: str) -> dict[str, Any]:
 
 
 def train_argv(config: PipelineConfig, view: str) -> list[str]:
-    """Argv of `jobs.train` for one view (the head of the same name).
+    """Argv of `jobs.train` for one view (its spec's head: narrow for flat, wide for grid views).
 
     Returns:
         The argv list; --overwrite when head.retrain is set.
@@ -95,7 +96,7 @@ def train_argv(config: PipelineConfig, view: str) -> list[str]:
         config.store_root,
         VIEWS[short],
         config.labels_path,
-        short,
+        PREDEFINED_VIEWS[VIEWS[short]].head,
         config.run_dir(short),
         settings=config.head.argv(),
         quiet=True,

@@ -10,9 +10,13 @@ from typing import Any, TypeVar
 
 from pipelines.runners import RUNNERS
 from schemas.errors import ConfigError
+from schemas.view_spec import PREDEFINED_VIEWS
 
 DATASETS = ("ava", "scut-fbp5500", "folder")
+# Short names of the IRv2 views; every other predefined view is named in full.
 VIEWS: dict[str, str] = {"narrow": "irnv2_mlsp_narrow", "wide": "irnv2_mlsp_wide"}
+VIEWS.update({name: name for name in PREDEFINED_VIEWS if name not in VIEWS.values()})
+DEFAULT_VIEWS = ("narrow", "wide")
 HEAD_TARGETS = ("mos", "distribution")
 # Score scale of each dataset's labels: the clipping range of a recalibrated label.
 SCORE_RANGES: dict[str, tuple[float, float]] = {"ava": (1.0, 10.0), "scut-fbp5500": (1.0, 5.0)}
@@ -215,7 +219,8 @@ class PipelineConfig:
         data_root: local folder for downloads, manifest, labels (and runs by default).
         store_root: feature store root, local or URL ('' = DATA_ROOT/store).
         runs_root: head runs root, local or URL ('' = DATA_ROOT/runs).
-        views: short view names ('narrow', 'wide'), one extract/train/evaluate chain each.
+        views: view names (keys of VIEWS: 'narrow', 'wide', or another predefined view's full
+            name, e.g. 'mnv3l_mlsp_narrow'), one extract/train/evaluate chain each.
         variants: augmentation variants ('orig', 'train8', 'tta18' or a list).
         weights: 'imagenet', a weights file or 'random:SEED'.
         runner: extract CLI runner name ('direct', 'dataflow', ...).
@@ -239,7 +244,7 @@ class PipelineConfig:
     sha256: str = ""
     store_root: str = ""
     runs_root: str = ""
-    views: tuple[str, ...] = ("narrow", "wide")
+    views: tuple[str, ...] = DEFAULT_VIEWS
     variants: str = "orig"
     weights: str = "imagenet"
     runner: str = "direct"

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from orchestration.config import DATASETS, HEAD_TARGETS, NESTED_SETTINGS, VIEWS
+from orchestration.config import DATASETS, DEFAULT_VIEWS, HEAD_TARGETS, NESTED_SETTINGS, VIEWS
 from pipelines.runners import RUNNERS
 
 DATA_ROOT_ENV = "MLSP_DATA_ROOT"
@@ -79,7 +79,7 @@ def _data_specs() -> dict[str, dict[str, Any]]:
 def _extract_specs() -> dict[str, dict[str, Any]]:
     return {
         "views": {
-            "default": list(VIEWS),
+            "default": list(DEFAULT_VIEWS),
             "type": "array",
             "items": {"type": "string", "enum": list(VIEWS)},
             "minItems": 1,

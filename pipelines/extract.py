@@ -53,8 +53,10 @@ from pipelines.runners import (
     settings_from_args,
 )
 from pipelines.worker_env import WorkerEnvironment, worker_environment
+from schemas.backbones import BACKBONE_FACTS
 from schemas.errors import ConfigError, PipelineError, StoreError
-from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, InputPolicy
+from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, FeatureViewSpec, InputPolicy
+from schemas.view_syntax import POOLING_SYNTAX, parse_view_spec, pooling_text
 
 LOGGER = logging.getLogger(__name__)
 EXIT_ROW_FAILURES = 3
@@ -72,9 +74,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--view",
         action="append",
-        required=True,
         choices=sorted(PREDEFINED_VIEWS),
-        help="view to fill; repeat to fill several from one forward pass",
+        help="predefined view to fill (see --list-views); repeat to fill several: views of one "
+        "backbone share a forward pass, each backbone loads once per worker",
+    )
+    parser.add_argument(
+        "--view-spec",
+        action="append",
+        type=_view_spec_argument,
+        help="custom view 'backbone=B,pooling=P,name=N[,taps=T1,T2]'; backbones: "
+        f"{', '.join(BACKBONE_FACTS)}; poolings: {POOLING_SYNTAX}",
+    )
+    parser.add_argument(
+        "--list-views",
+        action=_ListViews,
+        help="print the predefined views with their feature shapes and exit",
     )
     parser.add_argument(
         "--view-name",
@@ -178,6 +192,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _view_spec_argument(text: str) -> FeatureViewSpec:
+    try:
+        return parse_view_spec(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def list_views_text() -> str:
+    """One line per predefined view: name, backbone, pooling, minimum side, feature shape."""
+    lines = []
+    for name, spec in PREDEFINED_VIEWS.items():
+        shape = "x".join(str(size) for size in spec.feature_shape)
+        lines.append(
+            f"{name:<20} {spec.backbone_name:<20} {pooling_text(spec.pooling):<12} "
+            f"taps {len(spec.taps):>2}  min side {spec.input_policy.min_side:>3}  "
+            f"features {shape} ({spec.head} head)"
+        )
+    return "\n".join(lines)
+
+
+class _ListViews(argparse.Action):
+    """--list-views: print and exit before the required arguments are checked (like --version)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(list_views_text())
+        parser.exit()
+
+
 def _beam_arguments(parser: argparse.ArgumentParser, beam_args: list[str]) -> list[str]:
     """Unknown flags go to Beam; a stray positional is a mistake, named by argparse."""
     stray = [
@@ -246,7 +291,10 @@ def _dry_run(
 
     all_options = [*runner_options(settings), *beam_args]
     config = ExtractionConfig(
-        store=args.store, views=tuple(args.view), run_id="dry-run", device=environment.device
+        store=args.store,
+        views=tuple(_view_names(args)),
+        run_id="dry-run",
+        device=environment.device,
     )
     pipeline = _build_pipeline("direct", [], [], config)  # the graph only; never run
     labels = [node.full_label for node in pipeline._current_transform().parts]
@@ -260,20 +308,28 @@ def _dry_run(
     print("worker environment:\n" + "\n".join(environment.lines()))
     print("graph: " + " -> ".join(labels))
     print(
-        f"views: {', '.join(args.view)}; manifest {args.manifest}; store {args.store}; nothing submitted"
+        f"views: {', '.join(_view_names(args))}; manifest {args.manifest}; store {args.store}; "
+        "nothing submitted"
     )
     return 0
+
+
+def _view_names(args: argparse.Namespace) -> list[str]:
+    """Store names of every requested view: --view (renamed by --view-name), then --view-spec."""
+    names = store_names(args.view or [], args.view_name or [])
+    return names + [spec.name for spec in args.view_spec or []]
 
 
 def _prepare(args: argparse.Namespace, leases: list[ViewLease]) -> list[FeatureView]:
     names = args.view_name or []
     specs = resolve_specs(
-        args.view,
+        args.view or [],
         args.weights,
         _input_policy(args.max_side),
         variants=parse_variants(args.variants),
         compute_dtype=args.precision,
         names=names,
+        custom=args.view_spec or [],
     )
     allocation = allocate_rows(read_manifest(args.manifest))
     return prepare_views(
@@ -378,6 +434,8 @@ def _publish(view: FeatureView, run_id: str, outcome: str) -> None:
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
+    if not args.view and not args.view_spec:
+        parser.error("one of --view or --view-spec is required (see --list-views)")
     configure_logging(args.verbose)
     beam_args = _beam_arguments(parser, unknown)
     settings = settings_from_args(args)
@@ -390,7 +448,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     # Leases first: nothing is created, removed or even modelled before this run holds them.
     view_paths = [
-        files.join(args.store, name) for name in store_names(args.view, args.view_name or [])
+        files.join(args.store, name) for name in _view_names(args)
     ]
     ensure_store(args.store)
     with ViewLease.acquire_all(view_paths, run_id, args.break_lease) as leases:

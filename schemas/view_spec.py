@@ -7,27 +7,19 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from schemas.backbones import (
+    BACKBONE_FACTS,
+    FACTS_BY_SPEC_NAME,
+    INCEPTION_RESNET_V2_TAPS,
+    BackboneFacts,
+)
 from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError
 
 BACKBONE_INCEPTION_RESNET_V2 = "InceptionResNetV2"
 MINIMUM_INPUT_SIDE = 75  # smallest side InceptionResNetV2 accepts without a negative feature map
-
-
-def _inception_resnet_v2_taps() -> tuple[tuple[str, int], ...]:
-    """Names and channel counts of every layer whose name contains 'mixed', in model order."""
-    taps = [("mixed_5b", 320)]
-    taps += [(f"block35_{index}_mixed", 128) for index in range(1, 11)]
-    taps += [("mixed_6a", 1088)]
-    taps += [(f"block17_{index}_mixed", 384) for index in range(1, 21)]
-    taps += [("mixed_7a", 2080)]
-    taps += [(f"block8_{index}_mixed", 448) for index in range(1, 11)]
-    return tuple(taps)
-
-
-INCEPTION_RESNET_V2_TAPS = _inception_resnet_v2_taps()
-TAP_CHANNELS = dict(INCEPTION_RESNET_V2_TAPS)
-POOLING_KINDS = ("gap", "grid")
+TAP_CHANNELS = dict(INCEPTION_RESNET_V2_TAPS)  # InceptionResNetV2's (the default backbone)
+POOLING_KINDS = ("gap", "grid", "spp")
 INPUT_POLICY_KINDS = ("orig", "max_side")
 STORAGE_DTYPES = ("float16", "float32")
 COMPUTE_DTYPES = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -38,12 +30,27 @@ def _require(condition: bool, field_name: str, message: str) -> None:
         raise ConfigError(f"invalid view spec field {field_name!r}: {message}")
 
 
+def _positive_ints(values: Any, count: int | None = None) -> bool:
+    try:
+        items = tuple(values)
+    except TypeError:
+        return False
+    sized = len(items) == count if count is not None else len(items) > 0
+    return sized and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in items)
+
+
 @dataclass(frozen=True)
 class PoolingSpec:
-    """How each tap is pooled: 'gap' (global average, narrow) or 'grid' (area resize, wide)."""
+    """How each tap is pooled before the taps are concatenated on channels.
+
+    Kinds: 'gap' (global average -> [C], the MLSP narrow view), 'grid' (area resize to
+    grid = (rows, cols) -> [rows, cols, C], the wide view; written area:K on the CLI), and 'spp'
+    (spatial pyramid max pooling over levels, e.g. (1, 2, 3, 6) -> [sum(n * n) * C]).
+    """
 
     kind: str = "gap"
     grid: tuple[int, int] | None = None
+    levels: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         _require(
@@ -51,18 +58,77 @@ class PoolingSpec:
         )
         if self.kind == "grid":
             _require(
-                self.grid is not None and len(self.grid) == 2 and all(s >= 1 for s in self.grid),
+                self.grid is not None and _positive_ints(self.grid, 2),
                 "pooling.grid",
                 f"grid pooling needs two positive sizes, got {self.grid!r}",
             )
             object.__setattr__(self, "grid", tuple(int(s) for s in self.grid))  # type: ignore[union-attr]
         else:
             _require(self.grid is None, "pooling.grid", "only grid pooling takes a grid")
+        if self.kind == "spp":
+            _require(
+                self.levels is not None and _positive_ints(self.levels),
+                "pooling.levels",
+                f"spp needs a non-empty list of positive bin counts, got {self.levels!r}",
+            )
+            levels = tuple(int(n) for n in self.levels)  # type: ignore[union-attr]
+            _require(len(set(levels)) == len(levels), "pooling.levels", f"{levels} repeat")
+            object.__setattr__(self, "levels", levels)
+        else:
+            _require(self.levels is None, "pooling.levels", "only spp pooling takes levels")
+
+    @property
+    def flat(self) -> bool:
+        """True when one variant's features are a vector (gap, spp), False for grids."""
+        return self.kind != "grid"
+
+    @property
+    def min_map_side(self) -> int:
+        """Smallest tap map side that gives every bin a cell of its own (max level for spp)."""
+        return max(self.levels) if self.levels else 1
+
+    def feature_shape(self, channels: int) -> tuple[int, ...]:
+        """Shape of the pooled, concatenated taps with `channels` channels in all."""
+        if self.kind == "grid":
+            assert self.grid is not None
+            return (*self.grid, channels)
+        if self.kind == "spp":
+            assert self.levels is not None
+            return (sum(n * n for n in self.levels) * channels,)
+        return (channels,)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON form; 'levels' appears only for spp, so older specs keep their bytes."""
+        data: dict[str, Any] = {
+            "kind": self.kind,
+            "grid": list(self.grid) if self.grid is not None else None,
+        }
+        if self.levels is not None:
+            data["levels"] = list(self.levels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PoolingSpec:
+        """Inverse of to_dict.
+
+        Raises:
+            ConfigError: an unknown field or an invalid value.
+        """
+        reject_unknown_fields(cls, data, "invalid view spec field 'pooling'")
+        values = dict(data)
+        for key in ("grid", "levels"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
 
 
 @dataclass(frozen=True)
 class InputPolicy:
-    """Image size fed to the network: 'orig' (no resize) or 'max_side' (downscale to fit)."""
+    """Image size fed to the network: 'orig' (no resize) or 'max_side' (downscale to fit).
+
+    min_side: images whose (variant) side is smaller get status too_small; a view's spec
+    requires at least its backbone's and pooling's minimum (see FeatureViewSpec).
+    """
 
     kind: str = "orig"
     max_side: int | None = None
@@ -74,6 +140,9 @@ class InputPolicy:
             "input_policy.kind",
             f"{self.kind!r} not in {INPUT_POLICY_KINDS}",
         )
+        _require(
+            isinstance(self.min_side, int) and self.min_side >= 1, "input_policy.min_side", ">= 1"
+        )
         if self.kind == "max_side":
             _require(
                 self.max_side is not None and self.max_side >= self.min_side,
@@ -84,9 +153,31 @@ class InputPolicy:
             _require(
                 self.max_side is None, "input_policy.max_side", "only 'max_side' takes max_side"
             )
-        _require(
-            self.min_side >= MINIMUM_INPUT_SIDE, "input_policy.min_side", f">= {MINIMUM_INPUT_SIDE}"
-        )
+
+
+def backbone_facts(spec_name: str) -> BackboneFacts:
+    """Facts of a backbone by its spec name ('InceptionV3') or registry name ('inception_v3').
+
+    Raises:
+        ConfigError: unknown backbone (the message names the field and the choices).
+    """
+    facts = FACTS_BY_SPEC_NAME.get(spec_name) or BACKBONE_FACTS.get(spec_name)
+    _require(
+        facts is not None,
+        "backbone",
+        f"unknown backbone {spec_name!r}; choose from {', '.join(BACKBONE_FACTS)}",
+    )
+    assert facts is not None
+    return facts
+
+
+def minimum_input_side(facts: BackboneFacts, pooling: PoolingSpec) -> int:
+    """Smallest image side a view of this backbone and pooling accepts.
+
+    The backbone's own minimum, raised for spp until the smallest tap map has max(levels) cells
+    per side, so that every bin of every level covers a cell of its own.
+    """
+    return facts.min_side_for_map(pooling.min_map_side)
 
 
 @dataclass(frozen=True)
@@ -95,8 +186,8 @@ class FeatureViewSpec:
 
     Attributes:
         name: view name, also its directory in the store.
-        backbone: network the taps come from.
-        taps: layer names pooled and concatenated, in order.
+        backbone: network the taps come from (a BackboneFacts.spec_name, e.g. 'InceptionV3').
+        taps: layer names pooled and concatenated, in order (empty = all, in model order).
         pooling: per-tap pooling.
         input_policy: how images are sized before the network.
         variants: augmentation variants, stored along axis 1 of the features array.
@@ -110,7 +201,7 @@ class FeatureViewSpec:
     name: str
     pooling: PoolingSpec = field(default_factory=PoolingSpec)
     backbone: str = BACKBONE_INCEPTION_RESNET_V2
-    taps: tuple[str, ...] = tuple(name for name, _ in INCEPTION_RESNET_V2_TAPS)
+    taps: tuple[str, ...] = ()
     input_policy: InputPolicy = field(default_factory=InputPolicy)
     variants: tuple[str, ...] = ("orig",)
     storage_dtype: str = "float16"
@@ -125,17 +216,29 @@ class FeatureViewSpec:
             "name",
             f"must be letters, digits, '_' or '-', got {self.name!r}",
         )
+        facts = backbone_facts(self.backbone)
         _require(
-            self.backbone == BACKBONE_INCEPTION_RESNET_V2,
+            self.backbone == facts.spec_name,
             "backbone",
-            f"only {BACKBONE_INCEPTION_RESNET_V2!r} is supported, got {self.backbone!r}",
+            f"specs record {facts.spec_name!r}, not {self.backbone!r}",
         )
-        object.__setattr__(self, "taps", tuple(self.taps))
+        # No taps means all of the backbone's taps, in model order.
+        object.__setattr__(self, "taps", tuple(self.taps) or facts.tap_names)
         object.__setattr__(self, "variants", tuple(self.variants))
-        _require(len(self.taps) > 0, "taps", "at least one tap is needed")
-        unknown = [tap for tap in self.taps if tap not in TAP_CHANNELS]
-        _require(not unknown, "taps", f"unknown layer(s) {unknown[:5]}")
+        unknown = [tap for tap in self.taps if tap not in facts.tap_channels]
+        _require(
+            not unknown,
+            "taps",
+            f"{self.backbone} has no layer(s) {unknown[:5]}; choose from {list(facts.tap_names)}",
+        )
         _require(len(set(self.taps)) == len(self.taps), "taps", "taps repeat")
+        minimum = minimum_input_side(facts, self.pooling)
+        _require(
+            self.input_policy.min_side >= minimum,
+            "input_policy.min_side",
+            f"{self.backbone} with {self.pooling.kind} pooling needs images of at least "
+            f"{minimum} px, got min_side {self.input_policy.min_side}",
+        )
         _require(len(self.variants) > 0, "variants", "at least one variant is needed")
         _require(len(set(self.variants)) == len(self.variants), "variants", "variants repeat")
         _require(self.storage_dtype in STORAGE_DTYPES, "storage_dtype", f"not in {STORAGE_DTYPES}")
@@ -148,25 +251,32 @@ class FeatureViewSpec:
         )
 
     @property
+    def backbone_name(self) -> str:
+        """Registry name of the backbone ('inception_resnet_v2', 'mobilenet_v3_large', ...)."""
+        return FACTS_BY_SPEC_NAME[self.backbone].name
+
+    @property
     def channels(self) -> int:
         """Total channels over all taps (16928 for the 43 InceptionResNetV2 'mixed' layers)."""
-        return sum(TAP_CHANNELS[tap] for tap in self.taps)
+        tap_channels = FACTS_BY_SPEC_NAME[self.backbone].tap_channels
+        return sum(tap_channels[tap] for tap in self.taps)
 
     @property
     def feature_shape(self) -> tuple[int, ...]:
-        """Shape of one variant's features: (channels,) for gap, (rows, cols, channels) for grid."""
-        if self.pooling.kind == "grid":
-            assert self.pooling.grid is not None
-            return (*self.pooling.grid, self.channels)
-        return (self.channels,)
+        """Shape of one variant's features: (C,) for gap, (rows, cols, C) for grid, (bins*C,) spp."""
+        return self.pooling.feature_shape(self.channels)
+
+    @property
+    def head(self) -> str:
+        """Head kind that takes these features: 'narrow' for flat (gap, spp), 'wide' for grids."""
+        return "narrow" if self.pooling.flat else "wide"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form of the spec."""
         data = asdict(self)
         data["taps"] = list(self.taps)
         data["variants"] = list(self.variants)
-        if self.pooling.grid is not None:
-            data["pooling"]["grid"] = list(self.pooling.grid)
+        data["pooling"] = self.pooling.to_dict()
         return data
 
     @classmethod
@@ -178,10 +288,7 @@ class FeatureViewSpec:
         """
         reject_unknown_fields(cls, data, "invalid view spec")
         values = dict(data)
-        pooling = dict(values.get("pooling") or {})
-        if pooling.get("grid") is not None:
-            pooling["grid"] = tuple(pooling["grid"])
-        values["pooling"] = PoolingSpec(**pooling)
+        values["pooling"] = PoolingSpec.from_dict(dict(values.get("pooling") or {}))
         values["input_policy"] = InputPolicy(**(values.get("input_policy") or {}))
         for key in ("taps", "variants"):
             if key in values:
@@ -221,7 +328,30 @@ class FeatureViewSpec:
 NARROW_VIEW = "irnv2_mlsp_narrow"
 WIDE_VIEW = "irnv2_mlsp_wide"
 
+
+def _predefined(name: str, backbone: str, pooling: PoolingSpec) -> FeatureViewSpec:
+    """A predefined view: every tap of the backbone, min_side its (pooling's) minimum."""
+    facts = BACKBONE_FACTS[backbone]
+    minimum = minimum_input_side(facts, pooling)
+    return FeatureViewSpec(
+        name=name,
+        pooling=pooling,
+        backbone=facts.spec_name,
+        input_policy=InputPolicy(min_side=minimum),
+    )
+
+
+_AREA_5 = PoolingSpec("grid", (5, 5))
 PREDEFINED_VIEWS: dict[str, FeatureViewSpec] = {
-    NARROW_VIEW: FeatureViewSpec(name=NARROW_VIEW, pooling=PoolingSpec("gap")),
-    WIDE_VIEW: FeatureViewSpec(name=WIDE_VIEW, pooling=PoolingSpec("grid", (5, 5))),
+    spec.name: spec
+    for spec in (
+        _predefined(NARROW_VIEW, "inception_resnet_v2", PoolingSpec("gap")),
+        _predefined(WIDE_VIEW, "inception_resnet_v2", _AREA_5),
+        _predefined("iv3_mlsp_narrow", "inception_v3", PoolingSpec("gap")),
+        _predefined("iv3_mlsp_wide", "inception_v3", _AREA_5),
+        _predefined("irnv2_spp", "inception_resnet_v2", PoolingSpec("spp", levels=(1, 2, 3, 6))),
+        _predefined("mnv3l_mlsp_narrow", "mobilenet_v3_large", PoolingSpec("gap")),
+        _predefined("mnv3s_mlsp_narrow", "mobilenet_v3_small", PoolingSpec("gap")),
+        _predefined("mnasnet_mlsp_narrow", "mnasnet_a1", PoolingSpec("gap")),
+    )
 }

@@ -38,3 +38,27 @@ def decode_reference(path: str) -> np.ndarray:
     """Decode like keras' load_img plus EXIF orientation: RGB uint8."""
     with Image.open(path) as image:
         return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), dtype=np.uint8)
+
+
+def spp_bin_edges(side: int, bins: int) -> list[tuple[int, int]]:
+    """[start, stop) of each adaptive bin: floor(i * side / bins) to ceil((i + 1) * side / bins)."""
+    from fractions import Fraction
+    from math import ceil, floor
+
+    return [
+        (floor(Fraction(i * side, bins)), ceil(Fraction((i + 1) * side, bins))) for i in range(bins)
+    ]
+
+
+def reference_spp(taps: list[np.ndarray], levels: tuple[int, ...]) -> np.ndarray:
+    """Spatial pyramid max pooling of raw [H, W, C] taps: per tap, per level, n x n bins
+    row-major with channels inner, flattened; taps concatenated."""
+    parts = []
+    for tap in taps:
+        for n in levels:
+            rows, cols = spp_bin_edges(tap.shape[0], n), spp_bin_edges(tap.shape[1], n)
+            grid = np.array(
+                [[tap[r0:r1, c0:c1].max(axis=(0, 1)) for c0, c1 in cols] for r0, r1 in rows]
+            )
+            parts.append(grid.reshape(-1))
+    return np.concatenate(parts)

@@ -37,21 +37,43 @@ def allocate_rows(manifest: pa.Table) -> pa.Table:
     return table.select(ROW_ALLOCATION_SCHEMA.names).cast(ROW_ALLOCATION_SCHEMA)
 
 
-def weights_sha256(weights_id: str, taps: Sequence[str], compute_dtype: str = "float32") -> str:
+def weights_sha256(
+    weights_id: str,
+    taps: Sequence[str] = (),
+    compute_dtype: str = "float32",
+    backbone: str = "inception_resnet_v2",
+) -> str:
     """Digest of the weights a worker will load, computed without running the network.
 
     Files (including the cached ImageNet file) are hashed directly; random weights are built
     once, which also warms this process's model cache for in-process runners.
+
+    Raises:
+        ConfigError: the backbone does not take this kind of weights (e.g. imagenet for MnasNet).
     """
+    from features.model.backbones import backbone_entry
+
+    entry = backbone_entry(backbone)
     source = parse_weights_id(weights_id)
+    entry.check_weights(source)
     if source.kind == "file":
         assert source.path is not None
         return file_sha256(source.path)
     if source.kind == "imagenet":
-        return file_sha256(imagenet_weights_path())
+        return file_sha256(imagenet_weights_path(backbone=entry.name))
     from features.model.mlsp import backbone_weights_sha256
 
-    return backbone_weights_sha256(weights_id, tuple(taps), compute_dtype)
+    return backbone_weights_sha256(weights_id, tuple(taps), compute_dtype, entry.name)
+
+
+def _view_input_policy(spec: FeatureViewSpec, input_policy: InputPolicy) -> InputPolicy:
+    """The run's sizing policy with the view's own minimum side (backbone and pooling decide it)."""
+    try:
+        return replace(input_policy, min_side=spec.input_policy.min_side)
+    except ConfigError as error:
+        raise ConfigError(
+            f"--max-side {input_policy.max_side} for view {spec.name!r}: {error}"
+        ) from None
 
 
 def store_names(view_names: Sequence[str], names: Sequence[str] = ()) -> list[str]:
@@ -75,19 +97,22 @@ def resolve_specs(
     variants: tuple[str, ...] = ("orig",),
     compute_dtype: str = "float32",
     names: Sequence[str] = (),
+    custom: Sequence[FeatureViewSpec] = (),
 ) -> list[FeatureViewSpec]:
-    """Specs of the requested predefined views with weights lineage filled in.
+    """Specs of the requested views with weights lineage filled in.
 
     Args:
-        view_names: predefined view kinds (irnv2_mlsp_narrow, irnv2_mlsp_wide).
-        weights_id: weights to record and check.
-        input_policy: image sizing policy.
+        view_names: predefined view kinds (keys of PREDEFINED_VIEWS).
+        weights_id: weights to record and check (one id; each backbone loads its own).
+        input_policy: image sizing policy (each view keeps its own min_side).
         variants: augmentation variants (all of one size: 'orig' or crops, not both).
         compute_dtype: Keras precision policy.
-        names: store names for the first len(names) views (default: the kind's name).
+        names: store names for the first len(names) predefined views (default: the kind's name).
+        custom: views given by --view-spec (after the predefined ones).
 
     Raises:
-        ConfigError: an unknown view kind, repeated names, or variants of mixed sizes.
+        ConfigError: an unknown view kind, repeated names, variants of mixed sizes, or weights a
+            backbone does not take.
     """
     unknown = [name for name in view_names if name not in PREDEFINED_VIEWS]
     if unknown:
@@ -97,19 +122,28 @@ def resolve_specs(
             "--variants: 'orig' and crops have different sizes and cannot share a forward "
             "batch; extract them into separate views (--view-name)"
         )
+    chosen = [
+        replace(PREDEFINED_VIEWS[kind], name=name)
+        for kind, name in zip(view_names, store_names(view_names, names), strict=True)
+    ]
+    chosen += list(custom)
+    if len({spec.name for spec in chosen}) != len(chosen):
+        raise ConfigError(f"--view/--view-name: view names repeat: {[s.name for s in chosen]}")
     specs = [
         replace(
-            PREDEFINED_VIEWS[kind],
-            name=name,
-            input_policy=input_policy,
+            spec,
+            input_policy=_view_input_policy(spec, input_policy),
             variants=tuple(variants),
             compute_dtype=compute_dtype,
             package_version=package_version(),
         )
-        for kind, name in zip(view_names, store_names(view_names, names), strict=True)
+        for spec in chosen
     ]
-    digest = weights_sha256(weights_id, specs[0].taps, compute_dtype)
-    return [spec.with_weights(weights_id, digest) for spec in specs]
+    digests = {
+        backbone: weights_sha256(weights_id, (), compute_dtype, backbone)
+        for backbone in dict.fromkeys(spec.backbone_name for spec in specs)
+    }
+    return [spec.with_weights(weights_id, digests[spec.backbone_name]) for spec in specs]
 
 
 def prepare_views(

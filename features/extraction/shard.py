@@ -28,11 +28,12 @@ from features.model.devices import (
     device_kind,
     placed_device,
 )
-from features.model.mlsp import ExtractorKey, MLSPExtractor, get_extractor
+from features.model.mlsp import ExtractorKey, ExtractorSet, get_extractor_set
 from features.store import FeatureView, ShardSpec
 from schemas.errors import ConfigError, StoreError
 from schemas.status import RowStatus
 from schemas.tables import FEATURE_INDEX_SCHEMA
+from schemas.view_spec import backbone_facts
 
 LOGGER = logging.getLogger(__name__)
 # CPU default (one AVA-sized image per forward); the device picks it when none is given.
@@ -105,28 +106,46 @@ class ShardResult:
         return asdict(self)
 
 
-def extractor_key(views: Sequence[FeatureView]) -> ExtractorKey:
-    """One extractor serves all views: they must share backbone, taps, weights and precision."""
+def extractor_keys(views: Sequence[FeatureView]) -> list[tuple[ExtractorKey, int]]:
+    """One extractor per (backbone, weights, precision), with the smallest image side it takes.
+
+    Every view must share the decode (input policy kind and size, variants); views of one
+    backbone share one forward pass, whatever their taps and pooling.
+
+    Raises:
+        ConfigError: views that cannot share the decode.
+    """
     first = views[0].spec
-    for view in views[1:]:
+    groups: dict[tuple[str, str, str], list[FeatureView]] = {}
+    for view in views:
         spec = view.spec
-        if (spec.taps, spec.weights_id, spec.compute_dtype, spec.input_policy, spec.variants) != (
-            first.taps,
-            first.weights_id,
-            first.compute_dtype,
-            first.input_policy,
+        if (spec.input_policy.kind, spec.input_policy.max_side, spec.variants) != (
+            first.input_policy.kind,
+            first.input_policy.max_side,
             first.variants,
         ):
             raise ConfigError(
                 f"views {first.name!r} and {spec.name!r} cannot share a forward pass "
-                "(taps, weights, precision, input policy or variants differ)"
+                "(input policy or variants differ)"
             )
-    return ExtractorKey(
-        first.weights_id,
-        first.taps,
+        key = (spec.backbone_name, spec.weights_id, spec.compute_dtype)
+        groups.setdefault(key, []).append(view)
+    return [_group_key(members) for members in groups.values()]
+
+
+def _group_key(views: list[FeatureView]) -> tuple[ExtractorKey, int]:
+    spec = views[0].spec
+    wanted = {tap for view in views for tap in view.spec.taps}
+    taps = tuple(tap for tap in backbone_facts(spec.backbone).tap_names if tap in wanted)
+    key = ExtractorKey(
+        spec.weights_id,
+        taps,
         tuple((view.name, view.spec.pooling) for view in views),
-        first.compute_dtype,
+        spec.compute_dtype,
+        spec.backbone_name,
+        tuple((view.name, view.spec.taps) for view in views if view.spec.taps != taps),
     )
+    return key, min(view.spec.input_policy.min_side for view in views)
 
 
 class ShardExtractor:
@@ -135,27 +154,28 @@ class ShardExtractor:
     def __init__(self, config: ExtractionConfig) -> None:
         self.config = config
         self.views = [FeatureView(config.store, name) for name in config.views]
-        self._key = extractor_key(self.views)
-        self._model: MLSPExtractor | None = None
+        self._keys = extractor_keys(self.views)
+        self._model: ExtractorSet | None = None
         self.device_description = ""
         self.placed_device = ""
         self.max_batch_pixels = config.max_batch_pixels or DEFAULT_MAX_BATCH_PIXELS
 
     @property
-    def model(self) -> MLSPExtractor:
-        """The process-wide model, loaded on first use and checked against the views' lineage."""
+    def model(self) -> ExtractorSet:
+        """The process-wide models, loaded on first use and checked against the views' lineage."""
         if self._model is None:
             self.device_description = configure_device(self.config.device)
-            model = get_extractor(self._key)
+            model = get_extractor_set(self._keys)
             self.placed_device = placed_device()
             kind = device_kind(self.placed_device)
             self.max_batch_pixels = self.config.max_batch_pixels or BATCH_PIXELS_BY_KIND[kind]
             for view in self.views:
-                if view.spec.weights_sha256 and view.spec.weights_sha256 != model.weights_sha256:
+                loaded = model.weights_sha256_of(view.name)
+                if view.spec.weights_sha256 and view.spec.weights_sha256 != loaded:
                     raise StoreError(
                         f"view {view.name!r} records weights sha256 "
                         f"{view.spec.weights_sha256[:12]}… but this worker loaded "
-                        f"{model.weights_sha256[:12]}… for "
+                        f"{loaded[:12]}… for "
                         f"{view.spec.weights_id!r}; refusing to mix features from different weights"
                     )
             self._model = model
@@ -183,10 +203,11 @@ class ShardExtractor:
         forwarded = model.images_forwarded - forwarded_before
         seconds = time.perf_counter() - started
         for view in pending:
+            view_index = self._apply_view_minimum(view, index, features[view.name])
             view.commit_shard(
                 shard,
                 features[view.name],
-                index,
+                view_index,
                 self.config.run_id,
                 images_forwarded=forwarded,
                 seconds=round(seconds, 3),
@@ -212,16 +233,42 @@ class ShardExtractor:
     def _check_variant_size(self, image: DecodedImage, uri: str) -> DecodedImage:
         if image.pixels is None:
             return image
-        policy, variants = self.views[0].spec.input_policy, self.views[0].spec.variants
+        # The least demanding view decides what is decoded and forwarded; views that need
+        # more mark the rest too_small in their own index (_apply_view_minimum).
+        min_side = min(view.spec.input_policy.min_side for view in self.views)
         height, width = image.pixels.shape[:2]
-        smallest = min(min(variant_size(height, width, name)) for name in variants)
-        if smallest >= policy.min_side:
+        smallest = _smallest_crop(height, width, self.views[0].spec.variants)
+        if smallest >= min_side:
             return image
-        message = (
-            f"{uri}: {width}x{height} px gives {smallest} px crops, smaller than the "
-            f"network minimum {policy.min_side} px"
-        )
+        message = _too_small_message(uri, width, height, smallest, min_side)
         return DecodedImage(None, RowStatus.TOO_SMALL, message, image.read_ms, image.decode_ms)
+
+    @staticmethod
+    def _apply_view_minimum(view: FeatureView, index: pa.Table, values: np.ndarray) -> pa.Table:
+        """The view's index: ok rows below its own min_side become too_small with NaN features."""
+        min_side, variants = view.spec.input_policy.min_side, view.spec.variants
+        statuses, errors = index.column("status").to_pylist(), index.column("error").to_pylist()
+        for row, (status, width, height) in enumerate(
+            zip(
+                statuses,
+                index.column("width").to_pylist(),
+                index.column("height").to_pylist(),
+                strict=True,
+            )
+        ):
+            if status != RowStatus.OK.value:  # failed rows may have no size
+                continue
+            smallest = _smallest_crop(height, width, variants)
+            if smallest < min_side:
+                values[row] = np.nan
+                statuses[row] = RowStatus.TOO_SMALL.value
+                image_id = index.column("image_id")[row].as_py()
+                errors[row] = _too_small_message(image_id, width, height, smallest, min_side)
+        for name, column in (("status", statuses), ("error", errors)):
+            position = index.schema.get_field_index(name)
+            field = index.schema.field(name)
+            index = index.set_column(position, field, pa.array(column, field.type))
+        return index
 
     def _expected_sizes(self, rows: list[dict[str, Any]]) -> list[tuple[int, int] | None]:
         """Sizes from the manifest's header sizes, after the input policy's resize."""
@@ -312,6 +359,8 @@ class ShardExtractor:
         return {
             view.name: outputs[view.name].reshape(images, variants, *view.spec.feature_shape)
             for view in views
+            # a backbone skips batches below its own minimum side; those rows stay NaN
+            if view.name in outputs
         }
 
     def _extract_capped(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -353,3 +402,15 @@ class ShardExtractor:
             },
             schema=FEATURE_INDEX_SCHEMA,
         )
+
+
+def _smallest_crop(height: int, width: int, variants: Sequence[str]) -> int:
+    """Smallest side over the variant crops of an image."""
+    return min(min(variant_size(height, width, name)) for name in variants)
+
+
+def _too_small_message(name: str, width: int, height: int, smallest: int, min_side: int) -> str:
+    return (
+        f"{name}: {width}x{height} px gives {smallest} px crops, smaller than the "
+        f"network minimum {min_side} px"
+    )

@@ -1,35 +1,34 @@
-"""The MLSP model: InceptionResNetV2 'mixed' taps, pooled narrow (GAP) or wide (area grid)."""
+"""The MLSP model: a registered backbone's taps, pooled (gap, area grid or spp) and concatenated."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from features.model.backbones import PREPROCESSING, backbone_entry
 from features.model.weights import load_weights_into, parse_weights_id
 from schemas.view_spec import PoolingSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 LOGGER = logging.getLogger(__name__)
 _CACHE_LOCK = threading.RLock()
+DEFAULT_BACKBONE = "inception_resnet_v2"
 
 
-def build_backbone() -> Any:
-    """InceptionResNetV2 without top, accepting any image size, with uninitialised weights."""
-    import keras
-
-    return keras.applications.InceptionResNetV2(
-        include_top=False, weights=None, input_shape=(None, None, 3)
-    )
+def build_backbone(backbone: str = DEFAULT_BACKBONE) -> Any:
+    """The backbone without top, accepting any image size, with uninitialised weights."""
+    return backbone_entry(backbone).build()
 
 
 def tap_layers(backbone: Any, taps: Sequence[str] | None = None) -> list[Any]:
-    """Layers whose name contains 'mixed', in model order (the MLSP definition), or those named."""
+    """InceptionResNetV2: layers whose name contains 'mixed', in model order (the MLSP definition),
+    or those named."""
     mixed = [layer for layer in backbone.layers if "mixed" in layer.name]
     if taps is None:
         return mixed
@@ -37,94 +36,159 @@ def tap_layers(backbone: Any, taps: Sequence[str] | None = None) -> list[Any]:
     return [by_name[name] for name in taps]
 
 
+def _gap(tap: Any, pooling: PoolingSpec) -> Any:
+    import tensorflow as tf
+
+    return tf.reduce_mean(tap, axis=[1, 2])
+
+
+def _area_grid(tap: Any, pooling: PoolingSpec) -> Any:
+    import tensorflow as tf
+
+    return tf.image.resize(tap, pooling.grid, method="area")
+
+
+def _adaptive_max(x: Any, bins: int, axis: int) -> Any:
+    """Max over `bins` bins of axis 1 or 2; bin i covers [floor(i*a/n), ceil((i+1)*a/n))."""
+    import tensorflow as tf
+
+    side = tf.shape(x)[axis]
+    pieces = []
+    for i in range(bins):
+        start, stop = (i * side) // bins, ((i + 1) * side + bins - 1) // bins
+        piece = x[:, start:stop] if axis == 1 else x[:, :, start:stop]
+        pieces.append(tf.reduce_max(piece, axis=axis))
+    return tf.stack(pieces, axis=axis)
+
+
+def _spp(tap: Any, pooling: PoolingSpec) -> Any:
+    """Per level n: an n x n grid of max-pooled bins, flattened row-major with channels inner.
+
+    Max over a rectangle is separable, so each level is n row slices then n column slices.
+    """
+    import tensorflow as tf
+
+    channels = tap.shape[-1]
+    levels = []
+    for bins in pooling.levels or ():
+        grid = _adaptive_max(_adaptive_max(tap, bins, 1), bins, 2)
+        levels.append(tf.reshape(grid, [-1, bins * bins * channels]))
+    return tf.concat(levels, axis=-1)
+
+
+POOLERS: dict[str, Callable[[Any, PoolingSpec], Any]] = {
+    "gap": _gap,
+    "grid": _area_grid,
+    "spp": _spp,
+}
+
+
 def pool_taps(tap_outputs: Sequence[Any], pooling: PoolingSpec) -> Any:
     """Pool each tap and concatenate on channels, as ava-mlsp does.
 
     'gap': global average over height and width -> [N, C].
     'grid': tf.image.resize(method='area') to the grid -> [N, rows, cols, C].
+    'spp': max pooling over every level's bins, per tap -> [N, sum(n * n * C_tap)].
     """
     import tensorflow as tf
 
-    if pooling.kind == "gap":
-        return tf.concat([tf.reduce_mean(tap, axis=[1, 2]) for tap in tap_outputs], axis=-1)
-    grid = pooling.grid
-    return tf.concat([tf.image.resize(tap, grid, method="area") for tap in tap_outputs], axis=-1)
+    pooler = POOLERS[pooling.kind]
+    return tf.concat([pooler(tap, pooling) for tap in tap_outputs], axis=-1)
 
 
-def _build_tap_model(weights_id: str, taps: tuple[str, ...], compute_dtype: str) -> tuple[Any, str]:
+def _load_backbone(backbone: str, weights_id: str, compute_dtype: str) -> tuple[Any, str]:
     import keras
 
+    entry = backbone_entry(backbone)
+    source = parse_weights_id(weights_id)
+    entry.check_weights(source)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(compute_dtype)
     try:
-        backbone = build_backbone()
+        model = entry.build()
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    digest = load_weights_into(backbone, parse_weights_id(weights_id))
-    layers = tap_layers(backbone, taps)
-    return keras.Model(backbone.input, [layer.output for layer in layers]), digest
+    return model, load_weights_into(model, source, entry.name)
 
 
-_BACKBONES: dict[tuple[str, tuple[str, ...], str], tuple[Any, str]] = {}
+_BACKBONES: dict[tuple[str, str, str], tuple[Any, str]] = {}
 
 
-def _backbone_taps(weights_id: str, taps: tuple[str, ...], compute_dtype: str) -> tuple[Any, str]:
-    """(tap model, weights sha256), built once per process and shared by every extractor."""
-    key = (weights_id, taps, compute_dtype)
-    if key not in _BACKBONES:
-        LOGGER.info(
-            "loading InceptionResNetV2 backbone (%s, %s, %d taps)",
-            weights_id,
-            compute_dtype,
-            len(taps),
-        )
-        _BACKBONES[key] = _build_tap_model(weights_id, taps, compute_dtype)
-    return _BACKBONES[key]
+def loaded_backbone(backbone: str, weights_id: str, compute_dtype: str) -> tuple[Any, str]:
+    """(Keras backbone with weights, weights sha256), built once per process for every view."""
+    key = (backbone_entry(backbone).name, weights_id, compute_dtype)
+    with _CACHE_LOCK:
+        if key not in _BACKBONES:
+            LOGGER.info("loading %s backbone (%s, %s)", *key)
+            _BACKBONES[key] = _load_backbone(*key)
+        return _BACKBONES[key]
 
 
 def backbone_weights_sha256(
-    weights_id: str, taps: tuple[str, ...], compute_dtype: str = "float32"
+    weights_id: str,
+    taps: tuple[str, ...] = (),
+    compute_dtype: str = "float32",
+    backbone: str = DEFAULT_BACKBONE,
 ) -> str:
-    """Digest of the weights loaded for this backbone (loads it if needed)."""
-    with _CACHE_LOCK:
-        return _backbone_taps(weights_id, taps, compute_dtype)[1]
+    """Digest of the weights loaded for this backbone (loads it if needed; taps are unused)."""
+    return loaded_backbone(backbone, weights_id, compute_dtype)[1]
 
 
 @dataclass(frozen=True)
 class ExtractorKey:
-    """What makes two extractors interchangeable (the per-process cache key)."""
+    """What makes two extractors interchangeable (the per-process cache key).
+
+    Attributes:
+        weights_id: weights of the backbone.
+        taps: tap layers computed (the union over the views, in backbone order).
+        poolings: (output name, pooling) of each view filled by the forward pass.
+        compute_dtype: Keras precision policy.
+        backbone: registry name.
+        view_taps: (output name, taps) of views that pool a subset of taps (others pool all).
+    """
 
     weights_id: str
     taps: tuple[str, ...]
     poolings: tuple[tuple[str, PoolingSpec], ...]
     compute_dtype: str = "float32"
+    backbone: str = DEFAULT_BACKBONE
+    view_taps: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class MLSPExtractor:
     """One backbone, one compiled function, several pooled outputs from a single forward pass.
 
     The function's input signature has None batch, height and width, so images of any size reuse
-    one trace. Inputs are uint8 RGB; preprocessing (x / 127.5 - 1) happens inside the graph.
+    one trace. Inputs are uint8 RGB; the backbone's preprocessing happens inside the graph.
     """
 
     def __init__(self, key: ExtractorKey) -> None:
+        import keras
         import tensorflow as tf
 
         self.key = key
-        tap_model, self.weights_sha256 = _backbone_taps(key.weights_id, key.taps, key.compute_dtype)
-        self._tap_model = tap_model
+        entry = backbone_entry(key.backbone)
+        backbone, self.weights_sha256 = loaded_backbone(
+            key.backbone, key.weights_id, key.compute_dtype
+        )
+        self._tap_model = keras.Model(backbone.input, entry.tap_outputs(backbone, key.taps))
+        self._preprocess = PREPROCESSING[entry.preprocessing]
         self.images_forwarded = 0
         self._lock = threading.Lock()
-        poolings = dict(key.poolings)
+        subsets = dict(key.view_taps)
+        selections = {
+            name: (pooling, [key.taps.index(tap) for tap in subsets.get(name, key.taps)])
+            for name, pooling in key.poolings
+        }
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
         def forward(images: Any) -> dict[str, Any]:
-            scaled = (
-                tf.cast(images, tf.float32) / 127.5 - 1.0
-            )  # inception_resnet_v2.preprocess_input
-            taps = self._tap_model(scaled, training=False)
+            taps = self._tap_model(self._preprocess(images), training=False)
             taps = [tf.cast(tap, tf.float32) for tap in taps]
-            return {name: pool_taps(taps, pooling) for name, pooling in poolings.items()}
+            return {
+                name: pool_taps([taps[i] for i in chosen], pooling)
+                for name, (pooling, chosen) in selections.items()
+            }
 
         self._forward = forward
 
@@ -132,6 +196,11 @@ class MLSPExtractor:
     def tracing_count(self) -> int:
         """How many times the compiled function was traced (1 after the first call)."""
         return int(self._forward.experimental_get_tracing_count())
+
+    def tap_activations(self, images: np.ndarray) -> list[np.ndarray]:
+        """Raw tap maps [N, h, w, C] of uint8 images, in key.taps order (tests, diagnostics)."""
+        taps = self._tap_model(self._preprocess(images), training=False)
+        return [np.asarray(tap, dtype=np.float32) for tap in taps]
 
     def extract(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch of same-size uint8 RGB images [N, H, W, 3] through the network.
@@ -158,3 +227,38 @@ def get_extractor(key: ExtractorKey) -> MLSPExtractor:
             extractor = MLSPExtractor(key)
             _CACHE[key] = extractor
         return extractor
+
+
+class ExtractorSet:
+    """The extractors of a run's backbones behind one extract(): every view from one pass each.
+
+    A backbone is skipped for a batch whose images are smaller than its smallest view minimum
+    (its views' rows become too_small; running it could fail or give garbage maps).
+    """
+
+    def __init__(self, members: Sequence[tuple[MLSPExtractor, int]]) -> None:
+        self.members = list(members)
+        self.images_forwarded = 0
+        self._lock = threading.Lock()
+
+    def weights_sha256_of(self, view_name: str) -> str:
+        """sha256 of the weights of the backbone that fills view_name."""
+        for extractor, _ in self.members:
+            if view_name in dict(extractor.key.poolings):
+                return extractor.weights_sha256
+        raise KeyError(view_name)
+
+    def extract(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """View name -> float32 features [N, *feature_shape], for the views whose backbone ran."""
+        outputs: dict[str, np.ndarray] = {}
+        for extractor, min_side in self.members:
+            if min(images.shape[1:3]) >= min_side:
+                outputs.update(extractor.extract(images))
+        with self._lock:
+            self.images_forwarded += int(images.shape[0])
+        return outputs
+
+
+def get_extractor_set(keys: Sequence[tuple[ExtractorKey, int]]) -> ExtractorSet:
+    """An ExtractorSet of the process-wide extractors of (key, minimum image side) pairs."""
+    return ExtractorSet([(get_extractor(key), min_side) for key, min_side in keys])

@@ -16,13 +16,47 @@ from schemas.errors import ConfigError, WeightsUnavailableError
 
 LOGGER = logging.getLogger(__name__)
 
-IMAGENET_FILE = "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
-IMAGENET_URL = (
-    "https://storage.googleapis.com/tensorflow/keras-applications/inception_resnet_v2/"
-    + IMAGENET_FILE
-)
-IMAGENET_MD5 = "d19885ff4a710c122648d3b5c3b684e4"
+_KERAS_APPLICATIONS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 _RANDOM_PATTERN = re.compile(r"^random:(\d+)$")
+
+
+@dataclass(frozen=True)
+class ImagenetWeights:
+    """The notop ImageNet file keras.applications downloads for a backbone (same name and md5)."""
+
+    file: str
+    folder: str
+    md5: str
+
+    @property
+    def url(self) -> str:
+        """Download URL."""
+        return f"{_KERAS_APPLICATIONS}{self.folder}/{self.file}"
+
+
+IMAGENET_WEIGHTS: dict[str, ImagenetWeights] = {
+    "inception_resnet_v2": ImagenetWeights(
+        "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "inception_resnet_v2",
+        "d19885ff4a710c122648d3b5c3b684e4",
+    ),
+    "inception_v3": ImagenetWeights(
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "inception_v3",
+        "bcbd6486424b2319ff4ef7d526e38f63",
+    ),
+    "mobilenet_v3_large": ImagenetWeights(
+        "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5",
+        "mobilenet_v3",
+        "07fb09a5933dd0c8eaafa16978110389",
+    ),
+    "mobilenet_v3_small": ImagenetWeights(
+        "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+        "mobilenet_v3",
+        "d3e8ec802a04aa4fc771ee12a9a9b836",
+    ),
+}
+IMAGENET_FILE = IMAGENET_WEIGHTS["inception_resnet_v2"].file
 
 
 @dataclass(frozen=True)
@@ -71,18 +105,26 @@ def parse_weights_id(weights_id: str) -> WeightsSource:
     return WeightsSource(weights_id, "file", path=path.resolve())
 
 
-def imagenet_weights_path(download: bool = True) -> Path:
-    """Path of the cached ImageNet notop weights, downloading them through Keras if allowed.
+def imagenet_weights_path(download: bool = True, backbone: str = "inception_resnet_v2") -> Path:
+    """Path of a backbone's cached ImageNet notop weights, downloading them through Keras if allowed.
+
+    Args:
+        download: try keras.utils.get_file when the file is not cached.
+        backbone: registry name of the backbone.
 
     Raises:
-        WeightsUnavailableError: not cached and cannot be downloaded (offline machine).
+        WeightsUnavailableError: no ImageNet file exists for the backbone, or it is not cached
+            and cannot be downloaded (offline machine).
     """
-    cached = keras_models_dir() / IMAGENET_FILE
+    if backbone not in IMAGENET_WEIGHTS:
+        raise WeightsUnavailableError(f"no Keras ImageNet weights exist for {backbone}")
+    weights = IMAGENET_WEIGHTS[backbone]
+    cached = keras_models_dir() / weights.file
     if cached.is_file():
         return cached
     hint = (
-        f"ImageNet weights for InceptionResNetV2 are not cached and could not be downloaded. "
-        f"Copy {IMAGENET_FILE} to {cached} (or set KERAS_HOME), pass --weights PATH to a weights "
+        f"ImageNet weights for {backbone} are not cached and could not be downloaded. "
+        f"Copy {weights.file} to {cached} (or set KERAS_HOME), pass --weights PATH to a weights "
         f"file, or use --weights random:SEED for an explicitly random network."
     )
     if not download:
@@ -91,7 +133,7 @@ def imagenet_weights_path(download: bool = True) -> Path:
         import keras
 
         fetched = keras.utils.get_file(
-            IMAGENET_FILE, IMAGENET_URL, cache_subdir="models", file_hash=IMAGENET_MD5
+            weights.file, weights.url, cache_subdir="models", file_hash=weights.md5
         )
     except Exception as error:  # network errors come in many types; all mean the same here
         raise WeightsUnavailableError(f"{hint} (download failed: {error})") from error
@@ -116,8 +158,9 @@ def random_weight_arrays(shapes: list[tuple[str, tuple[int, ...]]], seed: int) -
     rng = np.random.default_rng(seed)
     arrays = []
     for kind, shape in shapes:
-        if kind == "kernel":
-            fan_in = int(np.prod(shape[:-1]))
+        if kind in ("kernel", "depthwise_kernel"):
+            # A depthwise kernel [kh, kw, C, multiplier] sees kh * kw inputs per output.
+            fan_in = int(np.prod(shape[:-1] if kind == "kernel" else shape[:2]))
             arrays.append((rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32))
         elif kind in ("gamma", "moving_variance"):
             arrays.append(np.ones(shape, np.float32))
@@ -135,17 +178,56 @@ def arrays_sha256(arrays: list[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def load_weights_into(model: Any, source: WeightsSource) -> str:
+def _variable_kinds(model: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """(kind, shape) of every weight; Keras names depthwise kernels 'kernel' too, so tell them."""
+    import keras
+
+    depthwise = {
+        layer.kernel.path
+        for layer in model.layers
+        if isinstance(layer, keras.layers.DepthwiseConv2D)
+    }
+    return [
+        (
+            "depthwise_kernel" if variable.path in depthwise else variable.path.split("/")[-1],
+            tuple(variable.shape),
+        )
+        for variable in model.weights
+    ]
+
+
+def _load_file(model: Any, path: Path, backbone: str) -> None:
+    """model.load_weights after checking every layer's shapes (Keras 3 only warns on a misfit)."""
+    from features.model.weights_check import first_mismatch
+
+    try:
+        mismatch = first_mismatch(model, path)
+        if mismatch is None:
+            model.load_weights(str(path))
+    except Exception as error:  # h5py/Keras raise ValueError/OSError/KeyError for bad files
+        raise WeightsUnavailableError(f"cannot load weights from {path}: {error}") from error
+    if mismatch is not None:
+        raise WeightsUnavailableError(
+            f"weights file {path} does not fit {backbone}: first mismatched layer: {mismatch}"
+        )
+
+
+def load_weights_into(
+    model: Any, source: WeightsSource, backbone: str = "inception_resnet_v2"
+) -> str:
     """Load weights into a Keras backbone and return the sha256 of what was loaded.
+
+    Args:
+        model: the backbone, as its registry entry builds it.
+        source: parsed weights id.
+        backbone: registry name (decides the ImageNet file and names the model in errors).
 
     Raises:
         WeightsUnavailableError: the file is missing, unreadable or does not fit the model.
     """
     if source.kind == "random":
         assert source.seed is not None
-        shapes = [
-            (variable.path.split("/")[-1], tuple(variable.shape)) for variable in model.weights
-        ]
+        shapes = _variable_kinds(model)
         arrays = random_weight_arrays(shapes, source.seed)
         for variable, array in zip(model.weights, arrays, strict=True):
             variable.assign(array)
@@ -154,11 +236,8 @@ def load_weights_into(model: Any, source: WeightsSource) -> str:
             source.weights_id,
         )
         return arrays_sha256(arrays)
-    path = imagenet_weights_path() if source.kind == "imagenet" else source.path
+    path = imagenet_weights_path(backbone=backbone) if source.kind == "imagenet" else source.path
     assert path is not None
-    try:
-        model.load_weights(str(path))
-    except Exception as error:  # Keras raises ValueError/OSError/KeyError for bad files
-        raise WeightsUnavailableError(f"cannot load weights from {path}: {error}") from error
+    _load_file(model, path, backbone)
     LOGGER.info("backbone weights loaded from %s", path)
     return file_sha256(path)

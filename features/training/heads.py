@@ -136,7 +136,7 @@ class HeadDefinition:
 
     Attributes:
         name: 'narrow' or 'wide'.
-        feature_rank: rank of one sample's features (1 for GAP views, 3 for grid views).
+        feature_rank: rank of one sample's features (1 for gap/spp views, 3 for grid views).
         learning_rates: Adam learning rate of each stage.
         batch_size: reference batch size.
         build: (input_shape, target, bn_momentum) -> uncompiled keras.Model.
@@ -187,7 +187,9 @@ def build_head(
 
     Args:
         head: 'narrow' or 'wide'.
-        feature_shape: shape of one sample's features, e.g. (16928,) or (5, 5, 16928).
+        feature_shape: shape of one sample's features (FeatureViewSpec.feature_shape), e.g.
+            (16928,) for gap, (846400,) for spp, (5, 5, 16928) for area:5; the wide head's
+            inception block takes the grid's rows, cols and channels from it.
         target: 'mos' or 'distribution'.
         bn_momentum: batch-norm moving-statistics momentum (see bn_momentum_for).
 
@@ -201,8 +203,8 @@ def build_head(
     if len(feature_shape) != definition.feature_rank:
         raise ConfigError(
             f"--head {head}: needs rank-{definition.feature_rank} features per sample, but the "
-            f"view's features have shape {list(feature_shape)} (narrow heads take GAP views, "
-            "wide heads take grid views)"
+            f"view's features have shape {list(feature_shape)} (narrow heads take flat views: "
+            "gap and spp pooling; wide heads take grid views: area:K pooling)"
         )
     return definition.build(tuple(feature_shape), target_definition(target), bn_momentum)
 

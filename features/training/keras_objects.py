@@ -13,6 +13,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from features.model.backbones import PREPROCESSING
 from features.model.mlsp import pool_taps
 from schemas.view_spec import PoolingSpec
 
@@ -106,13 +107,42 @@ class InceptionPreprocess(keras.layers.Layer):
         return ops.cast(images, "float32") / 127.5 - 1.0
 
 
+@keras.saving.register_keras_serializable(package="mlsp", name="ImagePreprocess")
+class ImagePreprocess(keras.layers.Layer):
+    """uint8 RGB -> the backbone's input (features.model.backbones.PREPROCESSING[mode])."""
+
+    def __init__(self, mode: str = "inception", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING:
+            raise ValueError(f"preprocessing {mode!r}: choose from {sorted(PREPROCESSING)}")
+        self.mode = mode
+
+    def call(self, images: Any) -> Any:
+        """Preprocess as extraction does."""
+        return PREPROCESSING[self.mode](images)
+
+    def get_config(self) -> dict[str, Any]:
+        """Serialisable config."""
+        return {**super().get_config(), "mode": self.mode}
+
+
 @keras.saving.register_keras_serializable(package="mlsp", name="PoolTaps")
 class PoolTaps(keras.layers.Layer):
     """MLSP pooling of the tap outputs (features.model.mlsp.pool_taps) inside a Keras model."""
 
-    def __init__(self, kind: str = "gap", grid: Sequence[int] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        kind: str = "gap",
+        grid: Sequence[int] | None = None,
+        levels: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self.pooling = PoolingSpec(kind, tuple(grid) if grid is not None else None)  # type: ignore[arg-type]
+        self.pooling = PoolingSpec(
+            kind,
+            tuple(grid) if grid is not None else None,  # type: ignore[arg-type]
+            tuple(levels) if levels is not None else None,
+        )
 
     def call(self, taps: Sequence[Any]) -> Any:
         """Pool and concatenate the taps in float32."""
@@ -120,5 +150,4 @@ class PoolTaps(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         """Serialisable config."""
-        grid = list(self.pooling.grid) if self.pooling.grid is not None else None
-        return {**super().get_config(), "kind": self.pooling.kind, "grid": grid}
+        return {**super().get_config(), **self.pooling.to_dict()}

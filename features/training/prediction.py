@@ -15,7 +15,7 @@ import pyarrow as pa
 from features.download.manifest import entries_from_folder, read_manifest
 from features.extraction.images import DecodedImage, load_image
 from features.extraction.variants import stack_variants, variant_size
-from features.model.mlsp import build_backbone, tap_layers
+from features.model.backbones import backbone_entry
 from features.model.weights import load_weights_into, parse_weights_id
 from features.training.evaluation import scores_from_outputs
 from schemas.errors import StoreError
@@ -41,7 +41,7 @@ def build_scoring_model(spec: FeatureViewSpec, head: keras.Model) -> keras.Model
     """uint8 images [N, H, W, 3] -> head outputs, with the backbone and weights that made the view.
 
     Args:
-        spec: the view the head was trained on (weights, taps, pooling, compute dtype).
+        spec: the view the head was trained on (backbone, weights, taps, pooling, precision).
         head: the trained head, mapping one variant's features to its outputs.
 
     Returns:
@@ -53,24 +53,28 @@ def build_scoring_model(spec: FeatureViewSpec, head: keras.Model) -> keras.Model
     """
     import keras
 
-    from features.training.keras_objects import InceptionPreprocess, PoolTaps
+    from features.training.keras_objects import ImagePreprocess, PoolTaps
 
+    entry = backbone_entry(spec.backbone)
+    source = parse_weights_id(spec.weights_id)
+    entry.check_weights(source)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(spec.compute_dtype)
     try:
-        backbone = build_backbone()
+        backbone = entry.build()
     finally:
         keras.config.set_dtype_policy(previous_policy)
-    digest = load_weights_into(backbone, parse_weights_id(spec.weights_id))
+    digest = load_weights_into(backbone, source, entry.name)
     if spec.weights_sha256 and digest != spec.weights_sha256:
         raise StoreError(
             f"weights {spec.weights_id!r} now hash to {digest[:12]}…, but view {spec.name!r} was "
             f"extracted with {spec.weights_sha256[:12]}…; refusing to score with other weights"
         )
-    taps = keras.Model(backbone.input, [layer.output for layer in tap_layers(backbone, spec.taps)])
+    taps = keras.Model(backbone.input, entry.tap_outputs(backbone, spec.taps))
     images = keras.Input((None, None, 3), dtype="uint8", name="image")
-    features = PoolTaps(spec.pooling.kind, spec.pooling.grid, name="mlsp_pool")(
-        taps(InceptionPreprocess(name="preprocess")(images))
+    pooling = spec.pooling
+    features = PoolTaps(pooling.kind, pooling.grid, pooling.levels, name="mlsp_pool")(
+        taps(ImagePreprocess(entry.preprocessing, name="preprocess")(images))
     )
     return keras.Model(images, head(features), name=f"mlsp_{spec.name}_scorer")
 
@@ -100,14 +104,17 @@ def list_images(source: str) -> list[ImageItem]:
 
 
 def check_variant_size(image: DecodedImage, uri: str, spec: FeatureViewSpec) -> DecodedImage:
-    """Mark images whose variant crops fall below the network minimum as too_small."""
+    """Mark images whose variant crops fall below the view's minimum side as too_small."""
     if image.pixels is None:
         return image
     height, width = image.pixels.shape[:2]
     smallest = min(min(variant_size(height, width, name)) for name in spec.variants)
-    if smallest >= spec.input_policy.min_side:
+    minimum = spec.input_policy.min_side
+    if smallest >= minimum:
         return image
-    message = f"{uri}: {width}x{height} px gives {smallest} px crops, below the network minimum"
+    message = (
+        f"{uri}: {width}x{height} px gives {smallest} px crops, below the minimum {minimum} px"
+    )
     return DecodedImage(None, RowStatus.TOO_SMALL, message, image.read_ms, image.decode_ms)
 
 

@@ -18,6 +18,7 @@ import airflow.providers.apache.beam  # noqa: F401
 import pytest
 
 from benchmarks.fault_server import FaultServer, Route
+from orchestration.config import VIEWS
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "orchestration" / "dags"
@@ -29,20 +30,16 @@ EXPECTED_UPSTREAM = {
     "download": {"configure"},
     "labels": {"configure", "download"},
     "choose_views": {"configure", "labels"},
-    "extract_narrow": {"configure", "choose_views"},
-    "extract_wide": {"configure", "choose_views"},
-    "train_narrow": {"configure", "extract_narrow"},
-    "train_wide": {"configure", "extract_wide"},
-    "evaluate_narrow": {"configure", "train_narrow"},
-    "evaluate_wide": {"configure", "train_wide"},
-    "choose_recalibration": {"configure", "evaluate_narrow", "evaluate_wide"},
+    **{f"extract_{view}": {"configure", "choose_views"} for view in VIEWS},
+    **{f"train_{view}": {"configure", f"extract_{view}"} for view in VIEWS},
+    **{f"evaluate_{view}": {"configure", f"train_{view}"} for view in VIEWS},
+    "choose_recalibration": {"configure", *(f"evaluate_{view}" for view in VIEWS)},
     "recalibrate": {"configure", "choose_recalibration"},
     "summary": {
         "configure",
         "choose_recalibration",
         "recalibrate",
-        "evaluate_narrow",
-        "evaluate_wide",
+        *(f"evaluate_{view}" for view in VIEWS),
     },
 }
 
@@ -230,7 +227,12 @@ def _sample_conf(server: FaultServer, sample: Path, data: Path) -> dict[str, Any
 
 def _assert_first_run(first: dict[str, Any], data: Path) -> None:
     assert first["state"] == "success", first
-    skipped = {"extract_wide", "train_wide", "evaluate_wide", "recalibrate"}
+    skipped = {"recalibrate"} | {
+        f"{step}_{view}"
+        for view in VIEWS
+        if view != "narrow"
+        for step in ("extract", "train", "evaluate")
+    }
     for task_id, state in first["states"].items():
         assert state == ("skipped" if task_id in skipped else "success"), (task_id, first)
     from features.store.view import FeatureView
