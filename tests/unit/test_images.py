@@ -97,8 +97,16 @@ def _encoded(mode: str, orientation: int | None, fmt: str) -> bytes:
 @pytest.mark.parametrize("orientation", [None, 1, 3, 6, 8, 9])
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("RGB", "JPEG"), ("L", "JPEG"), ("CMYK", "JPEG"), ("RGB", "PNG"), ("P", "PNG"),
-     ("RGBA", "PNG"), ("LA", "PNG"), ("I;16", "PNG")],
+    [
+        ("RGB", "JPEG"),
+        ("L", "JPEG"),
+        ("CMYK", "JPEG"),
+        ("RGB", "PNG"),
+        ("P", "PNG"),
+        ("RGBA", "PNG"),
+        ("LA", "PNG"),
+        ("I;16", "PNG"),
+    ],
 )
 def test_pixels_equal_exif_transpose_then_to_rgb(mode, fmt, orientation) -> None:
     # The fast path (no copy without an orientation tag, none for RGB) against the plain rule.
