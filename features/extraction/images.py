@@ -6,7 +6,7 @@ import hashlib
 import io
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import fsspec
 import numpy as np
@@ -28,6 +28,7 @@ class DecodedImage:
         status: row status.
         error: human-readable reason naming the file, or None.
         read_ms / decode_ms: wall time of the two steps.
+        size: (height, width) of the decoded pixels; kept by released().
     """
 
     pixels: np.ndarray | None
@@ -35,6 +36,12 @@ class DecodedImage:
     error: str | None
     read_ms: float
     decode_ms: float
+    size: tuple[int, int] | None = None
+
+    def released(self) -> DecodedImage:
+        """The same outcome without its pixels (once they are copied into a batch), so a
+        shard holds decoded pixels only for the batches in flight, not for all its rows."""
+        return replace(self, pixels=None)
 
 
 def read_bytes(uri: str) -> bytes:
@@ -245,7 +252,8 @@ def load_image(
         return DecodedImage(None, RowStatus.CHECKSUM_MISMATCH, message, read_ms, 0.0)
     started = time.perf_counter()
     pixels, status, decode_error = decode_image_bytes(data, uri, policy, max_pixels)
-    return DecodedImage(pixels, status, decode_error, read_ms, _ms(started))
+    size = None if pixels is None else (int(pixels.shape[0]), int(pixels.shape[1]))
+    return DecodedImage(pixels, status, decode_error, read_ms, _ms(started), size)
 
 
 def _ms(started: float) -> float:
