@@ -180,6 +180,29 @@ def _rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else to_rgb(image)
 
 
+def rgb_pixels(image: Image.Image) -> np.ndarray:
+    """HxWx3 uint8 array of an RGB image: the same bytes as np.asarray(image), one copy fewer.
+
+    np.asarray goes through Image.tobytes, which packs the pixels in 64 KiB pieces and then
+    joins them (two copies; about 0.5 ms of CPU per AVA-sized image, a fifth of its decode).
+    Here the same raw packer runs once over the whole image. Pillow's encoder interface is
+    internal, so anything unexpected falls back to np.asarray.
+    """
+    image.load()
+    size = image.width * image.height * 3
+    if image.mode != "RGB" or size == 0:
+        return np.asarray(image, dtype=np.uint8)
+    try:
+        encoder = Image._getencoder("RGB", "raw", "RGB")
+        encoder.setimage(image.im, (0, 0, *image.size))
+        _, status, data = encoder.encode(size)
+    except (AttributeError, TypeError, ValueError):
+        return np.asarray(image, dtype=np.uint8)
+    if status != 1 or len(data) != size:  # 1: the packer finished in this one call
+        return np.asarray(image, dtype=np.uint8)
+    return np.frombuffer(data, np.uint8).reshape(image.height, image.width, 3)
+
+
 def decode_image_bytes(
     data: bytes, name: str, policy: InputPolicy, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray | None, RowStatus, str | None]:
@@ -205,7 +228,7 @@ def decode_image_bytes(
             with Image.open(io.BytesIO(data)) as opened:
                 opened.load()
                 image = _resize_to_policy(_rgb(_exif_oriented(opened)), policy)
-                pixels = np.asarray(image, dtype=np.uint8)
+                pixels = rgb_pixels(image)
     except Image.UnidentifiedImageError:
         return None, RowStatus.DECODE_ERROR, f"{name}: decode_error: not a recognised image format"
     except Exception as error:  # Pillow raises many unrelated types for bad files

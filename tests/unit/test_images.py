@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import io
+from unittest import mock
 
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from features.extraction.images import decode_image_bytes, load_image, read_bytes, to_rgb
+from features.extraction import images as images_module
+from features.extraction.images import (
+    decode_image_bytes,
+    load_image,
+    read_bytes,
+    rgb_pixels,
+    to_rgb,
+)
 from pipelines.sample import broken_files
 from schemas.status import RowStatus
 from schemas.view_spec import InputPolicy
@@ -134,3 +142,22 @@ def test_local_path_and_file_url_read_the_same(tmp_path) -> None:
     with pytest.raises(FileNotFoundError):
         read_bytes(str(tmp_path / "missing.jpg"))
     assert load_image(str(tmp_path), POLICY).status is RowStatus.READ_ERROR
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 7), (375, 500), (4000, 33)])
+def test_rgb_pixels_equal_numpy_asarray(size) -> None:
+    height, width = size
+    rng = np.random.default_rng(height)
+    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    pixels = rgb_pixels(image)
+    assert pixels.shape == (height, width, 3) and pixels.dtype == np.uint8
+    assert np.array_equal(pixels, np.asarray(image))
+    gray = image.convert("L")
+    assert np.array_equal(rgb_pixels(gray), np.asarray(gray))  # other modes: np.asarray
+
+
+def test_rgb_pixels_takes_the_one_copy_path_on_this_pillow(monkeypatch) -> None:
+    # A Pillow whose internal encoder changed would silently fall back to np.asarray.
+    image = Image.fromarray(np.full((20, 30, 3), 5, np.uint8))
+    monkeypatch.setattr(images_module.np, "asarray", mock.Mock(side_effect=AssertionError))
+    assert rgb_pixels(image).shape == (20, 30, 3)
