@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -161,3 +162,16 @@ def test_rgb_pixels_takes_the_one_copy_path_on_this_pillow(monkeypatch) -> None:
     image = Image.fromarray(np.full((20, 30, 3), 5, np.uint8))
     monkeypatch.setattr(images_module.np, "asarray", mock.Mock(side_effect=AssertionError))
     assert rgb_pixels(image).shape == (20, 30, 3)
+
+
+def test_bomb_between_one_and_two_times_the_limit_without_the_warning_filter(monkeypatch) -> None:
+    # Another decode thread's catch_warnings exit can drop the "error" filter (not thread-safe).
+    monkeypatch.setattr(images_module.warnings, "simplefilter", mock.Mock())
+    data = _jpeg(np.zeros((100, 150, 3), np.uint8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pixels, status, error = decode_image_bytes(data, "b.jpg", POLICY, max_pixels=10_000)
+    assert pixels is None and status is RowStatus.DECOMPRESSION_BOMB
+    assert error is not None and "15000 pixels" in error
+    pixels, status, _ = decode_image_bytes(data, "b.jpg", POLICY, max_pixels=15_000)
+    assert status is RowStatus.OK
