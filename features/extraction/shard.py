@@ -301,7 +301,10 @@ class ShardExtractor:
 
         def load(position: int) -> tuple[DecodedImage, bool]:
             image = self._load(rows[position])
-            return image, image.pixels is not None and buffers.place(position, image.pixels)
+            if image.pixels is None or not buffers.place(position, image.pixels):
+                return image, False
+            # Copied into its batch: free the pixels now, on the decode thread (warm memory).
+            return image.released(), True
 
         for batch in DecodeFeed(
             load, plan, self.config.decode_threads, self.config.prefetch_batches
@@ -318,6 +321,8 @@ class ShardExtractor:
                 positions = [batch.positions[slot] for slot in placed]
                 self._forward_batch(ready, positions, views, features, model_ms)
             self._forward_loose(loose, views, features, model_ms)
+            for position, _ in loose:
+                decoded[position] = decoded[position].released()
         return decoded, features, model_ms
 
     def _forward_loose(
@@ -378,12 +383,13 @@ class ShardExtractor:
     def _index_table(
         rows: list[dict[str, Any]], decoded: list[DecodedImage], model_ms: np.ndarray
     ) -> pa.Table:
+        # Decoded sizes where the pixels were forwarded, the manifest's otherwise.
         heights = [
-            image.pixels.shape[0] if image.pixels is not None else row["height"]
+            image.size[0] if image.size is not None else row["height"]
             for row, image in zip(rows, decoded, strict=True)
         ]
         widths = [
-            image.pixels.shape[1] if image.pixels is not None else row["width"]
+            image.size[1] if image.size is not None else row["width"]
             for row, image in zip(rows, decoded, strict=True)
         ]
         return pa.table(

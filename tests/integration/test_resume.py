@@ -12,6 +12,7 @@ from features.store.query import FeatureStore
 from features.store.view import FeatureView
 from pipelines import extract
 from schemas.errors import UnknownImageIdsError
+from schemas.status import RowStatus
 from tests.conftest import RANDOM_WEIGHTS
 
 VIEW = "irnv2_mlsp_narrow"
@@ -42,7 +43,7 @@ def _forward_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     def counting(self, rows, views):
         decoded, features, model_ms = original(self, rows, views)
-        counts.append(sum(image.pixels is not None for image in decoded))
+        counts.append(sum(image.status is RowStatus.OK for image in decoded))
         return decoded, features, model_ms
 
     monkeypatch.setattr(ShardExtractor, "_extract_rows", counting)
