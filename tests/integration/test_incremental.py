@@ -49,13 +49,13 @@ def test_append_new_images_and_mark_removed(sample_manifest, tmp_path, monkeypat
     old_values = view.array.read_range(0, 10)
 
     forwarded: list[str] = []
-    original = ShardExtractor._decode
+    original = ShardExtractor._extract_rows
 
-    def record(self, rows):
+    def record(self, rows, views):
         forwarded.extend(row["image_id"] for row in rows)
-        return original(self, rows)
+        return original(self, rows, views)
 
-    monkeypatch.setattr(ShardExtractor, "_decode", record)
+    monkeypatch.setattr(ShardExtractor, "_extract_rows", record)
     assert _run(later, store) == 0
     view = FeatureView(store, VIEW)
     assert sorted(forwarded) == sorted(ids[10:14])  # only the new images were read and extracted
