@@ -193,8 +193,10 @@ def publish_pointer(view_path: str, snapshot: Snapshot) -> None:
     # Compare-and-swap (a conditional request on S3/GCS): a publisher that lost a race to
     # another one fails loudly instead of silently rolling the pointer back.
     if not files.replace_if_unchanged(path, previous, pointer):
-        raise StoreError(f"{path}: the snapshot pointer changed while snapshot "
-                         f"{snapshot.snapshot} was being published; publish again")
+        raise StoreError(
+            f"{path}: the snapshot pointer changed while snapshot "
+            f"{snapshot.snapshot} was being published; publish again"
+        )
 
 
 def write_snapshot(view_path: str, snapshot: Snapshot) -> bool:

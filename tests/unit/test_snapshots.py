@@ -359,7 +359,8 @@ def test_format_1_snapshots_without_the_arrow_piece_still_read(tmp_path, backend
     pointer.write_text(json.dumps(latest))
     assert_reads_exactly(str(tmp_path), {0, 1, 2, 3, 4})
     wanted = [f"img{row:04d}" for row in range(ROWS)][::-1]
-    assert FeatureStore(str(tmp_path)).table("narrow", ids=wanted).column(
-        "row"
-    ).to_pylist() == list(range(ROWS))[::-1]
+    assert (
+        FeatureStore(str(tmp_path)).table("narrow", ids=wanted).column("row").to_pylist()
+        == list(range(ROWS))[::-1]
+    )
     assert FeatureStore(str(tmp_path)).snapshots("narrow")[-1]["snapshot"] == 2
