@@ -20,11 +20,15 @@ from features.store.shard_reader import (
     ShardFormat,
     decode_chunk,
     decode_pool,
+    decode_threads,
     parse_index,
 )
 
 _PARALLEL_ABOVE = 8  # shards touched before reading them in the decode pool
-RangeReader = Callable[[int, int], bytes]  # (offset from the start, or negative from the end; size)
+# A local shard object up to this size is read whole, one read instead of index + chunk.
+_WHOLE_READ_BYTES = 256 * 1024
+# (offset from the start, or negative from the end; size) -> the bytes
+RangeReader = Callable[[int, int], bytes | memoryview]
 
 
 def _local_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
@@ -33,6 +37,17 @@ def _local_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
     except FileNotFoundError:
         return None
     size = os.fstat(descriptor).st_size
+    if size <= _WHOLE_READ_BYTES:
+        try:
+            whole = memoryview(os.pread(descriptor, size, 0))
+        finally:
+            os.close(descriptor)
+
+        def sliced(offset: int, nbytes: int) -> memoryview:
+            start = offset if offset >= 0 else max(0, len(whole) + offset)
+            return whole[start : start + nbytes]
+
+        return sliced, lambda: None
 
     def read(offset: int, nbytes: int) -> bytes:
         return os.pread(descriptor, nbytes, offset if offset >= 0 else size + offset)
@@ -62,14 +77,27 @@ def read_sparse_rows(array_path: str, fmt: ShardFormat, rows: np.ndarray) -> np.
         for shard, picked in tasks:
             _read_shard_rows(array_path, fmt, shard, rows[picked], out[picked])
         return out
-    # Reads and Blosc release the GIL: shards in parallel (each writes its own slice of out).
+    # Reads and Blosc release the GIL: shards in parallel (each writes its own slice of out),
+    # one batch of shards per thread (a future per shard costs more than a small shard's read).
+    batches = np.array_split(np.arange(len(tasks)), min(len(tasks), decode_threads()))
     futures = [
-        decode_pool().submit(_read_shard_rows, array_path, fmt, shard, rows[picked], out[picked])
-        for shard, picked in tasks
+        decode_pool().submit(_read_batch, array_path, fmt, [tasks[i] for i in batch], rows, out)
+        for batch in batches
     ]
     for future in futures:
         future.result()
     return out
+
+
+def _read_batch(
+    array_path: str,
+    fmt: ShardFormat,
+    tasks: list[tuple[int, slice]],
+    rows: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    for shard, picked in tasks:
+        _read_shard_rows(array_path, fmt, shard, rows[picked], out[picked])
 
 
 def _read_shard_rows(

@@ -6,6 +6,7 @@ Layout under a view:
     snapshots/00000N-<tag>.index.parquet   committed index rows sorted by image_id
     snapshots/00000N-<tag>.plan.parquet    image_id, row of allocated rows NOT committed in N
     snapshots/00000N-<tag>.shards.parquet  shard, rows, marker sha256, features checksum
+    snapshots/00000N-<tag>.index.arrow     (format 2) the index piece again, uncompressed Arrow IPC
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from schemas.errors import StoreError
 
 POINTER_FILE = "_latest_snapshot.json"
 SNAPSHOTS_DIR = "snapshots"
-SNAPSHOT_FORMAT_VERSION = 1
+# 2: adds index_arrow (format 1 snapshots, without it, are read through their Parquet index).
+SNAPSHOT_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,8 @@ class Snapshot:
         sizes: bytes of each piece by name (ranged reads need no HEAD request first).
         removed_sha256: digest of removed.json's ids when it was taken.
         created_at, reason: when and why (run id or "compact").
+        index_arrow: the index piece as an uncompressed Arrow IPC file in record batches
+            (row-addressable when memory-mapped: large id sets read no Parquet); "" in format 1.
     """
 
     snapshot: int
@@ -57,6 +61,7 @@ class Snapshot:
     created_at: str
     reason: str
     sizes: dict[str, int] = field(default_factory=dict)
+    index_arrow: str = ""
     format_version: int = SNAPSHOT_FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,8 +193,10 @@ def publish_pointer(view_path: str, snapshot: Snapshot) -> None:
     # Compare-and-swap (a conditional request on S3/GCS): a publisher that lost a race to
     # another one fails loudly instead of silently rolling the pointer back.
     if not files.replace_if_unchanged(path, previous, pointer):
-        raise StoreError(f"{path}: the snapshot pointer changed while snapshot "
-                         f"{snapshot.snapshot} was being published; publish again")
+        raise StoreError(
+            f"{path}: the snapshot pointer changed while snapshot "
+            f"{snapshot.snapshot} was being published; publish again"
+        )
 
 
 def write_snapshot(view_path: str, snapshot: Snapshot) -> bool:

@@ -35,6 +35,10 @@ from schemas.tables import FEATURE_INDEX_SCHEMA
 LOGGER = logging.getLogger(__name__)
 # Above this many pending shards, one listing of commits/ is cheaper than a GET per shard.
 _LIST_ABOVE = 64
+# From this many distinct ids, a lookup probes the memory-mapped Arrow index (a hash probe of
+# every id, nothing decoded) rather than the Parquet row groups that can hold them: ids spread
+# over the index hit nearly every row group, and decoding them all costs several times more.
+_ARROW_FROM_IDS = 32
 PLAN_SCHEMA = pa.schema([pa.field("image_id", pa.string()), pa.field("row", pa.int64())])
 INDEX_WITH_REMOVED = FEATURE_INDEX_SCHEMA.append(pa.field("removed", pa.bool_()))
 
@@ -193,6 +197,16 @@ def read_piece(path: str, what: str, size: int | None = None) -> pa.Table:
     return pq.ParquetFile(pa.BufferReader(data)).read()
 
 
+def read_arrow_piece(path: str, what: str) -> pa.Table:
+    """A local Arrow IPC piece, memory-mapped: no copy and no decoding (the table keeps the
+    mapping alive after the file is closed)."""
+    try:
+        with pa.memory_map(files.native(path)) as source:
+            return pa.ipc.open_file(source).read_all()
+    except FileNotFoundError:
+        raise StoreError(f"{path}: {what} is missing") from None
+
+
 def removed_flags(image_ids: pa.ChunkedArray | pa.Array, removed: set[str]) -> pa.Array:
     """`removed` column for ids (vectorized membership test)."""
     if not removed:
@@ -243,9 +257,29 @@ class SnapshotRead:
         size = self.snapshot.sizes.get(name)
         return read_matching(self._file(relative), self._what(name), ids, size)
 
+    def _arrow_index(self) -> pa.Table | None:
+        """The index piece memory-mapped from its Arrow copy; None without one (format 1)
+        or off the local disk (an object store reads the Parquet row groups it needs)."""
+        relative = self.snapshot.index_arrow
+        path = self._file(relative) if relative else ""
+        if not relative or not files.is_local(path):
+            return None
+        return read_arrow_piece(path, self._what("index_arrow"))
+
+    def _index_matching(self, ids: Sequence[str]) -> pa.Table:
+        """Rows of the index piece whose id is in ids: few ids read the Parquet row groups
+        that can hold them, many probe the memory-mapped Arrow copy."""
+        wanted = set(ids)
+        arrow = self._arrow_index() if len(wanted) >= _ARROW_FROM_IDS else None
+        if arrow is None:
+            return self._matching("index", ids)
+        keys = pa.array(sorted(wanted), pa.string())
+        return arrow.filter(pc.is_in(arrow.column("image_id"), value_set=keys))
+
     def index(self) -> pa.Table:
         """All visible index rows, ordered by row, with the `removed` column."""
-        base = self._piece("index")
+        arrow = self._arrow_index()
+        base = self._piece("index") if arrow is None else arrow
         parts = [base.cast(INDEX_WITH_REMOVED)]
         if self.include_pending:
             plan = self._piece("plan")
@@ -262,8 +296,7 @@ class SnapshotRead:
 
     def lookup(self, ids: Sequence[str]) -> pa.Table:
         """Visible index rows of the given ids (any order; ids not visible are absent)."""
-        found = self._matching("index", ids)
-        found = found.cast(INDEX_WITH_REMOVED)
+        found = self._index_matching(ids).cast(INDEX_WITH_REMOVED)
         missing = sorted(set(ids) - set(found.column("image_id").to_pylist()))
         if missing and self.include_pending:
             plan = self._matching("plan", missing)

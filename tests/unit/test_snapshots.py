@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from features import files
-from features.store import BACKENDS, FeatureStore, publish_snapshot
+from features.store import BACKENDS, FeatureStore, publish_snapshot, snapshot_reader
 from features.store import snapshot as snapshot_module
 from features.store.backends import FeatureArray
 from features.store.compaction import run as compact_cli
@@ -301,3 +301,66 @@ def test_rows_appended_after_the_snapshot_are_found_once_committed(tmp_path, bac
     assert index.filter(index.column("removed")).column("image_id").to_pylist() == ["img0003"]
     assert publish_snapshot(view, "second") == 2
     assert FeatureStore(str(tmp_path)).index("narrow").equals(index)
+
+
+def _features_first_value(table: pa.Table) -> list[float]:
+    values = table.column("features").combine_chunks().storage.values.to_numpy()
+    return values.reshape(table.num_rows, -1)[:, 0].astype(np.float32).tolist()
+
+
+def test_many_ids_read_the_arrow_index_and_match_the_parquet_reads(
+    tmp_path, backend, monkeypatch
+) -> None:
+    view = new_view(str(tmp_path), backend, SMALL_NARROW, ROWS, SHARD_ROWS)
+    scenario(view)  # snapshot 2 covers shards 0-3; shard 4 came after it
+    arrow_reads: list[str] = []
+    original = snapshot_reader.read_arrow_piece
+
+    def counted(path: str, what: str) -> pa.Table:
+        arrow_reads.append(path)
+        return original(path, what)
+
+    monkeypatch.setattr(snapshot_reader, "read_arrow_piece", counted)
+    rows = np.random.default_rng(3).permutation(ROWS)
+    wanted = [f"img{row:04d}" for row in rows]
+    store = FeatureStore(str(tmp_path))
+    monkeypatch.setattr(snapshot_reader, "_ARROW_FROM_IDS", 2)
+    through_arrow = store.table("narrow", ids=wanted)
+    assert arrow_reads and all(path.endswith(".index.arrow") for path in arrow_reads)
+    assert through_arrow.column("row").to_pylist() == rows.tolist()
+    ok = [statuses_of(ROWS)[row] == "ok" for row in rows]
+    assert through_arrow.column("status").to_pylist() == [statuses_of(ROWS)[r] for r in rows]
+    firsts = _features_first_value(through_arrow)
+    assert [first for first, good in zip(firsts, ok, strict=True) if good] == [
+        float(row) for row, good in zip(rows, ok, strict=True) if good
+    ]
+    monkeypatch.setattr(snapshot_reader, "_ARROW_FROM_IDS", 10**9)
+    arrow_reads.clear()
+    assert store.table("narrow", ids=wanted).equals(through_arrow)
+    assert not arrow_reads
+    monkeypatch.setattr(snapshot_reader, "_ARROW_FROM_IDS", 2)
+    assert store.index("narrow").equals(view.marker_index())
+
+
+def test_format_1_snapshots_without_the_arrow_piece_still_read(tmp_path, backend) -> None:
+    view = new_view(str(tmp_path), backend, SMALL_NARROW, ROWS, SHARD_ROWS)
+    scenario(view)
+    snapshots_dir = tmp_path / "narrow" / snapshot_module.SNAPSHOTS_DIR
+    for arrow in snapshots_dir.glob("*.index.arrow"):
+        arrow.unlink()  # what the previous format wrote: Parquet pieces only
+    for record_file in snapshots_dir.glob("*.json"):
+        record = json.loads(record_file.read_text())
+        del record["index_arrow"], record["sizes"]["index_arrow"]
+        record_file.write_text(json.dumps({**record, "format_version": 1}))
+    pointer = tmp_path / "narrow" / snapshot_module.POINTER_FILE
+    latest = json.loads(pointer.read_text())
+    del latest["record"]["index_arrow"], latest["record"]["sizes"]["index_arrow"]
+    latest["record"]["format_version"] = 1
+    pointer.write_text(json.dumps(latest))
+    assert_reads_exactly(str(tmp_path), {0, 1, 2, 3, 4})
+    wanted = [f"img{row:04d}" for row in range(ROWS)][::-1]
+    assert (
+        FeatureStore(str(tmp_path)).table("narrow", ids=wanted).column("row").to_pylist()
+        == list(range(ROWS))[::-1]
+    )
+    assert FeatureStore(str(tmp_path)).snapshots("narrow")[-1]["snapshot"] == 2
