@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from features import files
 from features.cli import add_common_arguments, cli_entry_points, configure_logging
@@ -124,6 +125,28 @@ def _check_checksum(
         )
 
 
+def _check_arrow_copy(
+    view: FeatureView, number: int, relative: str, indexed: pa.Table, report: VerificationReport
+) -> None:
+    """Format-2 snapshots keep an Arrow IPC copy of the index for large lookups: it must exist
+    and hold exactly the Parquet index's rows (readers trust either)."""
+    if not relative:
+        return
+    path = files.join(view.path, relative)
+    try:
+        copy = pa.ipc.open_file(pa.BufferReader(files.read_bytes(path))).read_all()
+    except FileNotFoundError:
+        report.problems.append(f"{path}: Arrow index copy of snapshot {number} is missing")
+        return
+    except pa.ArrowInvalid as error:
+        report.problems.append(f"{path}: unreadable Arrow index copy ({error})")
+        return
+    if not copy.equals(indexed.cast(copy.schema) if copy.schema != indexed.schema else indexed):
+        report.problems.append(
+            f"{path}: Arrow index copy of snapshot {number} differs from its Parquet index"
+        )
+
+
 def _check_snapshot(
     view: FeatureView, markers: Mapping[int, CommitMarker], report: VerificationReport
 ) -> None:
@@ -146,6 +169,7 @@ def _check_snapshot(
         return
     if indexed.num_rows != snapshot.index_rows:
         report.problems.append(f"snapshot {snapshot.snapshot}: index piece row count differs")
+    _check_arrow_copy(view, snapshot.snapshot, snapshot.index_arrow, indexed, report)
     recorded = dict(
         zip(
             shards.column("shard").to_pylist(),
@@ -197,7 +221,11 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
             if s.index in markers
             for row in range(s.row_start, s.row_stop)
         }
-        visible = set(view.committed_index().column("row").to_pylist())
+        try:
+            visible = set(view.committed_index().column("row").to_pylist())
+        except StoreError as error:  # what readers would hit (a missing piece): a problem
+            report.problems.append(str(error))
+            visible = set()
         if not visible <= committed_rows:
             report.problems.append(
                 f"readers see {len(visible - committed_rows)} row(s) outside committed shards"

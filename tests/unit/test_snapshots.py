@@ -11,7 +11,7 @@ import pyarrow.compute as pc
 import pytest
 
 from features import files
-from features.store import BACKENDS, FeatureStore, publish_snapshot, snapshot_reader
+from features.store import BACKENDS, FeatureStore, publish_snapshot, snapshot_reader, verify_view
 from features.store import snapshot as snapshot_module
 from features.store.backends import FeatureArray
 from features.store.compaction import run as compact_cli
@@ -364,3 +364,35 @@ def test_format_1_snapshots_without_the_arrow_piece_still_read(tmp_path, backend
         == list(range(ROWS))[::-1]
     )
     assert FeatureStore(str(tmp_path)).snapshots("narrow")[-1]["snapshot"] == 2
+
+
+def test_verify_checks_the_arrow_index_copy(tmp_path) -> None:
+    view = new_view(str(tmp_path), "zarr", SMALL_NARROW, ROWS, SHARD_ROWS)
+    scenario(view)
+    snapshot = snapshot_module.read_pointer(view.path)
+    # (this scenario's failed rows carry values on purpose; only the Arrow copy matters here)
+    assert not any(snapshot.index_arrow in problem for problem in verify_view(view).problems)
+    arrow_path = files.join(view.path, snapshot.index_arrow)
+    original = pa.ipc.open_file(pa.BufferReader(files.read_bytes(arrow_path))).read_all()
+    # a copy whose rows differ from the Parquet index (one status changed)
+    statuses = original.column("status").to_pylist()
+    statuses[0] = "decode_error" if statuses[0] == "ok" else "ok"
+    position = original.schema.get_field_index("status")
+    tampered = original.set_column(
+        position,
+        original.schema.field("status"),
+        pa.array(statuses, original.schema.field("status").type),
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, tampered.schema) as writer:
+        writer.write_table(tampered)
+    files.atomic_write_bytes(arrow_path, sink.getvalue().to_pybytes())
+    report = verify_view(view)
+    assert any(
+        snapshot.index_arrow in problem and "differs" in problem for problem in report.problems
+    )
+    files.remove_file(arrow_path)
+    report = verify_view(view)
+    assert any(
+        snapshot.index_arrow in problem and "missing" in problem for problem in report.problems
+    )
