@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tests.conftest import RANDOM_WEIGHTS
@@ -15,6 +17,39 @@ SHARD_ROWS = 2
 # What differs between two clean runs of the same command: when and by which run, how long.
 RUN_FIELDS = {"run_id", "committed_at", "seconds", "created_at"}
 TIMING_COLUMNS = {"read_ms", "decode_ms", "model_ms"}
+# Snapshots name their pieces with a random tag and record the run (reason), the pieces' sizes
+# (index parts hold timings) and the digests of markers (which hold run ids): all run fields.
+SNAPSHOT_RUN_FIELDS = RUN_FIELDS | {"reason", "sizes"}
+RUN_COLUMNS = TIMING_COLUMNS | {"marker_sha256"}
+_PIECE_TAG = re.compile(r"(\d{6})-[0-9a-f]+\.")
+
+
+def _untagged(text: str) -> str:
+    return _PIECE_TAG.sub(r"\1-TAG.", text)
+
+
+def _without_run_fields(value: Any) -> Any:
+    """A snapshot record (or pointer) with run fields dropped and piece tags masked."""
+    if isinstance(value, dict):
+        return {
+            k: _without_run_fields(v) for k, v in value.items() if k not in SNAPSHOT_RUN_FIELDS
+        }
+    if isinstance(value, list):
+        return [_without_run_fields(v) for v in value]
+    return _untagged(value) if isinstance(value, str) else value
+
+
+def _table_without_run_columns(table: pa.Table) -> list[dict[str, Any]]:
+    return table.drop_columns([c for c in table.column_names if c in RUN_COLUMNS]).to_pylist()
+
+
+def _snapshot_entry(path: Path) -> Any:
+    """Snapshot files compared by content, not by the run that wrote them."""
+    if path.suffix == ".json":
+        return _without_run_fields(json.loads(path.read_bytes()))
+    if path.suffix == ".arrow":
+        return _table_without_run_columns(pa.ipc.open_file(pa.memory_map(str(path))).read_all())
+    return _table_without_run_columns(pq.read_table(path))
 
 
 def tiny_manifest(root: Path, count: int = 4) -> Path:
@@ -65,7 +100,9 @@ def store_fingerprint(store: Path) -> dict[str, Any]:
         relative = path.relative_to(store).as_posix()
         if relative.endswith(".cas.lock"):
             continue  # the lock file of the lease's compare-and-swap: empty, never deleted
-        if "/runs/" in relative:
+        if "/snapshots/" in relative or relative.endswith("/_latest_snapshot.json"):
+            fingerprint[_untagged(relative)] = _snapshot_entry(path)
+        elif "/runs/" in relative:
             outcome = json.loads(path.read_bytes()).get("outcome")
             fingerprint.setdefault("runs outcomes", []).append(outcome)
         elif relative.endswith("/view.json") or "/commits/" in relative:
