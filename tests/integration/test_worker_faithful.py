@@ -178,6 +178,9 @@ def test_the_installed_package_runs_without_the_source_tree(
             "--python",
             str(python),
             "install",
+            # the test environment (visible through the .pth line) has this package already,
+            # editable; without this pip would skip installing the wheel
+            "--ignore-installed",
             "--no-deps",
             "--no-index",
             "--quiet",
@@ -188,18 +191,19 @@ def test_the_installed_package_runs_without_the_source_tree(
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    where = subprocess.run(
+    imported = subprocess.run(
         [
             str(python),
             "-c",
             "import pipelines.extract, features; print(pipelines.extract.__file__)",
         ],
-        check=True,
         capture_output=True,
         text=True,
         cwd=cwd,
         env=env,
-    ).stdout.strip()
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    where = imported.stdout.strip()
     assert Path(where).is_relative_to(tmp_path / "venv"), where
     assert not Path(where).is_relative_to(ROOT)
     store = tmp_path / "store"
