@@ -52,6 +52,11 @@ def parsed_options(settings: RunnerSettings, beam_args: Sequence[str]) -> dict[s
     """
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    if settings.runner == "dask":
+        # DaskOptions (--dask_client_address, ...) exist only once the runner module is imported;
+        # without it whether they parse depends on what the process imported before.
+        import apache_beam.runners.dask.dask_runner  # noqa: F401
+
     options = PipelineOptions([*runner_options(settings), *beam_args])
     return dict(options.get_all_options(retain_unknown_options=True))
 

@@ -40,7 +40,8 @@ FLAG_CHECKS = {
         "requirements_file": ("req.txt", lambda o: o["requirements_file"] == "req.txt"),
     },
     "dask": {
-        "dask_address": ("tcp://h:8786", lambda o: o["dask_client_address"] == "tcp://h:8786")
+        # Beam's DaskOptions parses --dask_client_address into the option "address"
+        "dask_address": ("tcp://h:8786", lambda o: o["address"] == "tcp://h:8786")
     },
     **{
         name: {
