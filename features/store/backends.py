@@ -181,7 +181,8 @@ class FeatureArray(abc.ABC):
 
         Returns:
             (the object's path relative to the view, sha256 of its bytes or "" when the
-            object does not exist: Zarr stores nothing for a shard that is all fill value).
+            object does not exist: Zarr stored nothing for an all-NaN shard before shard writes
+            set write_empty_chunks, so older views can lack such objects).
         """
         relative = f"{self.directory_name}/{self.shard_key(shard_index)}"
         try:
@@ -211,6 +212,11 @@ class ZarrFeatureArray(FeatureArray):
     format_name = "zarr"
     directory_name = "features.zarr"
     _scatter: RowScatter | Literal[False] | None = None  # opened on first scatter_rows
+    # The shard writer's handle, opened once: under the view's lease no other process
+    # resizes the array, and resize() here drops it. Readers keep opening fresh (a writer
+    # elsewhere may grow the array between their reads).
+    _writer: Any = None
+    _feature_rank: int | None = None  # immutable once the array exists (shard_key needs it)
 
     def _open(self) -> Any:
         import zarr
@@ -247,6 +253,7 @@ class ZarrFeatureArray(FeatureArray):
             attributes={"shard_rows": layout.shard_rows},
         )
         del array
+        self._writer, self._feature_rank = None, None
 
     def layout(self) -> ArrayLayout:
         array = self._open()
@@ -274,15 +281,24 @@ class ZarrFeatureArray(FeatureArray):
 
     def shard_key(self, shard_index: int) -> str:
         # Zarr v3's default chunk key encoding: c/<row shard>/0/0/... (one shard spans the rest).
-        dimensions = 2 + len(self.layout().feature_shape)
+        if self._feature_rank is None:
+            self._feature_rank = len(self.layout().feature_shape)
+        dimensions = 2 + self._feature_rank
         return "/".join(["c", str(shard_index), *["0"] * (dimensions - 1)])
 
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
-        self._open()[row_start : row_start + values.shape[0]] = values
+        if self._writer is None:
+            # write_empty_chunks: Zarr would otherwise compare every inner chunk with the NaN
+            # fill (np.array_equal with equal_nan on float16: about 70 % of a narrow shard's
+            # write CPU, benchmarks.gpu_feed). A shard is written whole, so an all-NaN shard
+            # (every row failed) is simply stored; readers see NaN either way.
+            self._writer = self._open().with_config({"write_empty_chunks": True})
+        self._writer[row_start : row_start + values.shape[0]] = values
 
     def resize(self, rows: int) -> None:
         array = self._open()
         array.resize((rows, *array.shape[1:]))
+        self._writer = None
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) == 0:

@@ -58,7 +58,7 @@ class CommitMarker:
         features_file: the stored object holding the shard's features, relative to the view
             (a Zarr shard object or an HDF5 shard file); "" in markers written before checksums.
         features_sha256: sha256 of that object's bytes as stored; "" when the object is absent
-            (Zarr writes nothing for an all-NaN shard); None in markers written before checksums.
+            (older Zarr views stored nothing for an all-NaN shard); None in markers written before checksums.
     """
 
     shard: int
