@@ -73,7 +73,7 @@ def extract_options(
     manifest: str,
     store: str,
     views: Sequence[str],
-    weights: str,
+    weights: str | None,
     *,
     shard_size: int | None = None,
     max_side: int | None = None,
@@ -85,17 +85,14 @@ def extract_options(
 
     {"shard-size": 64, "view": ["a", "b"], "fail-on-errors": True} stands for
     --shard-size=64 --view=a --view=b --fail-on-errors; options_argv spells it out.
+    None leaves the CLI's default (weights: imagenet).
 
     Returns:
         The options dict (no runner).
     """
-    options: dict[str, Any] = {
-        "manifest": manifest,
-        "store": store,
-        "view": list(views),
-        "weights": weights,
-    }
+    options: dict[str, Any] = {"manifest": manifest, "store": store, "view": list(views)}
     optional = {
+        "weights": weights,
         "shard-size": shard_size,
         "max-side": max_side,
         "compression": compression,

@@ -10,7 +10,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tests.conftest import RANDOM_WEIGHTS
+from tests.helpers import extract_cli
 
 VIEW = "irnv2_mlsp_narrow"
 SHARD_ROWS = 2
@@ -67,20 +67,9 @@ def tiny_manifest(root: Path, count: int = 4) -> Path:
 
 def extract_argv(manifest: Path, store: Path) -> list[str]:
     """Arguments of pipelines.extract for the tiny job (random weights, shards of 2 rows)."""
-    return [
-        "--manifest",
-        str(manifest),
-        "--store",
-        str(store),
-        "--view",
-        VIEW,
-        "--weights",
-        RANDOM_WEIGHTS,
-        "--shard-size",
-        str(SHARD_ROWS),
-        "--direct_num_workers",
-        "1",
-    ]
+    return extract_cli.extract_argv(
+        manifest, store, "--direct_num_workers", "1", views=(VIEW,), shard_size=SHARD_ROWS
+    )
 
 
 def _json_without_run_fields(path: Path) -> Any:

@@ -14,31 +14,14 @@ from features.store.query import FeatureStore
 from pipelines import extract
 from schemas.view_spec import PREDEFINED_VIEWS
 from tests.conftest import RANDOM_WEIGHTS
+from tests.helpers.extract_cli import NARROW, extract_argv, runner_argv
 from tests.reference import decode_reference
-
-NARROW = "irnv2_mlsp_narrow"
-
-
-def _argv(manifest: Path, store: Path, *extra: str) -> list[str]:
-    return [
-        "--manifest",
-        str(manifest),
-        "--store",
-        str(store),
-        "--view",
-        NARROW,
-        "--weights",
-        RANDOM_WEIGHTS,
-        "--shard-size",
-        "4",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")
 def direct_store(sample_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("direct") / "store"
-    assert extract.run(_argv(sample_manifest, store)) == 0
+    assert extract.run(extract_argv(sample_manifest, store)) == 0
     return store
 
 
@@ -60,9 +43,8 @@ def _assert_same_view(left: Path, right: Path, view: str = NARROW) -> None:
 
 def test_dask_local_cluster_matches_direct_runner(sample_manifest, direct_store, tmp_path) -> None:
     store = tmp_path / "dask"
-    assert (
-        extract.run(_argv(sample_manifest, store, "--runner", "dask", "--dask-workers", "2")) == 0
-    )
+    argv = extract_argv(sample_manifest, store, "--runner", "dask", "--dask-workers", "2")
+    assert extract.run(argv) == 0
     _assert_same_view(direct_store, store)
     history = FeatureStore(str(store)).view(NARROW).run_history()[-1]
     assert history["runner"] == "dask"
@@ -74,7 +56,7 @@ def test_hdf5_format_equals_zarr_and_exposes_a_virtual_dataset(
     sample_manifest, direct_store, tmp_path, monkeypatch
 ) -> None:
     store = tmp_path / "h5"
-    assert extract.run(_argv(sample_manifest, store, "--format", "hdf5")) == 0
+    assert extract.run(extract_argv(sample_manifest, store, "--format", "hdf5")) == 0
     _assert_same_view(direct_store, store)
     monkeypatch.chdir(tmp_path)  # the virtual file resolves its sources relative to itself
     table = FeatureStore(str(direct_store)).table(NARROW)
@@ -90,7 +72,9 @@ def test_hdf5_format_equals_zarr_and_exposes_a_virtual_dataset(
 
 def test_train8_variants_equal_direct_calls_on_crops(sample_dir, sample_manifest, tmp_path) -> None:
     store = tmp_path / "aug"
-    argv = _argv(sample_manifest, store, "--variants", "train8", "--view-name", "narrow_train8")
+    argv = extract_argv(
+        sample_manifest, store, "--variants", "train8", "--view-name", "narrow_train8"
+    )
     assert extract.run(argv) == 0
     spec = PREDEFINED_VIEWS[NARROW]
     model = get_extractor(ExtractorKey(RANDOM_WEIGHTS, spec.taps, (("x", spec.pooling),)))
@@ -112,38 +96,25 @@ def test_train8_variants_equal_direct_calls_on_crops(sample_dir, sample_manifest
 
 
 def test_other_spec_on_existing_view_is_refused(sample_manifest, direct_store, capsys) -> None:
-    code = extract.run(_argv(sample_manifest, direct_store, "--variants", "train8"))
+    code = extract.run(extract_argv(sample_manifest, direct_store, "--variants", "train8"))
     assert code == 1
     assert "fields differ: variants" in capsys.readouterr().err
 
 
 def test_dataflow_dry_run_prints_options_and_graph_without_writing(tmp_path, capsys) -> None:
-    argv = [
-        "--manifest",
-        "gs://bucket/ava/manifest.parquet",
-        "--store",
-        "gs://bucket/store",
-        "--view",
-        NARROW,
-        "--view",
-        "irnv2_mlsp_wide",
-        "--weights",
-        "imagenet",
-        "--runner",
+    argv = runner_argv(
         "dataflow",
-        "--project",
-        "my-project",
-        "--region",
-        "europe-west4",
-        "--temp-location",
-        "gs://bucket/tmp",
-        "--worker-accelerator",
-        "nvidia-l4:1",
-        "--machine-type",
-        "g2-standard-8",
-        "--dry-run",
         "--experiments=use_runner_v2",
-    ]
+        manifest="gs://bucket/ava/manifest.parquet",
+        store="gs://bucket/store",
+        views=(NARROW, "irnv2_mlsp_wide"),
+        weights="imagenet",
+        project="my-project",
+        region="europe-west4",
+        temp_location="gs://bucket/tmp",
+        worker_accelerator="nvidia-l4:1",
+        machine_type="g2-standard-8",
+    )
     # GPUs need the GPU worker image: without one the workers would be CPU-only (exit 2)
     assert extract.run(argv) == 2
     assert "--sdk-container-image" in capsys.readouterr().err
@@ -156,23 +127,7 @@ def test_dataflow_dry_run_prints_options_and_graph_without_writing(tmp_path, cap
     assert f"container_image = {image}" in out and "device = gpu" in out
     assert "setup_file = -" in out and "use_runner_v2" in out
     assert "ShardSpecs -> Spread -> ExtractShard -> Totals -> LogTotals" in out
-    local = [
-        "--manifest",
-        str(tmp_path / "m.parquet"),
-        "--store",
-        "gs://b/s",
-        "--view",
-        NARROW,
-        "--runner",
-        "dataflow",
-        "--project",
-        "p",
-        "--region",
-        "r",
-        "--temp-location",
-        "gs://b/t",
-        "--dry-run",
-    ]
+    local = runner_argv("dataflow", manifest=str(tmp_path / "m.parquet"), store="gs://b/s")
     assert extract.run(local) == 2
     assert "use URLs for --manifest" in capsys.readouterr().err
 
@@ -183,18 +138,7 @@ def test_fsspec_store_and_manifest_urls(sample_manifest, direct_store, tmp_path)
     memory = fsspec.filesystem("memory")
     memory.pipe_file("/inputs/manifest.parquet", sample_manifest.read_bytes())
     store = f"memory://stores/{tmp_path.name}"
-    argv = [
-        "--manifest",
-        "memory://inputs/manifest.parquet",
-        "--store",
-        store,
-        "--view",
-        NARROW,
-        "--weights",
-        RANDOM_WEIGHTS,
-        "--shard-size",
-        "4",
-    ]
+    argv = extract_argv("memory://inputs/manifest.parquet", store)
     assert extract.run(argv) == 0
     local_copy = tmp_path / "copy"
     memory.get(f"/stores/{tmp_path.name}", str(local_copy), recursive=True)

@@ -12,26 +12,13 @@ from features.extraction.shard import ShardExtractor
 from features.store.query import FeatureStore
 from features.store.view import FeatureView
 from pipelines import extract
-from tests.conftest import RANDOM_WEIGHTS
+from tests.helpers.extract_cli import NARROW, extract_argv
 
-VIEW = "irnv2_mlsp_narrow"
+VIEW = NARROW
 
 
 def _run(manifest: str, store: str) -> int:
-    return extract.run(
-        [
-            "--manifest",
-            manifest,
-            "--store",
-            store,
-            "--view",
-            VIEW,
-            "--weights",
-            RANDOM_WEIGHTS,
-            "--shard-size",
-            "4",
-        ]
-    )
+    return extract.run(extract_argv(manifest, store))
 
 
 def test_append_new_images_and_mark_removed(sample_manifest, tmp_path, monkeypatch) -> None:

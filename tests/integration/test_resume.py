@@ -13,27 +13,14 @@ from features.store.view import FeatureView
 from pipelines import extract
 from schemas.errors import UnknownImageIdsError
 from schemas.status import RowStatus
-from tests.conftest import RANDOM_WEIGHTS
+from tests.helpers.extract_cli import NARROW, extract_argv
 
-VIEW = "irnv2_mlsp_narrow"
+VIEW = NARROW
 TIMING_COLUMNS = ["read_ms", "decode_ms", "model_ms"]
 
 
 def _argv(manifest: Path, store: Path) -> list[str]:
-    return [
-        "--manifest",
-        str(manifest),
-        "--store",
-        str(store),
-        "--view",
-        VIEW,
-        "--weights",
-        RANDOM_WEIGHTS,
-        "--shard-size",
-        "4",
-        "--direct_num_workers",
-        "1",
-    ]
+    return extract_argv(manifest, store, "--direct_num_workers", "1")
 
 
 def _forward_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -20,29 +20,13 @@ from features.extraction.shard import NO_DEVICE, ShardExtractor
 from features.store.query import FeatureStore
 from features.store.view import FeatureView
 from pipelines import extract
-from tests.conftest import RANDOM_WEIGHTS
+from tests.helpers.extract_cli import NARROW, extract_argv
 
 ROOT = Path(__file__).resolve().parents[2]
-VIEW = "irnv2_mlsp_narrow"
+VIEW = NARROW
 TIMING = ["read_ms", "decode_ms", "model_ms"]
 PACKAGE_FILES = ["setup.py", "setup.cfg", "pyproject.toml", "README.md"]
 PACKAGES = ["schemas", "features", "pipelines", "jobs", "orchestration", "benchmarks"]
-
-
-def _argv(manifest: Path, store: Path, *extra: str) -> list[str]:
-    return [
-        "--manifest",
-        str(manifest),
-        "--store",
-        str(store),
-        "--view",
-        VIEW,
-        "--weights",
-        RANDOM_WEIGHTS,
-        "--shard-size",
-        "4",
-        *extra,
-    ]
 
 
 def _assert_same_store(left: Path, right: Path) -> None:
@@ -57,7 +41,7 @@ def _assert_same_store(left: Path, right: Path) -> None:
 @pytest.fixture(scope="module")
 def one_process_store(sample_manifest: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("one") / "store"
-    assert extract.run(_argv(sample_manifest, store, "--direct_num_workers", "1")) == 0
+    assert extract.run(extract_argv(sample_manifest, store, "--direct_num_workers", "1")) == 0
     return store
 
 
@@ -69,7 +53,7 @@ def test_multi_process_workers_build_the_same_store(
 
     monkeypatch.setattr(ShardExtractor, "process", not_here)  # workers import the real one
     store = tmp_path / "store"
-    argv = _argv(
+    argv = extract_argv(
         sample_manifest,
         store,
         "--direct_running_mode=multi_processing",
@@ -104,7 +88,7 @@ def test_manifest_sizes_that_miss_still_give_the_same_features(
     manifest = tmp_path / "swapped.parquet"
     files.atomic_write_parquet(str(manifest), swapped)
     store = tmp_path / "store"
-    assert extract.run(_argv(manifest, store, "--direct_num_workers", "1")) == 0
+    assert extract.run(extract_argv(manifest, store, "--direct_num_workers", "1")) == 0
     expected = FeatureStore(str(one_process_store)).table(VIEW).drop_columns(TIMING)
     got = FeatureStore(str(store)).table(VIEW).drop_columns(TIMING)
     assert got.drop_columns(["features", "width", "height"]).equals(
@@ -208,7 +192,7 @@ def test_the_installed_package_runs_without_the_source_tree(
     assert not Path(where).is_relative_to(ROOT)
     store = tmp_path / "store"
     run = subprocess.run(
-        [str(python), "-m", "pipelines.extract", *_argv(sample_manifest, store)],
+        [str(python), "-m", "pipelines.extract", *extract_argv(sample_manifest, store)],
         capture_output=True,
         text=True,
         cwd=cwd,

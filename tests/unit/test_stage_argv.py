@@ -85,3 +85,13 @@ def test_train_and_evaluate_argv_round_trip_through_the_jobs() -> None:
     assert (args.batch_size, args.quiet, args.overwrite) == (8, True, True)
     args = evaluate.build_parser().parse_args(stage_argv.evaluate_argv("/runs/n", "test"))
     assert (args.run, args.split, args.out, args.metrics) == ("/runs/n", "test", None, "ava")
+
+
+def test_extract_options_without_weights_leave_the_cli_default() -> None:
+    from pipelines import extract
+
+    options = stage_argv.extract_options("/m.parquet", "/s", ["irnv2_mlsp_narrow"], None)
+    assert "weights" not in options
+    args, unknown = extract.build_parser().parse_known_args(stage_argv.options_argv(options))
+    assert not unknown
+    assert args.weights == extract.build_parser().get_default("weights") == "imagenet"

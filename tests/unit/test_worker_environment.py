@@ -16,6 +16,7 @@ from pipelines import extract
 from pipelines.runners import RUNNERS, RunnerSettings, runner_options
 from pipelines.worker_env import parsed_options, worker_environment
 from schemas.errors import ConfigError, DeviceUnavailableError
+from tests.helpers.extract_cli import runner_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "europe-docker.pkg.dev/p/r/mlsp-gpu:2024-06-01"
@@ -125,32 +126,10 @@ def test_container_with_another_environment_type_is_refused() -> None:
 
 @pytest.mark.parametrize("runner", ["dataflow", "flink", "spark"])
 def test_dry_run_prints_the_worker_environment(runner: str, capsys) -> None:
-    argv = [
-        "--manifest",
-        "gs://b/m.parquet",
-        "--store",
-        "gs://b/s",
-        "--view",
-        "irnv2_mlsp_narrow",
-        "--runner",
-        runner,
-        "--sdk-container-image",
-        IMAGE,
-        "--requirements-file",
-        "req.txt",
-        "--dry-run",
-    ]
-    if runner == "dataflow":
-        argv += [
-            "--project",
-            "p",
-            "--region",
-            "r",
-            "--temp-location",
-            "gs://b/t",
-            "--worker-accelerator",
-            "nvidia-l4:1",
-        ]
+    accelerator = {"worker_accelerator": "nvidia-l4:1"} if runner == "dataflow" else {}
+    argv = runner_argv(
+        runner, sdk_container_image=IMAGE, requirements_file="req.txt", **accelerator
+    )
     assert extract.run(argv) == 0
     out = capsys.readouterr().out
     assert f"container_image = {IMAGE}" in out and "requirements_file = req.txt" in out
@@ -160,24 +139,7 @@ def test_dry_run_prints_the_worker_environment(runner: str, capsys) -> None:
 
 
 def test_accelerator_without_image_exits_2_before_any_work(tmp_path, capsys) -> None:
-    argv = [
-        "--manifest",
-        "gs://b/m.parquet",
-        "--store",
-        "gs://b/s",
-        "--view",
-        "irnv2_mlsp_narrow",
-        "--runner",
-        "dataflow",
-        "--project",
-        "p",
-        "--region",
-        "r",
-        "--temp-location",
-        "gs://b/t",
-        "--worker-accelerator",
-        "nvidia-l4:1",
-    ]
+    argv = runner_argv("dataflow", worker_accelerator="nvidia-l4:1", dry_run=False)
     code = extract.run(argv)
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: accelerator requested")
