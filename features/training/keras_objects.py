@@ -161,7 +161,7 @@ class PyramidBins(keras.layers.Layer):
     channels inner, as features.model.mlsp._spp writes it); the taps concatenate on channels.
     """
 
-    def __init__(self, bins: int = 1, tap_channels: Sequence[int] = (1,), **kwargs: Any) -> None:
+    def __init__(self, bins: int, tap_channels: Sequence[int], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.bins = int(bins)
         self.tap_channels = tuple(int(channels) for channels in tap_channels)
