@@ -26,6 +26,7 @@ from features.training.run_outputs import (
 )
 from features.training.trainer import MONITORS, TrainConfig, TrainingResult, lineage, train_head
 from schemas.errors import ConfigError
+from schemas.view_spec import FeatureViewSpec
 
 LOGGER = logging.getLogger(__name__)
 
@@ -171,7 +172,10 @@ def write_run(out: str, config: TrainConfig, result: TrainingResult, run: dict[s
     """Write model, history, curves, then run.json last (its presence marks a complete run)."""
     from features.training.heads import build_head
 
-    clean = build_head(config.head, run["feature_shape"], config.target, result.bn_momentum)
+    # The same architecture as the trained model, from the spec recorded in run.json.
+    layout = FeatureViewSpec.from_dict(run["view_spec"]).pyramid_layout
+    shape = run["feature_shape"]
+    clean = build_head(config.head, shape, config.target, result.bn_momentum, layout)
     clean.set_weights(result.model.get_weights())  # a copy without optimizer state
     save_keras_model(clean, files.join(out, MODEL_FILE))
     write_history_csv(files.join(out, HISTORY_FILE), result.history)

@@ -83,6 +83,14 @@ class PoolingSpec:
         return self.kind != "grid"
 
     @property
+    def bins(self) -> int:
+        """Cells per tap and channel: sum(n * n) over the spp levels, rows * cols for a grid, 1 gap."""
+        if self.kind == "grid":
+            assert self.grid is not None
+            return self.grid[0] * self.grid[1]
+        return sum(n * n for n in self.levels or (1,))
+
+    @property
     def min_map_side(self) -> int:
         """Smallest tap map side that gives every bin a cell of its own (max level for spp)."""
         return max(self.levels) if self.levels else 1
@@ -92,10 +100,7 @@ class PoolingSpec:
         if self.kind == "grid":
             assert self.grid is not None
             return (*self.grid, channels)
-        if self.kind == "spp":
-            assert self.levels is not None
-            return (sum(n * n for n in self.levels) * channels,)
-        return (channels,)
+        return (self.bins * channels,)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form; 'levels' appears only for spp, so older specs keep their bytes."""
@@ -120,6 +125,33 @@ class PoolingSpec:
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class PyramidLayout:
+    """How an spp view's flat features regroup into [bins, channels] (features.model.mlsp._spp).
+
+    The flat vector is the taps in order; each tap's segment of bins * C_tap values holds its
+    levels in order, each level an n x n grid row-major with channels inner, so the segment
+    reshapes to [bins, C_tap] with the same bin order in every tap.
+
+    Attributes:
+        bins: sum(n * n) over the levels.
+        tap_channels: channels of each tap, in the view's tap order.
+    """
+
+    bins: int
+    tap_channels: tuple[int, ...]
+
+    @property
+    def channels(self) -> int:
+        """Channels of all taps together."""
+        return sum(self.tap_channels)
+
+    @property
+    def size(self) -> int:
+        """Length of the flat feature vector."""
+        return self.bins * self.channels
 
 
 @dataclass(frozen=True)
@@ -265,6 +297,14 @@ class FeatureViewSpec:
     def feature_shape(self) -> tuple[int, ...]:
         """Shape of one variant's features: (C,) for gap, (rows, cols, C) for grid, (bins*C,) spp."""
         return self.pooling.feature_shape(self.channels)
+
+    @property
+    def pyramid_layout(self) -> PyramidLayout | None:
+        """Bins and per-tap channels of an spp view's flat features; None for gap and grid."""
+        if self.pooling.kind != "spp":
+            return None
+        tap_channels = FACTS_BY_SPEC_NAME[self.backbone].tap_channels
+        return PyramidLayout(self.pooling.bins, tuple(tap_channels[tap] for tap in self.taps))
 
     @property
     def head(self) -> str:

@@ -8,12 +8,18 @@ from typing import Any
 
 from schemas.errors import ConfigError
 from schemas.labels import AVA_BINS
+from schemas.view_spec import PyramidLayout
 
 FC_SIZES = (2048, 1024, 256)
 FC_DROPOUT = (0.25, 0.25, 0.5)
 INCEPTION_FILTERS = 1024
 INCEPTION_SPLIT_FILTERS = 512
 BN_MOMENTUM = 0.99  # Keras default, as in the reference
+# Channels each spatial-pyramid bin is reduced to before the FC chain. Fed flat, irnv2_spp's
+# 846,400 values would need 1.7e9 weights (7 GB) in the first 2048-unit layer; a Dense shared by
+# all bins (a 1x1 conv over the bins, like the wide head's 1x1 reductions) keeps where each bin
+# is while cutting channels, and 50 bins x 256 = 12,800 inputs is what SPPNet's ZF-5 fed its fc6.
+PYRAMID_REDUCTION = 256
 
 
 @dataclass(frozen=True)
@@ -106,22 +112,52 @@ def inception_block(inputs: Any, name: str = "inception", bn_momentum: float = B
     )
 
 
-def build_narrow(
-    input_shape: Sequence[int], target: TargetDefinition, bn_momentum: float = BN_MOMENTUM
+def pyramid_reduction(
+    inputs: Any, layout: PyramidLayout, name: str = "pyramid", bn_momentum: float = BN_MOMENTUM
 ) -> Any:
-    """Narrow head: the FC chain on the [channels] GAP features."""
+    """Flat spp features -> [bins, channels] -> per-bin Dense(PYRAMID_REDUCTION) + BN -> flat.
+
+    Returns:
+        [N, bins * PYRAMID_REDUCTION] Keras tensor.
+    """
+    import keras
+
+    from features.training.keras_objects import PyramidBins
+
+    x = PyramidBins(layout.bins, layout.tap_channels, name=f"{name}_bins")(inputs)
+    x = keras.layers.Dense(
+        PYRAMID_REDUCTION, activation="relu", kernel_initializer="he_normal", name=f"{name}_reduce"
+    )(x)  # on [N, bins, channels]: one kernel shared by every bin
+    x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
+    return keras.layers.Flatten(name=f"{name}_flatten")(x)
+
+
+def build_narrow(
+    input_shape: Sequence[int],
+    target: TargetDefinition,
+    bn_momentum: float = BN_MOMENTUM,
+    layout: PyramidLayout | None = None,
+) -> Any:
+    """Narrow head: the FC chain on [channels] GAP features, or on the reduced bins of spp ones."""
     import keras
 
     inputs = keras.Input(tuple(input_shape), name="features")
+    x = inputs if layout is None else pyramid_reduction(inputs, layout, bn_momentum=bn_momentum)
     return keras.Model(
-        inputs, fc_chain(inputs, target, bn_momentum=bn_momentum), name="mlsp_narrow_head"
+        inputs, fc_chain(x, target, bn_momentum=bn_momentum), name="mlsp_narrow_head"
     )
 
 
 def build_wide(
-    input_shape: Sequence[int], target: TargetDefinition, bn_momentum: float = BN_MOMENTUM
+    input_shape: Sequence[int],
+    target: TargetDefinition,
+    bn_momentum: float = BN_MOMENTUM,
+    layout: PyramidLayout | None = None,
 ) -> Any:
-    """Wide head: inception block on the [rows, cols, channels] grid, GAP, then the FC chain."""
+    """Wide head: inception block on the [rows, cols, channels] grid, GAP, then the FC chain.
+
+    Grids have no pyramid: build_head passes a layout only with flat features.
+    """
     import keras
 
     inputs = keras.Input(tuple(input_shape), name="features")
@@ -139,14 +175,14 @@ class HeadDefinition:
         feature_rank: rank of one sample's features (1 for gap/spp views, 3 for grid views).
         learning_rates: Adam learning rate of each stage.
         batch_size: reference batch size.
-        build: (input_shape, target, bn_momentum) -> uncompiled keras.Model.
+        build: (input_shape, target, bn_momentum, pyramid layout) -> uncompiled keras.Model.
     """
 
     name: str
     feature_rank: int
     learning_rates: tuple[float, ...]
     batch_size: int
-    build: Callable[[Sequence[int], TargetDefinition, float], Any]
+    build: Callable[[Sequence[int], TargetDefinition, float, PyramidLayout | None], Any]
 
 
 HEADS: dict[str, HeadDefinition] = {
@@ -181,7 +217,11 @@ def target_definition(name: str) -> TargetDefinition:
 
 
 def build_head(
-    head: str, feature_shape: Sequence[int], target: str = "mos", bn_momentum: float = BN_MOMENTUM
+    head: str,
+    feature_shape: Sequence[int],
+    target: str = "mos",
+    bn_momentum: float = BN_MOMENTUM,
+    layout: PyramidLayout | None = None,
 ) -> Any:
     """Build an uncompiled head for features of one variant.
 
@@ -192,12 +232,15 @@ def build_head(
             inception block takes the grid's rows, cols and channels from it.
         target: 'mos' or 'distribution'.
         bn_momentum: batch-norm moving-statistics momentum (see bn_momentum_for).
+        layout: FeatureViewSpec.pyramid_layout of an spp view (None otherwise): the narrow head
+            then reduces each bin to PYRAMID_REDUCTION channels before the FC chain.
 
     Returns:
         keras.Model mapping [N, *feature_shape] float32 to [N, units].
 
     Raises:
-        ConfigError: unknown head or target, or a feature rank the head cannot take.
+        ConfigError: unknown head or target, a feature rank the head cannot take, or a layout
+            that does not describe flat features of feature_shape.
     """
     definition = head_definition(head)
     if len(feature_shape) != definition.feature_rank:
@@ -206,7 +249,12 @@ def build_head(
             f"view's features have shape {list(feature_shape)} (narrow heads take flat views: "
             "gap and spp pooling; wide heads take grid views: area:K pooling)"
         )
-    return definition.build(tuple(feature_shape), target_definition(target), bn_momentum)
+    if layout is not None and tuple(feature_shape) != (layout.size,):
+        raise ConfigError(
+            f"--head {head}: a pyramid of {layout.bins} bins x {layout.channels} channels gives "
+            f"({layout.size},) features, but the view's features have shape {list(feature_shape)}"
+        )
+    return definition.build(tuple(feature_shape), target_definition(target), bn_momentum, layout)
 
 
 def initialise_output_bias(model: Any, targets: Any, name: str = "pred") -> None:

@@ -151,3 +151,34 @@ class PoolTaps(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         """Serialisable config."""
         return {**super().get_config(), **self.pooling.to_dict()}
+
+
+@keras.saving.register_keras_serializable(package="mlsp", name="PyramidBins")
+class PyramidBins(keras.layers.Layer):
+    """Flat spp features [N, bins * sum(C_tap)] -> [N, bins, sum(C_tap)] (schemas PyramidLayout).
+
+    Each tap's segment reshapes to [bins, C_tap] (levels in order, each grid row-major with
+    channels inner, as features.model.mlsp._spp writes it); the taps concatenate on channels.
+    """
+
+    def __init__(self, bins: int, tap_channels: Sequence[int], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bins = int(bins)
+        self.tap_channels = tuple(int(channels) for channels in tap_channels)
+
+    def call(self, flat: Any) -> Any:
+        """Regroup the taps' segments by bin."""
+        pieces, start = [], 0
+        for channels in self.tap_channels:
+            stop = start + self.bins * channels
+            pieces.append(ops.reshape(flat[:, start:stop], (-1, self.bins, channels)))
+            start = stop
+        return ops.concatenate(pieces, axis=-1)
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        """[batch, bins, channels of all taps]."""
+        return (input_shape[0], self.bins, sum(self.tap_channels))
+
+    def get_config(self) -> dict[str, Any]:
+        """Serialisable config."""
+        return {**super().get_config(), "bins": self.bins, "tap_channels": list(self.tap_channels)}

@@ -285,7 +285,10 @@ def train_head(
     steps = -(-len(selections[TRAIN_SPLIT]) // config.effective_batch_size)
     momentum = config.bn_momentum or bn_momentum_for(steps)
     LOGGER.info("%d steps per epoch; batch-norm momentum %g", steps, momentum)
-    model = build_head(config.head, view.spec.feature_shape, config.target, momentum)
+    spec = view.spec
+    model = build_head(
+        config.head, spec.feature_shape, config.target, momentum, spec.pyramid_layout
+    )
     initialise_output_bias(model, selections[TRAIN_SPLIT].targets)
     train, val = _datasets(view, selections, config)
     name, mode = MONITORS[config.monitor]

@@ -19,6 +19,7 @@ from features.training.evaluation import keras_predictor, load_run
 from jobs import evaluate, predict, train
 from pipelines import extract, labels
 from pipelines.sample import write_sample
+from pipelines.sample_images import AVA_LABEL_FILE
 from schemas.view_spec import PREDEFINED_VIEWS
 from schemas.view_syntax import parse_view_spec
 from tests.conftest import RANDOM_WEIGHTS
@@ -34,16 +35,30 @@ NEW_VIEWS = (
     "mnasnet_mlsp_narrow",
 )
 CUSTOM = "backbone=mobilenet_v3_small,pooling=spp:1,2,name=mnv3s_spp"
-# irnv2_spp's narrow head would start with a 846,400 x 2048 dense layer (1.7e9 weights, 7 GB):
-# its spp path through the narrow head is trained on the custom MobileNetV3 spp view instead.
-TRAINED = (*(view for view in NEW_VIEWS if view != "irnv2_spp"), "mnv3s_spp")
+TRAINED = (*NEW_VIEWS, "mnv3s_spp")
+SPP_MIN_SIDE = PREDEFINED_VIEWS["irnv2_spp"].input_policy.min_side
+
+
+def _add_large_images(sample: Path, scratch: Path, n: int) -> None:
+    """Append n images of 240-280 px (ids after the sample's) to a sample and its AVA.txt."""
+    write_sample(scratch, n=n, seed=4, broken=False, min_side=SPP_MIN_SIDE + 5, max_side=280)
+    lines = (sample / AVA_LABEL_FILE).read_text().splitlines()
+    offset = len(lines)
+    for line in (scratch / AVA_LABEL_FILE).read_text().splitlines():
+        index, image_id, *rest = line.split()
+        new_id = str(int(image_id) + offset)
+        (scratch / "images" / f"{image_id}.jpg").rename(sample / "images" / f"{new_id}.jpg")
+        lines.append(" ".join([str(int(index) + offset), new_id, *rest]))
+    (sample / AVA_LABEL_FILE).write_text("".join(f"{line}\n" for line in lines))
 
 
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """16 images 120-280 px (2 big enough for irnv2_spp), all views extracted in one run."""
+    """24 images: 16 of 120-280 px (2 big enough for irnv2_spp) and 8 of 240-280 px, so that
+    irnv2_spp has ok rows in train, val and test; all views extracted in one run."""
     work = tmp_path_factory.mktemp("backbones")
     write_sample(work / "sample", n=16, seed=3, broken=False, min_side=120, max_side=280)
+    _add_large_images(work / "sample", work / "large", n=8)
     manifest = str(work / "manifest.parquet")
     files.atomic_write_parquet(
         manifest, build_manifest(entries_from_folder(work / "sample" / "images"), "sample")
@@ -96,13 +111,13 @@ def test_spp_view_marks_images_below_its_minimum_too_small(chain) -> None:
     spp = store.index("irnv2_spp").to_pylist()
     others = store.index("mnv3s_mlsp_narrow").to_pylist()
     assert {row["status"] for row in others} == {"ok"}
-    assert len(spp) == 16
+    assert len(spp) == 24 and SPP_MIN_SIDE == 235
     for row in spp:
         small = min(row["width"], row["height"]) < 235
         assert row["status"] == ("too_small" if small else "ok"), row
         if small:
             assert "network minimum 235 px" in row["error"]
-    assert sum(row["status"] == "ok" for row in spp) == 2
+    assert sum(row["status"] == "ok" for row in spp) == 2 + 8
     table = store.table("irnv2_spp", filter="status == 'too_small'")
     assert np.isnan(table.column("features").combine_chunks().to_numpy_ndarray()).all()
 
@@ -125,30 +140,52 @@ def trained(chain) -> dict[str, Any]:
     return {"runs": runs, "codes": codes}
 
 
+def _ok_rows_per_split(chain, view: str) -> dict[str, int]:
+    splits = pq.read_table(chain["labels"], columns=["image_id", "split"]).to_pylist()
+    split_of = {row["image_id"]: row["split"] for row in splits}
+    counts = dict.fromkeys(("train", "val", "test"), 0)
+    for row in FeatureStore(chain["store"]).index(view).to_pylist():
+        if row["status"] == "ok":
+            counts[split_of[row["image_id"]]] += 1
+    return counts
+
+
 def test_each_view_trains_its_head_and_evaluates(chain, trained) -> None:
     assert set(trained["codes"].values()) == {0}, trained["codes"]
-    splits = pq.read_table(chain["labels"], columns=["split"]).column("split").to_pylist()
-    test_rows = splits.count("test")
-    assert test_rows >= 3
+    assert _ok_rows_per_split(chain, "mnv3s_mlsp_narrow") == {"train": 13, "val": 5, "test": 6}
+    assert _ok_rows_per_split(chain, "irnv2_spp") == {"train": 4, "val": 2, "test": 4}
     for view, run_dir in trained["runs"].items():
         record = json.loads((Path(run_dir) / "run.json").read_text())
         assert record["config"]["head"] == _spec(view).head
+        ok_rows = _ok_rows_per_split(chain, view)
+        assert record["rows"] == {"train": ok_rows["train"], "val": ok_rows["val"]}, view
         metrics = json.loads((Path(run_dir) / "eval_test" / "metrics.json").read_text())
-        assert metrics["count"] == test_rows and np.isfinite(metrics["metrics"]["plcc"]), view
+        assert metrics["count"] == ok_rows["test"], view
+        assert np.isfinite(metrics["metrics"]["plcc"]), view
 
 
-@pytest.mark.parametrize("view", ["mnv3s_spp", "mnasnet_mlsp_narrow"])
+def test_irnv2_spp_head_reduces_each_bin_before_the_fc_chain(trained) -> None:
+    model = load_run(trained["runs"]["irnv2_spp"]).model
+    assert tuple(model.get_layer("pyramid_reduce").kernel.shape) == (16928, 256)
+    assert tuple(model.get_layer("pred_fc0").kernel.shape) == (50 * 256, 2048)
+
+
+@pytest.mark.parametrize("view", ["mnv3s_spp", "mnasnet_mlsp_narrow", "irnv2_spp"])
 def test_predict_rebuilds_backbone_pooling_and_head(chain, trained, view, tmp_path) -> None:
     images = tmp_path / "images"
     images.mkdir()
-    chosen = sorted((chain["work"] / "sample" / "images").glob("*.jpg"))[:3]
+    spec = _spec(view)
+    chosen = [
+        path
+        for path in sorted((chain["work"] / "sample" / "images").glob("*.jpg"))
+        if min(decode_reference(str(path)).shape[:2]) >= spec.input_policy.min_side
+    ][:3]
     for path in chosen:
         shutil.copy(path, images / path.name)
     out = str(tmp_path / "predictions.parquet")
     run_dir = trained["runs"][view]
     assert predict.run(["--run", run_dir, "--images", str(images), "--out", out]) == 0
     table = pq.read_table(out).to_pandas().set_index("image_id")
-    spec = _spec(view)
     key = ExtractorKey(
         RANDOM_WEIGHTS, spec.taps, (("x", spec.pooling),), backbone=spec.backbone_name
     )
