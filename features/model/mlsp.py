@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -49,31 +50,50 @@ def _area_grid(tap: Any, pooling: PoolingSpec) -> Any:
 
 
 def _adaptive_max(x: Any, bins: int, axis: int) -> Any:
-    """Max over `bins` bins of axis 1 or 2; bin i covers [floor(i*a/n), ceil((i+1)*a/n))."""
+    """Max over `bins` bins of axis 1 or 2; bin i covers [floor(i*a/n), ceil((i+1)*a/n)).
+
+    One gather of a [bins, widest bin] index table, the short bins padded by repeating their
+    last cell (max ignores repeats), then one reduce_max: a fixed handful of graph ops per
+    level, where slicing bin by bin made irnv2_spp's graph 26,792 ops (about 35 s to trace
+    and optimise in every process that extracts or predicts it).
+    """
     import tensorflow as tf
 
     side = tf.shape(x)[axis]
-    pieces = []
-    for i in range(bins):
-        start, stop = (i * side) // bins, ((i + 1) * side + bins - 1) // bins
-        piece = x[:, start:stop] if axis == 1 else x[:, :, start:stop]
-        pieces.append(tf.reduce_max(piece, axis=axis))
-    return tf.stack(pieces, axis=axis)
+    index = tf.range(bins)
+    start = (index * side) // bins
+    stop = ((index + 1) * side + bins - 1) // bins
+    offsets = tf.range(tf.reduce_max(stop - start))
+    cells = tf.minimum(start[:, tf.newaxis] + offsets[tf.newaxis, :], stop[:, tf.newaxis] - 1)
+    return tf.reduce_max(tf.gather(x, cells, axis=axis), axis=axis + 1)
 
 
 def _spp(tap: Any, pooling: PoolingSpec) -> Any:
     """Per level n: an n x n grid of max-pooled bins, flattened row-major with channels inner.
 
-    Max over a rectangle is separable, so each level is n row slices then n column slices.
+    Max over a rectangle is separable, so each level pools rows into bins, then columns.
+    """
+    return _spp_same_size([tap], pooling)
+
+
+def _spp_same_size(taps: Sequence[Any], pooling: PoolingSpec) -> Any:
+    """_spp of each tap, concatenated in tap order, for taps whose maps share one size.
+
+    Max pooling is per channel, so the taps are pooled as one map (channels concatenated) and
+    split again: one set of bin ops per map size instead of per tap (IRv2's 43 taps have three
+    sizes; per tap, irnv2_spp's graph had about 16,000 pooling ops).
     """
     import tensorflow as tf
 
-    channels = tap.shape[-1]
-    levels = []
+    channels = [int(tap.shape[-1]) for tap in taps]
+    joined = taps[0] if len(taps) == 1 else tf.concat(list(taps), axis=-1)
+    per_tap: list[list[Any]] = [[] for _ in taps]
     for bins in pooling.levels or ():
-        grid = _adaptive_max(_adaptive_max(tap, bins, 1), bins, 2)
-        levels.append(tf.reshape(grid, [-1, bins * bins * channels]))
-    return tf.concat(levels, axis=-1)
+        grid = _adaptive_max(_adaptive_max(joined, bins, 1), bins, 2)
+        parts = [grid] if len(taps) == 1 else tf.split(grid, channels, axis=-1)
+        for position, (part, count) in enumerate(zip(parts, channels, strict=True)):
+            per_tap[position].append(tf.reshape(part, [-1, bins * bins * count]))
+    return tf.concat([level for levels in per_tap for level in levels], axis=-1)
 
 
 POOLERS: dict[str, Callable[[Any, PoolingSpec], Any]] = {
@@ -83,17 +103,54 @@ POOLERS: dict[str, Callable[[Any, PoolingSpec], Any]] = {
 }
 
 
-def pool_taps(tap_outputs: Sequence[Any], pooling: PoolingSpec) -> Any:
+def pool_taps(
+    tap_outputs: Sequence[Any], pooling: PoolingSpec, size_groups: Sequence[int] | None = None
+) -> Any:
     """Pool each tap and concatenate on channels, as ava-mlsp does.
 
     'gap': global average over height and width -> [N, C].
     'grid': tf.image.resize(method='area') to the grid -> [N, rows, cols, C].
     'spp': max pooling over every level's bins, per tap -> [N, sum(n * n * C_tap)].
+
+    Args:
+        tap_outputs: [N, h, w, C_tap] maps in tap order.
+        pooling: the view's pooling.
+        size_groups: for spp, a group number per tap (same_size_groups); consecutive taps of
+            one group are pooled together, with the same result. A wrong grouping cannot pass
+            silently: concatenating maps of different sizes fails.
     """
     import tensorflow as tf
 
+    if pooling.kind == "spp" and size_groups is not None:
+        runs: list[list[Any]] = []
+        for position, tap in enumerate(tap_outputs):
+            if position and size_groups[position] == size_groups[position - 1]:
+                runs[-1].append(tap)
+            else:
+                runs.append([tap])
+        return tf.concat([_spp_same_size(run, pooling) for run in runs], axis=-1)
     pooler = POOLERS[pooling.kind]
     return tf.concat([pooler(tap, pooling) for tap in tap_outputs], axis=-1)
+
+
+def same_size_groups(tap_model: Any, min_input_side: int) -> tuple[int, ...]:
+    """A group number per tap output: consecutive taps whose maps have equal sizes at two
+    probe image sizes (odd, non-square, above the backbone's minimum) share a number.
+
+    Args:
+        tap_model: Keras model from images to the tap maps.
+        min_input_side: the backbone's smallest image side.
+    """
+    side = max(min_input_side, 32)
+    probes = ((side + 17, side + 43), (2 * side + 6, 2 * side + 1))
+    shapes = [tap_model.compute_output_shape((1, height, width, 3)) for height, width in probes]
+    if len(tap_model.outputs) == 1:  # Keras gives one shape, not a list of one
+        return (0,)
+    keys = [tuple(tuple(outputs[i][1:3]) for outputs in shapes) for i in range(len(shapes[0]))]
+    groups = [0]
+    for previous, current in itertools.pairwise(keys):
+        groups.append(groups[-1] + (current != previous))
+    return tuple(groups)
 
 
 def _load_backbone(backbone: str, weights_id: str, compute_dtype: str) -> tuple[Any, str]:
@@ -180,13 +237,20 @@ class MLSPExtractor:
             name: (pooling, [key.taps.index(tap) for tap in subsets.get(name, key.taps)])
             for name, pooling in key.poolings
         }
+        groups: tuple[int, ...] | None = None
+        if any(pooling.kind == "spp" for _, pooling in key.poolings):
+            groups = same_size_groups(self._tap_model, entry.facts.min_input_side)
 
         @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
         def forward(images: Any) -> dict[str, Any]:
             taps = self._tap_model(self._preprocess(images), training=False)
             taps = [tf.cast(tap, tf.float32) for tap in taps]
             return {
-                name: pool_taps([taps[i] for i in chosen], pooling)
+                name: pool_taps(
+                    [taps[i] for i in chosen],
+                    pooling,
+                    None if groups is None else [groups[i] for i in chosen],
+                )
                 for name, (pooling, chosen) in selections.items()
             }
 

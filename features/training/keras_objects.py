@@ -135,6 +135,7 @@ class PoolTaps(keras.layers.Layer):
         kind: str = "gap",
         grid: Sequence[int] | None = None,
         levels: Sequence[int] | None = None,
+        size_groups: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -143,14 +144,18 @@ class PoolTaps(keras.layers.Layer):
             tuple(grid) if grid is not None else None,  # type: ignore[arg-type]
             tuple(levels) if levels is not None else None,
         )
+        self.size_groups = None if size_groups is None else tuple(size_groups)
 
     def call(self, taps: Sequence[Any]) -> Any:
         """Pool and concatenate the taps in float32."""
-        return pool_taps([ops.cast(tap, "float32") for tap in taps], self.pooling)
+        return pool_taps([ops.cast(tap, "float32") for tap in taps], self.pooling, self.size_groups)
 
     def get_config(self) -> dict[str, Any]:
-        """Serialisable config."""
-        return {**super().get_config(), **self.pooling.to_dict()}
+        """Serialisable config (size_groups only when set, so older configs keep their keys)."""
+        config = {**super().get_config(), **self.pooling.to_dict()}
+        if self.size_groups is not None:
+            config["size_groups"] = list(self.size_groups)
+        return config
 
 
 @keras.saving.register_keras_serializable(package="mlsp", name="PyramidBins")

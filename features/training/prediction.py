@@ -16,6 +16,7 @@ from features.download.manifest import entries_from_folder, read_manifest
 from features.extraction.images import DecodedImage, load_image
 from features.extraction.variants import stack_variants, variant_size
 from features.model.backbones import backbone_entry
+from features.model.mlsp import same_size_groups
 from features.model.weights import load_weights_into, parse_weights_id
 from features.training.evaluation import scores_from_outputs
 from schemas.errors import StoreError
@@ -73,7 +74,8 @@ def build_scoring_model(spec: FeatureViewSpec, head: keras.Model) -> keras.Model
     taps = keras.Model(backbone.input, entry.tap_outputs(backbone, spec.taps))
     images = keras.Input((None, None, 3), dtype="uint8", name="image")
     pooling = spec.pooling
-    features = PoolTaps(pooling.kind, pooling.grid, pooling.levels, name="mlsp_pool")(
+    groups = same_size_groups(taps, entry.facts.min_input_side) if pooling.kind == "spp" else None
+    features = PoolTaps(pooling.kind, pooling.grid, pooling.levels, groups, name="mlsp_pool")(
         taps(ImagePreprocess(entry.preprocessing, name="preprocess")(images))
     )
     return keras.Model(images, head(features), name=f"mlsp_{spec.name}_scorer")

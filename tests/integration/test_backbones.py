@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from features.model.backbones import BACKBONES
-from features.model.mlsp import ExtractorKey, build_backbone, get_extractor, pool_taps
+from features.model.mlsp import (
+    ExtractorKey,
+    build_backbone,
+    get_extractor,
+    pool_taps,
+    same_size_groups,
+)
 from schemas.backbones import BACKBONE_FACTS
 from schemas.errors import ConfigError, WeightsUnavailableError
 from schemas.view_spec import PoolingSpec, minimum_input_side
@@ -152,6 +158,40 @@ def test_spp_bins_cover_exactly_the_cells_of_their_edges(rows, cols) -> None:
     values = np.random.default_rng(rows * cols).standard_normal((1, rows, cols, 5), np.float32)
     got = pool_taps([tf.constant(values)], PoolingSpec("spp", levels=levels)).numpy()[0]
     np.testing.assert_array_equal(got, reference_spp([values[0]], levels))
+
+
+def test_spp_pooled_by_size_group_equals_spp_per_tap() -> None:
+    """Taps of one map size are pooled together; the result is the per-tap one, bit for bit,
+    and a grouping that joins maps of different sizes fails instead of pooling wrongly."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(11)
+    sizes = [(13, 17), (13, 17), (7, 9), (7, 9), (7, 9), (6, 6)]
+    taps = [
+        tf.constant(rng.standard_normal((2, h, w, c)).astype(np.float32))
+        for (h, w), c in zip(sizes, (3, 5, 2, 4, 1, 6), strict=True)
+    ]
+    pooling = PoolingSpec("spp", levels=(1, 2, 3, 6))
+    per_tap = pool_taps(taps, pooling).numpy()
+    grouped = pool_taps(taps, pooling, (0, 0, 1, 1, 1, 2)).numpy()
+    np.testing.assert_array_equal(grouped, per_tap)
+    np.testing.assert_array_equal(
+        per_tap[1], reference_spp([t.numpy()[1] for t in taps], (1, 2, 3, 6))
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        pool_taps(taps, pooling, (0, 0, 0, 1, 1, 2))
+
+
+def test_irnv2_taps_fall_into_its_three_map_sizes() -> None:
+    """mixed_5b + 10 block35 (35x35 at 299), mixed_6a + 20 block17, mixed_7a + 10 block8."""
+    import keras
+
+    entry = BACKBONES["inception_resnet_v2"]
+    backbone = build_backbone("inception_resnet_v2")
+    taps = keras.Model(backbone.input, entry.tap_outputs(backbone, entry.facts.tap_names))
+    groups = same_size_groups(taps, entry.facts.min_input_side)
+    assert [groups.count(number) for number in sorted(set(groups))] == [11, 21, 11]
+    assert list(groups) == sorted(groups)
 
 
 def test_spp_equals_the_paper_windows_when_the_side_divides() -> None:
