@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -116,6 +116,9 @@ class DecodeFeed(Generic[T]):
                 for index, batch in enumerate(self._batches):
                     submitted = self._fill(pool, pending, submitted, index)
                     futures = pending.pop(0)
+                    # One wake-up per batch: waiting on each future in turn woke this thread
+                    # per image, and every wake-up takes the GIL from the decode threads.
+                    wait(futures)
                     yield FeedBatch(index, batch, [future.result() for future in futures])
             finally:  # the consumer stopped early (error): do not decode the rest
                 for futures in pending:
