@@ -41,13 +41,18 @@ class StandInModel:
 
     def __init__(self, views: Sequence[FeatureView]) -> None:
         self._shapes = {view.name: view.spec.feature_shape for view in views}
+        # As the real extractor: features leave the graph in their storage dtype.
+        self._dtypes = {view.name: view.spec.storage_dtype for view in views}
         self.images_forwarded = 0
 
     def extract(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """Zeros [N, *feature_shape] per view."""
+        """Zeros [N, *feature_shape] per view, in the view's storage dtype."""
         self.images_forwarded += int(images.shape[0])
         count = images.shape[0]
-        return {name: np.zeros((count, *shape), np.float32) for name, shape in self._shapes.items()}
+        return {
+            name: np.zeros((count, *shape), self._dtypes[name])
+            for name, shape in self._shapes.items()
+        }
 
 
 class FeedOnlyExtractor(ShardExtractor):

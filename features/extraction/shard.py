@@ -144,8 +144,15 @@ def _group_key(views: list[FeatureView]) -> tuple[ExtractorKey, int]:
         spec.compute_dtype,
         spec.backbone_name,
         tuple((view.name, view.spec.taps) for view in views if view.spec.taps != taps),
+        # Features leave the graph in their storage dtype when every view stores the same one.
+        _shared_storage_dtype(views),
     )
     return key, min(view.spec.input_policy.min_side for view in views)
+
+
+def _shared_storage_dtype(views: list[FeatureView]) -> str:
+    dtypes = {view.spec.storage_dtype for view in views}
+    return dtypes.pop() if len(dtypes) == 1 else "float32"
 
 
 class ShardExtractor:

@@ -202,6 +202,11 @@ class ExtractorKey:
         compute_dtype: Keras precision policy.
         backbone: registry name.
         view_taps: (output name, taps) of views that pool a subset of taps (others pool all).
+        output_dtype: dtype of the returned features. The shard path asks for the storage
+            dtype, so the cast runs in the graph (on the accelerator, or multi-threaded on a
+            CPU) instead of on the model thread: numpy's float32 -> float16 cast costs about
+            0.1 ms per narrow image and 2.8 ms per wide one there. Rounding is the same
+            (nearest, ties to even).
     """
 
     weights_id: str
@@ -210,6 +215,7 @@ class ExtractorKey:
     compute_dtype: str = "float32"
     backbone: str = DEFAULT_BACKBONE
     view_taps: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    output_dtype: str = "float32"
 
 
 class MLSPExtractor:
@@ -246,10 +252,13 @@ class MLSPExtractor:
             taps = self._tap_model(self._preprocess(images), training=False)
             taps = [tf.cast(tap, tf.float32) for tap in taps]
             return {
-                name: pool_taps(
-                    [taps[i] for i in chosen],
-                    pooling,
-                    None if groups is None else [groups[i] for i in chosen],
+                name: tf.cast(
+                    pool_taps(
+                        [taps[i] for i in chosen],
+                        pooling,
+                        None if groups is None else [groups[i] for i in chosen],
+                    ),
+                    key.output_dtype,
                 )
                 for name, (pooling, chosen) in selections.items()
             }
@@ -270,7 +279,7 @@ class MLSPExtractor:
         """Run a batch of same-size uint8 RGB images [N, H, W, 3] through the network.
 
         Returns:
-            View name -> float32 features [N, *feature_shape].
+            View name -> features [N, *feature_shape] in key.output_dtype (float32 by default).
         """
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
@@ -313,7 +322,8 @@ class ExtractorSet:
         raise KeyError(view_name)
 
     def extract(self, images: np.ndarray) -> dict[str, np.ndarray]:
-        """View name -> float32 features [N, *feature_shape], for the views whose backbone ran."""
+        """View name -> features [N, *feature_shape] (each key's output_dtype), for the views whose
+        backbone ran."""
         outputs: dict[str, np.ndarray] = {}
         for extractor, min_side in self.members:
             if min(images.shape[1:3]) >= min_side:
