@@ -213,6 +213,11 @@ def _print_table(result: dict[str, Any]) -> None:
         f"{result['cores_per_gpu_pipeline']} (shard path), {result['cores_per_gpu_pillow']} "
         f"(Pillow alone); load average {result['load_average']}, {result['cpus']} CPUs"
     )
+    if (result["cpus"] or 0) <= 2:
+        print(
+            "note: with 2 decode threads on 2 CPUs the model/writer thread has no core of its "
+            "own; the sizing rule gives it one (decode threads = cores - 1)"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
