@@ -59,6 +59,8 @@ def _adaptive_max(x: Any, bins: int, axis: int) -> Any:
     """
     import tensorflow as tf
 
+    if bins == 1:  # the whole axis: no index table, no gathered copy of the map
+        return tf.reduce_max(x, axis=axis, keepdims=True)
     side = tf.shape(x)[axis]
     index = tf.range(bins)
     start = (index * side) // bins
