@@ -61,6 +61,7 @@ def test_tap_list_and_channel_total_match_the_built_model(name) -> None:
 @pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_declared_map_sides_and_minimums_match_the_model(name) -> None:
     import keras
+    import tensorflow as tf
 
     entry, facts = BACKBONES[name], BACKBONE_FACTS[name]
     model = build_backbone(name)
@@ -72,10 +73,15 @@ def test_declared_map_sides_and_minimums_match_the_model(name) -> None:
     assert facts.last_map_side(facts.min_input_side) >= 1
     assert facts.last_map_side(spp_minimum) >= 6 > facts.last_map_side(spp_minimum - 1)
     if name.startswith("mobilenet_v3"):
-        # One pixel below the minimum the last maps would be empty; Keras raises nothing and
-        # returns maps that grow again after shrinking to 1x1 (garbage), hence the hard minimum.
+        # One pixel below the minimum the last maps would be empty. Depending on the
+        # TensorFlow/Keras release the model then either fails inside (an op refuses the empty
+        # map: TF 2.21, Keras 3.15) or returns maps that grow again after shrinking to 1x1
+        # (garbage, with earlier releases): never usable features, hence the hard minimum.
         assert facts.last_map_side(facts.min_input_side - 1) == 0
-        maps = taps(np.zeros((1, 30, 30, 3), np.float32))
+        try:
+            maps = taps(np.zeros((1, 30, 30, 3), np.float32))
+        except tf.errors.InvalidArgumentError:
+            return
         sides = [int(tap.shape[1]) for tap in maps]
         assert sides != sorted(sides, reverse=True)
 
