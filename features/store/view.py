@@ -55,6 +55,7 @@ class FeatureView(ViewReads):
         self._meta: dict[str, Any] | None = None
         self._spec: FeatureViewSpec | None = None
         self._allocation: pa.Table | None = None
+        self._shard_writer: FeatureArray | None = None
         # What the last committed_index() read: {"snapshot": N or None, "shards_after": [...]}.
         self.last_read: dict[str, Any] = {}
 
@@ -126,6 +127,7 @@ class FeatureView(ViewReads):
         }
         files.atomic_write_text(self._file("view.json"), json.dumps(meta, indent=2))
         self._meta, self._spec, self._allocation = meta, spec, allocation
+        self._shard_writer = None  # a writer opened before belongs to the old array
         LOGGER.info(
             "created view %s: %d rows, shards of %d, %s (%s)",
             self.path,
@@ -250,8 +252,17 @@ class FeatureView(ViewReads):
 
     @property
     def array(self) -> FeatureArray:
-        """Features array backend."""
+        """Features array backend (a fresh one per call: readers see the array as it is now)."""
         return backend_for(self.format_name, self.path)
+
+    @property
+    def shard_writer(self) -> FeatureArray:
+        """The backend this process writes and checksums its shards through, kept across
+        shards so its open handle is reused (only the lease holder writes, and nothing else
+        resizes the array meanwhile); reset_cache() drops it."""
+        if self._shard_writer is None:
+            self._shard_writer = backend_for(self.format_name, self.path)
+        return self._shard_writer
 
     def shards(self) -> list[ShardSpec]:
         """All shards of the view in row order.
@@ -287,6 +298,7 @@ class FeatureView(ViewReads):
     def reset_cache(self) -> None:
         """Forget cached metadata (after the view was changed on disk)."""
         self._meta = self._spec = self._allocation = None
+        self._shard_writer = None
 
     # ---- writing -----------------------------------------------------------------------
     def commit_shard(
@@ -356,12 +368,12 @@ class FeatureView(ViewReads):
                     f"shard {shard.index}: features {values.shape} != expected {expected}"
                 )
             dtype = self.spec.storage_dtype
-            self.array.write_shard(shard.row_start, values.astype(dtype, copy=False))
+            self.shard_writer.write_shard(shard.row_start, values.astype(dtype, copy=False))
         if index.num_rows != shard.rows:
             raise StoreError(
                 f"shard {shard.index}: index has {index.num_rows} rows, not {shard.rows}"
             )
-        features_file, checksum = self.array.shard_checksum(shard.index)
+        features_file, checksum = self.shard_writer.shard_checksum(shard.index)
         marker = replace(marker, features_file=features_file, features_sha256=checksum)
         files.atomic_write_parquet(self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA))
         files.atomic_write_bytes(self.marker_path(shard), marker.to_bytes())
