@@ -16,7 +16,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from features import object_stores
+from features import object_stores, retrying_filesystems
 
 LOGGER = logging.getLogger(__name__)
 # Sidecar lock of the compare-and-swap primitives; never deleted, so every writer locks one inode.
@@ -38,12 +38,21 @@ def _local(path: str) -> str:
 
 
 def native(path: str) -> str:
-    """The form libraries with their own I/O want: a plain path for local files, else the URL."""
+    """The form libraries with their own I/O want: a plain path for local files, else the URL
+    (whose fsspec class is then the retrying one: Zarr opens it through fsspec)."""
+    if not is_local(path):
+        retrying_filesystems.install(_protocol(path))
     return _local(path)
 
 
 def filesystem(path: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path inside it) for a path or URL."""
+    """(fsspec filesystem, path inside it) for a path or URL.
+
+    On S3 and GCS the filesystem retries every request under features.retries' policy (and
+    their libraries' own retry loops are off: features/retrying_filesystems.py).
+    """
+    if not is_local(path):
+        retrying_filesystems.install(_protocol(path))
     return fsspec.core.url_to_fs(path)  # type: ignore[no-any-return]
 
 
@@ -156,7 +165,9 @@ def remove_file(path: str) -> None:
         return
     fs, inner = _uncached(path)
     if fs.exists(inner):
-        fs.rm_file(inner)
+        # A retried delete whose first answer was lost finds the object gone: that is success.
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(inner)
 
 
 def _protocol(path: str) -> str:

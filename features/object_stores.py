@@ -11,7 +11,9 @@ racing writers exactly one passes the precondition, the others get HTTP 412.
 
 Each function takes the fsspec filesystem and the path inside it; features.files selects them
 by protocol. Reads return the body and its version token from one request, so the token always
-belongs to the bytes compared.
+belongs to the bytes compared. A write whose answer is lost (reset, timeout, 5xx) is retried;
+when the retry then fails its precondition, the object is read back and the write counts as
+ours iff it holds our exact bytes (every payload carries a unique writer token).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
+
+from features import retries
 
 # S3 error codes of a lost conditional write: 412 PreconditionFailed, and 409
 # ConditionalRequestConflict when another conditional write to the key is in flight.
@@ -40,17 +44,22 @@ def _s3_lost_race(error: OSError) -> bool:
 
 def s3_create_exclusive(fs: Any, path: str, data: bytes) -> bool:
     """PutObject with If-None-Match: * (True iff this call created the object)."""
-    try:
-        fs.pipe_file(path, data, mode="create")
-    except OSError as error:
-        if _s3_lost_race(error):
-            return False
-        raise
-    return True
+
+    def attempt() -> bool:
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except OSError as error:
+            if _s3_lost_race(error):
+                return False
+            raise
+        return True
+
+    return retries.settle_conditional(
+        "create", f"s3://{path}", attempt, lambda: _s3_holds(fs, path, data)
+    )
 
 
-def _s3_read(fs: Any, path: str) -> tuple[bytes, str] | None:
-    """(body, ETag) from one GetObject, or None if the object does not exist."""
+def _s3_read_once(fs: Any, path: str) -> tuple[bytes, str] | None:
     bucket, key, _ = fs.split_path(path)
     try:
         response = fs.call_s3("get_object", Bucket=bucket, Key=key)
@@ -58,6 +67,18 @@ def _s3_read(fs: Any, path: str) -> tuple[bytes, str] | None:
         return None
     body = asyncio.run_coroutine_threadsafe(response["Body"].read(), fs.loop).result()
     return bytes(body), str(response["ETag"])
+
+
+def _s3_read(fs: Any, path: str) -> tuple[bytes, str] | None:
+    """(body, ETag) from one GetObject, or None if the object does not exist (retried whole:
+    a reset while the body streams fails after the call itself succeeded)."""
+    return retries.call("S3 GET", f"s3://{path}", lambda: _s3_read_once(fs, path))
+
+
+def _s3_holds(fs: Any, path: str, data: bytes | None) -> bool:
+    """Whether the object holds exactly data (None: whether it is absent)."""
+    current = _s3_read(fs, path)
+    return current is None if data is None else current is not None and current[0] == data
 
 
 def s3_read_bytes(fs: Any, path: str) -> bytes:
@@ -74,34 +95,47 @@ def s3_read_bytes(fs: Any, path: str) -> bytes:
 
 def s3_replace_if_unchanged(fs: Any, path: str, expected: bytes, data: bytes) -> bool:
     """Replace the object with data iff it holds expected: PutObject If-Match its ETag."""
-    current = _s3_read(fs, path)
-    if current is None or current[0] != expected:
-        return False
-    try:
-        fs.pipe_file(path, data, IfMatch=current[1])
-    except FileNotFoundError:
-        return False  # removed in between
-    except OSError as error:
-        if _s3_lost_race(error):
+
+    def attempt() -> bool:
+        current = _s3_read(fs, path)
+        if current is None or current[0] != expected:
             return False
-        raise
-    return True
+        try:
+            fs.pipe_file(path, data, IfMatch=current[1])
+        except FileNotFoundError:
+            return False  # removed in between
+        except OSError as error:
+            if _s3_lost_race(error):
+                return False
+            raise
+        return True
+
+    return retries.settle_conditional(
+        "replace", f"s3://{path}", attempt, lambda: _s3_holds(fs, path, data)
+    )
 
 
 def s3_remove_if_unchanged(fs: Any, path: str, expected: bytes) -> bool:
     """Delete the object iff it holds expected: DeleteObject If-Match its ETag."""
-    current = _s3_read(fs, path)
-    if current is None or current[0] != expected:
-        return False
     bucket, key, _ = fs.split_path(path)
-    try:
-        fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=current[1])
-    except OSError as error:
-        if _s3_lost_race(error) or isinstance(error, FileNotFoundError):
+
+    def attempt() -> bool:
+        current = _s3_read(fs, path)
+        if current is None or current[0] != expected:
             return False
-        raise
-    fs.invalidate_cache(path)
-    return True
+        try:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=current[1])
+        except OSError as error:
+            if _s3_lost_race(error) or isinstance(error, FileNotFoundError):
+                return False
+            raise
+        finally:
+            fs.invalidate_cache(path)
+        return True
+
+    return retries.settle_conditional(
+        "remove", f"s3://{path}", attempt, lambda: _s3_holds(fs, path, None)
+    )
 
 
 def _gcs_object_url(fs: Any, path: str, prefix: str = "") -> str:
@@ -117,6 +151,12 @@ def _gcs_read(fs: Any, path: str) -> tuple[bytes, int] | None:
         return None
     generation = {key.lower(): value for key, value in headers.items()}["x-goog-generation"]
     return bytes(body), int(generation)
+
+
+def _gcs_holds(fs: Any, path: str, data: bytes | None) -> bool:
+    """Whether the object holds exactly data (None: whether it is absent)."""
+    current = _gcs_read(fs, path)
+    return current is None if data is None else current is not None and current[0] == data
 
 
 def _gcs_upload_if_generation(fs: Any, path: str, data: bytes, generation: int) -> bool:
@@ -151,29 +191,46 @@ def _gcs_upload_if_generation(fs: Any, path: str, data: bytes, generation: int) 
 
 def gcs_create_exclusive(fs: Any, path: str, data: bytes) -> bool:
     """Upload with ifGenerationMatch=0 (True iff this call created the object)."""
-    return _gcs_upload_if_generation(fs, path, data, 0)
+    return retries.settle_conditional(
+        "create",
+        f"gs://{path}",
+        lambda: _gcs_upload_if_generation(fs, path, data, 0),
+        lambda: _gcs_holds(fs, path, data),
+    )
 
 
 def gcs_replace_if_unchanged(fs: Any, path: str, expected: bytes, data: bytes) -> bool:
     """Replace the object with data iff it holds expected: upload ifGenerationMatch=its generation."""
-    current = _gcs_read(fs, path)
-    if current is None or current[0] != expected:
-        return False
-    return _gcs_upload_if_generation(fs, path, data, current[1])
+
+    def attempt() -> bool:
+        current = _gcs_read(fs, path)
+        if current is None or current[0] != expected:
+            return False
+        return _gcs_upload_if_generation(fs, path, data, current[1])
+
+    return retries.settle_conditional(
+        "replace", f"gs://{path}", attempt, lambda: _gcs_holds(fs, path, data)
+    )
 
 
 def gcs_remove_if_unchanged(fs: Any, path: str, expected: bytes) -> bool:
     """Delete the object iff it holds expected: DELETE ifGenerationMatch=its generation."""
-    current = _gcs_read(fs, path)
-    if current is None or current[0] != expected:
-        return False
-    try:
-        fs.call("DELETE", _gcs_object_url(fs, path), ifGenerationMatch=str(current[1]))
-    except (FileExistsError, FileNotFoundError):
-        return False
-    finally:
-        fs.invalidate_cache(path)
-    return True
+
+    def attempt() -> bool:
+        current = _gcs_read(fs, path)
+        if current is None or current[0] != expected:
+            return False
+        try:
+            fs.call("DELETE", _gcs_object_url(fs, path), ifGenerationMatch=str(current[1]))
+        except (FileExistsError, FileNotFoundError):
+            return False
+        finally:
+            fs.invalidate_cache(path)
+        return True
+
+    return retries.settle_conditional(
+        "remove", f"gs://{path}", attempt, lambda: _gcs_holds(fs, path, None)
+    )
 
 
 # By fsspec protocol (s3fs registers s3 and s3a, gcsfs gs and gcs).

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from features import files
+from features import files, retries
 from features.cli import (
     add_common_arguments,
     cli_entry_points,
@@ -30,7 +30,7 @@ from features.extraction.planning import (
     store_names,
     summarize,
 )
-from features.extraction.shard import ExtractionConfig
+from features.extraction.shard import SHARDS_IN_THIS_PROCESS, ExtractionConfig
 from features.extraction.variants import parse_variants
 from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES, configure_device
 from features.store import (
@@ -42,6 +42,7 @@ from features.store import (
     ensure_store,
     publish_snapshot,
 )
+from features.store.lease import DEFAULT_TTL_SECONDS
 from pipelines.progress import CommitProgress, format_summary
 from pipelines.runners import (
     RunnerSettings,
@@ -54,7 +55,14 @@ from pipelines.runners import (
 )
 from pipelines.worker_env import WorkerEnvironment, worker_environment
 from schemas.backbones import BACKBONE_FACTS
-from schemas.errors import ConfigError, PipelineError, StoreError
+from schemas.errors import (
+    ConfigError,
+    LeaseLostError,
+    MLSPError,
+    PipelineError,
+    StoreError,
+    StoreUnavailableError,
+)
 from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, FeatureViewSpec, InputPolicy
 from schemas.view_syntax import POOLING_SYNTAX, parse_view_spec, pooling_text
 
@@ -181,6 +189,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="take the views' writer lease from this run even if it looks alive (an operator's "
         "decision, recorded in the run history); a dead run on this host is replaced anyway",
     )
+    parser.add_argument(
+        "--lease-ttl",
+        type=_positive_seconds("--lease-ttl"),
+        default=DEFAULT_TTL_SECONDS,
+        help="seconds a writer lease lasts without renewal (renewed every third of it); a "
+        f"crashed run on another host is taken over after it (default {DEFAULT_TTL_SECONDS:g})",
+    )
+    parser.add_argument(
+        "--store-retries",
+        type=_retry_policy_argument,
+        default=None,
+        metavar="KEY=VALUE[,...]",
+        help="object-store retry policy, e.g. 'max_retries=10,timeout_seconds=180' (the "
+        f"defaults; also initial_backoff, max_backoff, multiplier); default: ${retries.POLICY_ENVIRONMENT} "
+        "or the defaults. Workers get the same policy",
+    )
     parser.add_argument("--summary-json", help="also write the run summary to this file")
     parser.add_argument(
         "--dry-run",
@@ -190,6 +214,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_runner_arguments(parser)
     add_common_arguments(parser)
     return parser
+
+
+def _positive_seconds(name: str) -> Any:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _retry_policy_argument(text: str) -> retries.RetryPolicy:
+    try:
+        return retries.RetryPolicy.parse(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _view_spec_argument(text: str) -> FeatureViewSpec:
@@ -274,10 +318,35 @@ def _run_pipeline(
         try:
             pipeline.run().wait_until_finish()
         except Exception as error:  # Beam wraps worker errors in runner-specific types
+            _reraise_job_error(error)
             raise PipelineError(
                 f"pipeline failed on runner {settings.runner!r}: {error}. Committed "
                 "shards are kept; re-run the same command to resume."
             ) from error
+
+
+# Job errors a worker raises that must reach the user as their own one line (exit code kept).
+_WORKER_JOB_ERRORS: tuple[type[MLSPError], ...] = (LeaseLostError, StoreUnavailableError)
+
+
+def _reraise_job_error(error: BaseException) -> None:
+    """Raise a lost lease or an exhausted store found in a runner's wrapped worker error.
+
+    In-process runners chain the worker's exception; others only carry its text, in which the
+    one-line message follows the exception's class name.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _WORKER_JOB_ERRORS):
+            raise type(current)(str(current).splitlines()[0]) from error
+        current = current.__cause__ or current.__context__
+    text = str(error)
+    for kind in _WORKER_JOB_ERRORS:
+        marker = f"{kind.__name__}: "
+        if marker in text:
+            raise kind(text.split(marker, 1)[1].splitlines()[0].strip()) from error
 
 
 def _dry_run(
@@ -343,8 +412,9 @@ def _execute(
     beam_args: list[str],
     views: list[FeatureView],
     run_id: str,
-    lease_takeovers: list[dict[str, Any]],
+    leases: list[ViewLease],
 ) -> dict[str, Any]:
+    takeovers = _record_takeovers(args.store, leases, run_id)
     shards = pending_shards(views)
     LOGGER.info(
         "%d of %d shards to extract for %s",
@@ -352,6 +422,7 @@ def _execute(
         len(views[0].shards()),
         [view.name for view in views],
     )
+    by_path = {lease.view_path: lease for lease in leases}
     config = ExtractionConfig(
         store=args.store,
         views=tuple(view.name for view in views),
@@ -361,8 +432,10 @@ def _execute(
         decode_threads=args.decode_threads,
         device=args.device,
         prefetch_batches=args.prefetch_batches,
+        fences={view.name: by_path[view.path].fence_settings() for view in views},
+        store_retries=retries.policy().to_dict(),
     )
-    started = time.perf_counter()
+    started, counted_before = time.perf_counter(), retries.COUNTERS.snapshot()
     outcome = "completed"
     try:
         if shards:
@@ -372,24 +445,64 @@ def _execute(
         outcome = "failed"
         raise
     finally:
-        for view in views:
-            view.finalize()
-            _publish(view, run_id, outcome)
-        summary = summarize(views, run_id, time.perf_counter() - started, settings.runner)
-        summary.update(
-            outcome=outcome,
-            device_requested=args.device_requested,
-            device_workers=args.device,
-            devices_used=_devices_used(views[0], run_id),
-            runner_settings=settings.to_dict(),
-            beam_args=beam_args,
-            lease_takeovers=lease_takeovers,
-        )
-        for view in views:
-            view.write_run_summary(run_id, summary)
+        if _still_held(leases, outcome):
+            seconds = time.perf_counter() - started
+            summary = _close_run(views, by_path, run_id, outcome, seconds, settings.runner)
+            summary.update(
+                store_retries=_store_retries(views[0], run_id, counted_before),
+                device_requested=args.device_requested,
+                device_workers=args.device,
+                runner_settings=settings.to_dict(),
+                beam_args=beam_args,
+                lease_takeovers=takeovers,
+            )
+            for view in views:
+                view.write_run_summary(run_id, summary)
     return summary
 
 
+def _still_held(leases: list[ViewLease], outcome: str) -> bool:
+    """Whether this run may still write its views (snapshot, run summary). A lost lease after
+    a failed run is logged (the run's own error is raised); after a completed one, raised."""
+    try:
+        for lease in leases:
+            lease.ensure_held()
+    except LeaseLostError as error:
+        if outcome != "failed":
+            raise
+        LOGGER.error("%s; nothing more is written to the view", error)
+        return False
+    return True
+
+
+def _close_run(
+    views: list[FeatureView],
+    leases: dict[str, ViewLease],
+    run_id: str,
+    outcome: str,
+    seconds: float,
+    runner: str,
+) -> dict[str, Any]:
+    """Finalize and publish every view (under its lease), then summarize from the markers."""
+    for view in views:
+        view.finalize()
+        _publish(view, run_id, outcome, leases[view.path])
+    summary = summarize(views, run_id, seconds, runner)
+    summary.update(outcome=outcome, devices_used=_devices_used(views[0], run_id))
+    return summary
+
+
+def _store_retries(
+    view: FeatureView, run_id: str, counted_before: dict[str, int]
+) -> dict[str, int]:
+    """Object-store retries and unsettled writes of the run, by kind: the launcher's own, plus
+    what workers in other processes recorded in this run's markers."""
+    totals = Counter(retries.counts_since(counted_before))
+    if not SHARDS_IN_THIS_PROCESS:  # workers ran elsewhere: their counts are in the markers
+        for marker in view.committed().values():
+            if marker.run_id == run_id:
+                totals.update(marker.store_retries)
+    return dict(sorted(totals.items()))
 
 
 def _record_takeovers(store: str, leases: list[ViewLease], run_id: str) -> list[dict[str, Any]]:
@@ -420,11 +533,11 @@ def _check_environment(
     return environment
 
 
-def _publish(view: FeatureView, run_id: str, outcome: str) -> None:
+def _publish(view: FeatureView, run_id: str, outcome: str, lease: ViewLease) -> None:
     """Publish the view's snapshot (readers then open O(1) files per lookup). After a failed
     run a publishing error is logged, not raised over the run's own error."""
     try:
-        publish_snapshot(view, run_id)
+        publish_snapshot(view, run_id, lease)
     except StoreError as error:
         if outcome != "failed":
             raise
@@ -447,14 +560,13 @@ def _main(argv: Sequence[str] | None) -> int:
         datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     )
     # Leases first: nothing is created, removed or even modelled before this run holds them.
-    view_paths = [
-        files.join(args.store, name) for name in _view_names(args)
-    ]
+    view_paths = [files.join(args.store, name) for name in _view_names(args)]
     ensure_store(args.store)
-    with ViewLease.acquire_all(view_paths, run_id, args.break_lease) as leases:
-        takeovers = _record_takeovers(args.store, leases, run_id)
+    if args.store_retries is not None:
+        retries.configure(args.store_retries)
+    with ViewLease.acquire_all(view_paths, run_id, args.break_lease, args.lease_ttl) as leases:
         views = _prepare(args, leases)
-        summary = _execute(args, settings, beam_args, views, run_id, takeovers)
+        summary = _execute(args, settings, beam_args, views, run_id, leases)
     if args.summary_json:
         files.atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print(format_summary(summary))

@@ -30,6 +30,16 @@ class StoreError(MLSPError):
     """The feature store is missing, corrupt or used inconsistently."""
 
 
+class StoreUnavailableError(StoreError):
+    """An object store kept failing (throttling, 5xx, resets, timeouts) through every retry the
+    policy allows; the message names the operation, the object, the attempts and the last error."""
+
+
+class LeaseLostError(StoreError):
+    """This run no longer holds a view's writer lease (taken over, or not renewed in time); it
+    commits nothing more to the view."""
+
+
 class SpecMismatchError(StoreError):
     """A view exists with a different spec than the one requested."""
 

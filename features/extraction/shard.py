@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from features import retries
 from features.extraction.feed import (
     DEFAULT_PREFETCH_BATCHES,
     BatchBuffers,
@@ -29,7 +30,7 @@ from features.model.devices import (
     placed_device,
 )
 from features.model.mlsp import ExtractorKey, ExtractorSet, get_extractor_set
-from features.store import FeatureView, ShardSpec
+from features.store import FeatureView, LeaseFence, ShardSpec
 from schemas.errors import ConfigError, StoreError
 from schemas.status import RowStatus
 from schemas.tables import FEATURE_INDEX_SCHEMA
@@ -39,6 +40,9 @@ LOGGER = logging.getLogger(__name__)
 # CPU default (one AVA-sized image per forward); the device picks it when none is given.
 DEFAULT_MAX_BATCH_PIXELS = BATCH_PIXELS_BY_KIND["cpu"]
 NO_DEVICE = "none (no image forwarded)"
+# Shards this process ran: a launcher whose runner ran workers in its own process counts their
+# store retries in its own counters already (the run summary must not add them twice).
+SHARDS_IN_THIS_PROCESS: list[int] = []
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,11 @@ class ExtractionConfig:
         decode_threads: threads reading and decoding images of a shard.
         prefetch_batches: decoded batches kept ready ahead of the model (memory bound).
         device: auto, cpu, gpu or npu.
+        fences: per view name, the launcher's lease holding (ViewLease.fence_settings()):
+            every shard write and commit marker is checked against it. Empty: unfenced
+            (tools and tests that write without a lease).
+        store_retries: the object-store retry policy (features.retries.RetryPolicy.to_dict());
+            None: the worker's own (MLSP_STORE_RETRIES or the defaults).
     """
 
     store: str
@@ -65,6 +74,8 @@ class ExtractionConfig:
     decode_threads: int = 2
     device: str = "auto"
     prefetch_batches: int = DEFAULT_PREFETCH_BATCHES
+    fences: dict[str, dict[str, Any]] = field(default_factory=dict)
+    store_retries: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.views:
@@ -160,7 +171,12 @@ class ShardExtractor:
 
     def __init__(self, config: ExtractionConfig) -> None:
         self.config = config
+        if config.store_retries is not None:
+            retries.configure(retries.RetryPolicy.from_dict(config.store_retries), export=False)
         self.views = [FeatureView(config.store, name) for name in config.views]
+        for view in self.views:
+            settings = config.fences.get(view.name)
+            view.fence = LeaseFence.from_dict(settings) if settings is not None else None
         self._keys = extractor_keys(self.views)
         self._model: ExtractorSet | None = None
         self.device_description = ""
@@ -197,6 +213,8 @@ class ShardExtractor:
     def process(self, shard: ShardSpec) -> ShardResult:
         """Extract, write and commit one shard for every view that has not committed it yet."""
         started = time.perf_counter()
+        counted_before = retries.COUNTERS.snapshot()
+        SHARDS_IN_THIS_PROCESS.append(shard.index)
         # One marker per view, not the whole commits/ listing: a run has thousands of shards.
         pending = [view for view in self.views if not view.is_committed(shard)]
         if not pending:
@@ -219,6 +237,7 @@ class ShardExtractor:
                 images_forwarded=forwarded,
                 seconds=round(seconds, 3),
                 device=self.shard_device(forwarded),
+                store_retries=retries.counts_since(counted_before),
             )
         LOGGER.info(
             "shard %d rows %d:%d committed to %s: %s, %.2f images/s",

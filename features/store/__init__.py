@@ -12,7 +12,7 @@ from features.store.backends import COMPRESSIONS, FeatureArray
 from features.store.compaction import compact_view, publish_snapshot
 from features.store.convert import convert_view, export_ava_mlsp
 from features.store.formats import BACKENDS
-from features.store.lease import ViewLease
+from features.store.lease import LeaseFence, ViewLease
 from features.store.query import FeatureStore, read_feature_rows
 from features.store.root import STORE_MARKER, ensure_store
 from features.store.row_scatter import ScatterRequest, key_runs
@@ -30,6 +30,7 @@ __all__ = [
     "FeatureArray",
     "FeatureStore",
     "FeatureView",
+    "LeaseFence",
     "ScatterRequest",
     "ShardSpec",
     "VerificationReport",

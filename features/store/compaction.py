@@ -26,7 +26,7 @@ from features.store.snapshot import (
     Snapshot,
     list_snapshots,
     publish_pointer,
-    read_pointer,
+    read_pointer_with_bytes,
     shard_ranges,
     write_snapshot,
 )
@@ -149,18 +149,22 @@ def _merged_pieces(
     return index, shards_table
 
 
-def publish_snapshot(view: FeatureView, reason: str) -> int:
+def publish_snapshot(view: FeatureView, reason: str, lease: ViewLease | None = None) -> int:
     """Publish a snapshot of the view's committed shards; returns its number.
 
     Incremental: the previous snapshot's pieces are reused and only markers of shards
     committed since are read. Pieces are written first, then the snapshot file (exclusive
     create), then the pointer; a crash at any step leaves the previous snapshot in force and
-    loses nothing (committed shards keep their markers). The caller holds the view's lease.
+    loses nothing (committed shards keep their markers). The caller holds the view's lease;
+    given it, the lease is checked before the pieces, the snapshot file and the pointer.
 
     Raises:
-        StoreError: a marker or index part is invalid, or another publisher took the number.
+        LeaseLostError: the lease is no longer this run's.
+        StoreError: a marker or index part is invalid, or another publisher took the number
+            or moved the pointer on.
     """
-    previous = read_pointer(view.path)
+    _ensure_held(lease)
+    previous, built_on = read_pointer_with_bytes(view.path)
     done = set(previous.committed_shards()) if previous else set()
     parts, records = _new_shards(view, done)
     removed = view.removed_image_ids()
@@ -201,9 +205,11 @@ def publish_snapshot(view: FeatureView, reason: str) -> int:
         reason=reason,
         sizes=sizes,
     )
+    _ensure_held(lease)
     if not write_snapshot(view.path, snapshot):
         raise StoreError(f"{view.path}: snapshot {number} was published by another writer")
-    publish_pointer(view.path, snapshot)
+    _ensure_held(lease)
+    publish_pointer(view.path, snapshot, built_on)
     LOGGER.info(
         "view %s: snapshot %d (%d shards committed, %d new; %d index rows)",
         view.name,
@@ -215,6 +221,11 @@ def publish_snapshot(view: FeatureView, reason: str) -> int:
     return number
 
 
+def _ensure_held(lease: ViewLease | None) -> None:
+    if lease is not None:
+        lease.ensure_held()
+
+
 def compact_view(view: FeatureView, owner: str) -> int:
     """Publish a snapshot under the view's writer lease (the same lease extraction holds).
 
@@ -224,7 +235,7 @@ def compact_view(view: FeatureView, owner: str) -> int:
     lease = ViewLease(view.path, owner)
     lease.acquire()
     try:
-        return publish_snapshot(view, "compact")
+        return publish_snapshot(view, "compact", lease)
     finally:
         lease.release()
 

@@ -59,6 +59,10 @@ class CommitMarker:
             (a Zarr shard object or an HDF5 shard file); "" in markers written before checksums.
         features_sha256: sha256 of that object's bytes as stored; "" when the object is absent
             (older Zarr views stored nothing for an all-NaN shard); None in markers written before checksums.
+        lease_token: the fencing token of the lease holding that committed the shard ("" for
+            writers outside a lease and markers written before fencing).
+        store_retries: object-store retries and unsettled writes the worker process counted
+            while it ran this shard, by kind (features.retries.COUNTERS).
     """
 
     shard: int
@@ -76,11 +80,14 @@ class CommitMarker:
     )
     features_file: str = ""
     features_sha256: str | None = None
+    lease_token: str = ""
+    store_retries: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         data = asdict(self)
         data["status_counts"] = dict(self.status_counts)
+        data["store_retries"] = dict(self.store_retries)
         return data
 
     def to_bytes(self) -> bytes:

@@ -113,11 +113,16 @@ def read_pointer(view_path: str) -> Snapshot | None:
         StoreError: an unreadable pointer, or one naming a missing snapshot (the message names
             the file).
     """
+    return read_pointer_with_bytes(view_path)[0]
+
+
+def read_pointer_with_bytes(view_path: str) -> tuple[Snapshot | None, bytes | None]:
+    """read_pointer, plus the pointer's bytes (a publisher swaps against exactly these)."""
     path = pointer_path(view_path)
     try:
         data = files.read_bytes(path)
     except FileNotFoundError:
-        return None
+        return None, None
     try:
         pointer = json.loads(data)
         number = pointer["snapshot"]
@@ -129,8 +134,8 @@ def read_pointer(view_path: str) -> Snapshot | None:
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise StoreError(f"{path}: unreadable snapshot pointer ({error})") from error
     if record is None:
-        return read_snapshot(view_path, number, f"named by {path}")
-    return _parse(path, record)
+        return read_snapshot(view_path, number, f"named by {path}"), data
+    return _parse(path, record), data
 
 
 def _parse(path: str, record: Any) -> Snapshot:
@@ -180,23 +185,37 @@ def list_snapshots(view_path: str) -> list[int]:
     return sorted(int(stem) for stem in stems if stem.isdigit())
 
 
-def publish_pointer(view_path: str, snapshot: Snapshot) -> None:
-    """Point readers at a snapshot (atomic replace; the one place to swap for a conditional
-    write). The pointer carries a copy of the record, so readers of the latest state need one
-    GET, not two; the snapshot file stays the immutable original time travel reads."""
+def publish_pointer(view_path: str, snapshot: Snapshot, built_on: bytes | None) -> None:
+    """Point readers at a snapshot: a compare-and-swap against the pointer it was built on.
+
+    The pointer carries a copy of the record, so readers of the latest state need one GET,
+    not two; the snapshot file stays the immutable original time travel reads. The swap is
+    a conditional request on S3/GCS, so a publisher whose base is no longer the latest (a
+    stale writer, paused while another run published) fails instead of rolling the pointer
+    back; the pointer's number only ever grows.
+
+    Args:
+        view_path: the view.
+        snapshot: the new snapshot.
+        built_on: the pointer's bytes when the snapshot's parent was read (None: no pointer).
+
+    Raises:
+        StoreError: the pointer moved on since (names the snapshot now in force).
+    """
     path = pointer_path(view_path)
+    parent = snapshot.parent or 0
+    if snapshot.snapshot <= parent:
+        raise StoreError(f"{path}: snapshot {snapshot.snapshot} does not follow {parent}")
     pointer = json.dumps({"snapshot": snapshot.snapshot, "record": snapshot.to_dict()}).encode()
-    try:
-        previous: bytes | None = files.read_bytes(path)
-    except FileNotFoundError:
-        previous = None
-    # Compare-and-swap (a conditional request on S3/GCS): a publisher that lost a race to
-    # another one fails loudly instead of silently rolling the pointer back.
-    if not files.replace_if_unchanged(path, previous, pointer):
-        raise StoreError(
-            f"{path}: the snapshot pointer changed while snapshot "
-            f"{snapshot.snapshot} was being published; publish again"
-        )
+    if files.replace_if_unchanged(path, built_on, pointer):
+        return
+    current = read_pointer(view_path)
+    now = f"snapshot {current.snapshot}" if current is not None else "no snapshot"
+    raise StoreError(
+        f"{path}: not published: snapshot {snapshot.snapshot} was built on snapshot "
+        f"{parent or 'none'}, but the pointer has moved on to {now} (another writer published "
+        "meanwhile); the pointer is never rolled back. Re-run to publish on the newer snapshot"
+    )
 
 
 def write_snapshot(view_path: str, snapshot: Snapshot) -> bool:

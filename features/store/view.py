@@ -22,6 +22,7 @@ from features.store.backends import (
     check_compression,
 )
 from features.store.formats import BACKENDS, backend_for
+from features.store.lease import LeaseFence
 from features.store.shards import (
     CommitMarker,
     ShardSpec,
@@ -32,7 +33,7 @@ from features.store.shards import (
     read_marker_bytes,
 )
 from features.store.view_reads import ViewReads
-from schemas.errors import SpecMismatchError, StoreError
+from schemas.errors import LeaseLostError, SpecMismatchError, StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA, ROW_ALLOCATION_SCHEMA
 from schemas.view_spec import FeatureViewSpec
 
@@ -56,6 +57,8 @@ class FeatureView(ViewReads):
         self._spec: FeatureViewSpec | None = None
         self._allocation: pa.Table | None = None
         self._shard_writer: FeatureArray | None = None
+        # Set by a lease holder's writers: every shard write and marker is checked against it.
+        self.fence: LeaseFence | None = None
         # What the last committed_index() read: {"snapshot": N or None, "shards_after": [...]}.
         self.last_read: dict[str, Any] = {}
 
@@ -310,6 +313,7 @@ class FeatureView(ViewReads):
         images_forwarded: int | None = None,
         seconds: float = 0.0,
         device: str = "",
+        store_retries: Mapping[str, int] | None = None,
     ) -> CommitMarker:
         """Write and commit one shard: features, index part, then a marker built here.
 
@@ -321,8 +325,8 @@ class FeatureView(ViewReads):
             values: [rows, variants, *feature_shape] features, or None when the caller already
                 wrote them to the array (bulk writers); the checksum covers what is stored.
             index: FEATURE_INDEX_SCHEMA rows of the shard, in row order.
-            run_id, images_forwarded, seconds, device: lineage recorded in the marker
-                (images_forwarded defaults to the shard's rows).
+            run_id, images_forwarded, seconds, device, store_retries: lineage recorded in
+                the marker (images_forwarded defaults to the shard's rows).
 
         Returns:
             The marker written.
@@ -345,6 +349,8 @@ class FeatureView(ViewReads):
             images_forwarded=shard.rows if images_forwarded is None else images_forwarded,
             seconds=round(seconds, 3),
             device=device,
+            lease_token=self.fence.token if self.fence is not None else "",
+            store_retries=dict(store_retries or {}),
         )
         return self.write_shard(shard, values, index, marker)
 
@@ -361,6 +367,7 @@ class FeatureView(ViewReads):
         Returns:
             The marker written (with features_file and features_sha256 filled in).
         """
+        self._check_fence()
         if values is not None:
             expected = (shard.rows, len(self.spec.variants), *self.spec.feature_shape)
             if values.shape != expected:
@@ -376,8 +383,34 @@ class FeatureView(ViewReads):
         features_file, checksum = self.shard_writer.shard_checksum(shard.index)
         marker = replace(marker, features_file=features_file, features_sha256=checksum)
         files.atomic_write_parquet(self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA))
-        files.atomic_write_bytes(self.marker_path(shard), marker.to_bytes())
-        return marker
+        self._check_fence()
+        return self._create_marker(shard, marker)
+
+    def _check_fence(self) -> None:
+        if self.fence is not None:
+            self.fence.check()
+
+    def _create_marker(self, shard: ShardSpec, marker: CommitMarker) -> CommitMarker:
+        """Create the marker exclusively: a committed shard is never re-committed, so a writer
+        that lost its lease cannot replace another run's marker.
+
+        Raises:
+            LeaseLostError: another holding committed the shard meanwhile.
+        """
+        path = self.marker_path(shard)
+        if files.create_exclusive(path, marker.to_bytes()):
+            return marker
+        existing, _ = read_marker_bytes(path)
+        if marker.lease_token and existing.lease_token == marker.lease_token:
+            return existing  # this holding committed it already (a retried bundle)
+        if not marker.lease_token and not existing.lease_token:
+            # Writers outside a lease (conversion, tools) replace their own shard's marker.
+            files.atomic_write_bytes(path, marker.to_bytes())
+            return marker
+        raise LeaseLostError(
+            f"{path}: shard {shard.index} was committed by run {existing.run_id} while run "
+            f"{marker.run_id} was writing it; this run commits nothing more"
+        )
 
     # ---- reading -----------------------------------------------------------------------
     def committed(self) -> dict[int, CommitMarker]:

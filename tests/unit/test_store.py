@@ -197,16 +197,16 @@ def test_failed_write_then_retry_is_exact(tmp_path, backend, compression, monkey
     values = (
         np.arange(4 * 2 * 2 * 320, dtype=np.float32).reshape(4, 1, 2, 2, 320).astype(np.float16)
     )
-    real_replace = os.replace
+    real_link = os.link
     failures: list[str] = []
 
-    def flaky_replace(source, target):
+    def flaky_link(source, target):  # markers are created exclusively: temp file + link
         if not failures and str(target).endswith(".json"):
             failures.append(str(target))
             raise OSError("disk full (injected)")
-        return real_replace(source, target)
+        return real_link(source, target)
 
-    monkeypatch.setattr(os, "replace", flaky_replace)
+    monkeypatch.setattr(os, "link", flaky_link)
     with pytest.raises(OSError, match="injected"):
         commit(view, shard, values, ["ok"] * 4)
     assert failures and failures[0].endswith("shard-000000.json")
