@@ -36,13 +36,13 @@ from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES, configure_devi
 from features.store import (
     BACKENDS,
     COMPRESSIONS,
+    DEFAULT_TTL_SECONDS,
     FeatureView,
     ShardSpec,
     ViewLease,
     ensure_store,
     publish_snapshot,
 )
-from features.store.lease import DEFAULT_TTL_SECONDS
 from pipelines.progress import CommitProgress, format_summary
 from pipelines.runners import (
     RunnerSettings,

@@ -12,7 +12,7 @@ from features.store.backends import COMPRESSIONS, FeatureArray
 from features.store.compaction import compact_view, publish_snapshot
 from features.store.convert import convert_view, export_ava_mlsp
 from features.store.formats import BACKENDS
-from features.store.lease import LeaseFence, ViewLease
+from features.store.lease import DEFAULT_TTL_SECONDS, LeaseFence, ViewLease
 from features.store.query import FeatureStore, read_feature_rows
 from features.store.root import STORE_MARKER, ensure_store
 from features.store.row_scatter import ScatterRequest, key_runs
@@ -25,6 +25,7 @@ from features.store.view import FeatureView
 __all__ = [
     "BACKENDS",
     "COMPRESSIONS",
+    "DEFAULT_TTL_SECONDS",
     "STORE_MARKER",
     "CommitMarker",
     "FeatureArray",

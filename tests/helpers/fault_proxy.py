@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import json
@@ -11,15 +12,24 @@ import socket
 import struct
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any, cast
 
-from tests.helpers.object_stores import _HOP_HEADERS, RequestLog, _read_body, _ThreadingHTTPServer
+import fsspec
 
-# predicate(method, path, query, headers with lower-case names) for drop_answer_once.
-Predicate = Callable[[str, str, str, dict[str, str]], bool]
+from tests.helpers.object_stores import (
+    _HOP_HEADERS,
+    RequestLog,
+    Server,
+    _read_body,
+    _ThreadingHTTPServer,
+    fsspec_options,
+)
+
+# predicate(method, path, query, headers with lower-case names, body) for drop_answer_once.
+Predicate = Callable[[str, str, str, dict[str, str], bytes], bool]
 # exempt(method, path, query): True keeps the request out of the random mix.
 Exempt = Callable[[str, str, str], bool]
 Answer = tuple[int, str, list[tuple[str, str]], bytes]  # status, reason, headers, body
@@ -129,11 +139,13 @@ class FaultProxy:
         with self._lock:
             self._drops.append(predicate)
 
-    def decide(self, method: str, path: str, query: str, headers: dict[str, str]) -> str | None:
+    def decide(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes = b""
+    ) -> str | None:
         """The fault for one request (counted), or None to forward and answer it."""
         with self._lock:
             for index, predicate in enumerate(self._drops):
-                if predicate(method, path, query, headers):
+                if predicate(method, path, query, headers, body):
                     del self._drops[index]
                     self.dropped.append((method, path, query))
                     self.faults["dropped"] += 1
@@ -165,7 +177,7 @@ class _FaultHandler(http.server.BaseHTTPRequestHandler):
             proxy.log.add(self.command, path, query)
         body = _read_body(self)  # in full: a reset must not leave the client blocked writing
         headers = {key.lower(): value for key, value in self.headers.items()}
-        kind = proxy.decide(self.command, path, query, headers)
+        kind = proxy.decide(self.command, path, query, headers, body or b"")
         if kind in ("503", "429"):
             self._answer(_error_answer(int(kind), path))
         elif kind == "reset_before":
@@ -235,3 +247,37 @@ def _forward(port: int, method: str, target: str, headers: Message, body: bytes 
     if method != "HEAD":  # a HEAD answer keeps upstream's Content-Length: the object's size
         relayed.append(("Content-Length", str(len(data))))
     return response.status, response.reason, relayed, data
+
+
+def proxies_for(servers: dict[str, Server]) -> dict[str, FaultProxy]:
+    """A fault-free FaultProxy in front of each object-store server (by fsspec protocol); the
+    servers' own request logs count what reaches them."""
+    return {
+        protocol: FaultProxy.start(int(server.endpoint_url.rsplit(":", 1)[1]))
+        for protocol, server in servers.items()
+    }
+
+
+@contextlib.contextmanager
+def routed_through(proxies: dict[str, FaultProxy]) -> Iterator[None]:
+    """Within the block, s3:// and gs:// URLs reach the servers through the proxies: in this
+    process (fsspec.config.conf) and in child processes (FSSPEC_S3 / FSSPEC_GS)."""
+    saved_conf = {protocol: fsspec.config.conf.get(protocol) for protocol in proxies}
+    saved_env = {f"FSSPEC_{protocol.upper()}": os.environ.get(f"FSSPEC_{protocol.upper()}")
+                 for protocol in proxies}  # fmt: skip
+    for protocol, proxy in proxies.items():
+        options = fsspec_options(protocol, proxy.endpoint_url)
+        fsspec.config.conf[protocol] = options
+        os.environ[f"FSSPEC_{protocol.upper()}"] = json.dumps(options)
+    try:
+        yield
+    finally:
+        for protocol, conf in saved_conf.items():
+            fsspec.config.conf.pop(protocol, None)
+            if conf is not None:
+                fsspec.config.conf[protocol] = conf
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

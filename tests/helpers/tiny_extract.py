@@ -14,8 +14,9 @@ from tests.helpers import extract_cli
 
 VIEW = "irnv2_mlsp_narrow"
 SHARD_ROWS = 2
-# What differs between two clean runs of the same command: when and by which run, how long.
-RUN_FIELDS = {"run_id", "committed_at", "seconds", "created_at"}
+# What differs between two clean runs of the same command: when and by which run (and lease
+# holding), how long, and how many requests the store made it retry.
+RUN_FIELDS = {"run_id", "committed_at", "seconds", "created_at", "lease_token", "store_retries"}
 TIMING_COLUMNS = {"read_ms", "decode_ms", "model_ms"}
 # Snapshots name their pieces with a random tag and record the run (reason), the pieces' sizes
 # (index parts hold timings) and the digests of markers (which hold run ids): all run fields.

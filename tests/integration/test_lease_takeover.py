@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import queue
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from features import verify
 from features.store.view import FeatureView
 from pipelines import extract
 from tests.helpers.tiny_extract import (
@@ -184,3 +186,66 @@ def test_kill_9_then_immediate_rerun_takes_over_and_ends_bit_exact(job, capsys) 
     assert takeover["from_run"] == lease["owner"] and takeover["from_pid"] == process.pid
     assert view.committed().items() >= committed_before.items()  # committed shard untouched
     assert store_fingerprint(store) == job["fingerprint"]
+
+
+def _files_and_times(store: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file of the store (but the never-deleted CAS lock file): bytes and mtime."""
+    return {
+        path.relative_to(store).as_posix(): (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(store.rglob("*"))
+        if path.is_file() and path.name != ".cas.lock"
+    }
+
+
+def _wait_until_expired(lease_file: Path) -> None:
+    expires_at = datetime.datetime.fromisoformat(json.loads(lease_file.read_bytes())["expires_at"])
+    remaining = (expires_at - datetime.datetime.now(datetime.UTC)).total_seconds()
+    time.sleep(max(0.0, remaining) + 0.5)
+
+
+@pytest.mark.parametrize("takeover", ["break-lease", "expiry"])
+def test_a_paused_writer_that_lost_its_lease_changes_nothing(job, takeover) -> None:
+    """SIGSTOP a writer inside its second shard; another run takes the lease over (by
+    --break-lease, or once it expired) and finishes; SIGCONT: the first exits non-zero and
+    leaves every file of the store as the second left it."""
+    server: GatedImageServer = job["server"]
+    store = Path(job["root"]) / f"zombie-{takeover}"
+    ttl = ("--lease-ttl", "4")  # renewed every 1.3 s; the fencing window is 0.33 s
+    argv = [*extract_argv(Path(job["manifest"]), store), *ttl]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    server.close(job["gated"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.extract", *argv], env=env, stderr=subprocess.PIPE
+    )
+    view = FeatureView(str(store), VIEW)
+    try:
+        first = server.next_requested(process)
+        server.gates[first].set()
+        _wait_for_marker(view, job["gated"].index(first), process)
+        server.next_requested(process)  # inside its next shard, waiting for an image
+        os.kill(process.pid, signal.SIGSTOP)
+        lease_file = store / VIEW / "lease.json"
+        owner = json.loads(lease_file.read_bytes())["owner"]
+        if takeover == "expiry":
+            _wait_until_expired(lease_file)
+        server.open_all()
+        extra = ("--break-lease", owner) if takeover == "break-lease" else ()
+        assert extract.run([*argv, *extra]) == 0
+        finished = _files_and_times(store)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+        server.open_all()
+    try:
+        _, stderr = process.communicate(timeout=PATIENCE_SECONDS)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    errors = [line for line in stderr.decode().splitlines() if line.startswith("error:")]
+    assert process.returncode == 1, stderr.decode()[-2000:]
+    assert len(errors) == 1 and "writer lease" in errors[0], errors
+    assert _files_and_times(store) == finished  # not one byte or mtime changed
+    assert verify.run(["--store", str(store)]) == 0
+    assert store_fingerprint(store) == {
+        **job["fingerprint"],
+        "runs outcomes": store_fingerprint(store)["runs outcomes"],
+    }

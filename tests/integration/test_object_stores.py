@@ -1,28 +1,32 @@
 """The store on s3:// (moto) and gs:// (fake-gcs-server): conditional writes, the lease, end to end.
 
 The servers run on 127.0.0.1 for the session (tests/helpers/object_stores.py); every test gets
-a fresh bucket on each (the `bucket` fixture runs each test once per protocol).
+a fresh bucket on each (the `bucket` fixture runs each test once per protocol). The end-to-end
+chain reaches them through a fault proxy (tests/helpers/fault_proxy.py) that fails 12 % of
+the requests: 503s, 429s, and connections reset before and after the server applied them.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from features import files, verify
+from features import compact, files, verify
 from features.download.manifest import read_manifest
 from features.store import FeatureStore, FeatureView
 from features.store.lease import ViewLease
@@ -30,7 +34,8 @@ from jobs import train
 from pipelines import extract, labels
 from schemas.errors import StoreError
 from tests.conftest import RANDOM_WEIGHTS
-from tests.helpers import object_stores
+from tests.helpers import fault_proxy, object_stores
+from tests.helpers.fault_proxy import NO_FAULTS, FaultMix, FaultProxy
 
 LOGGER = logging.getLogger(__name__)
 
@@ -143,14 +148,45 @@ FIRST_IMAGES = 10  # the first manifest; the grown one has every sample image
 MAX_LOOKUP_REQUESTS = 10
 
 
-def _extract(manifest: str, store: str, shard_size: int = 4) -> int:
-    return extract.run(
-        [
-            *("--manifest", manifest, "--store", store, "--view", VIEW),
-            *("--weights", RANDOM_WEIGHTS, "--shard-size", str(shard_size)),
-            *("--direct_num_workers", "1"),
-        ]
+# 12 % of the chain's requests fail: 503 SlowDown, 429, resets before and after forwarding.
+FAULTS = {"unavailable": 0.05, "throttled": 0.02, "reset_before": 0.025, "reset_after": 0.025}
+FAULT_SEEDS = {"s3": 18, "gs": 19}
+KILL_PATIENCE_SECONDS = 600.0  # a hang guard: the child imports TensorFlow and builds a model
+
+
+def _extract_argv(manifest: str, store: str, shard_size: int = 4, *extra: str) -> list[str]:
+    return [
+        *("--manifest", manifest, "--store", store, "--view", VIEW),
+        *("--weights", RANDOM_WEIGHTS, "--shard-size", str(shard_size)),
+        *("--direct_num_workers", "1", "--lease-ttl", "12", *extra),
+    ]
+
+
+def _extract(manifest: str, store: str, shard_size: int = 4, *extra: str) -> int:
+    return extract.run(_extract_argv(manifest, store, shard_size, *extra))
+
+
+def _kill_after_first_commit(manifest: str, store: str) -> int:
+    """Run the extraction in a child process and SIGKILL it once its first shard is committed;
+    returns its exit status (-9)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.extract", *_extract_argv(manifest, store)],
+        env=env,
+        stderr=subprocess.DEVNULL,
     )
+    commits = files.join(store, VIEW, "commits")
+    deadline = time.monotonic() + KILL_PATIENCE_SECONDS
+    try:
+        while not files.list_names(commits):
+            assert process.poll() is None, "the extraction ended before its first commit"
+            assert time.monotonic() < deadline, "no commit in time"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        return process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 def _manifests(sample_manifest: Path, folder: str) -> tuple[str, str]:
@@ -186,30 +222,52 @@ def local_reference(sample_manifest: Path, tmp_path_factory: pytest.TempPathFact
     return {"first": after_first, "grown": _contents(store)}
 
 
+@pytest.fixture(scope="module")
+def fault_proxies(object_store_servers: dict) -> Any:
+    """A FaultProxy in front of each server (fault-free until a test sets a mix)."""
+    proxies = fault_proxy.proxies_for(object_store_servers)
+    yield proxies
+    for proxy in proxies.values():
+        proxy.stop()
+
+
 @pytest.fixture(scope="module", params=["s3", "gs"])
 def remote_chain(
     request: pytest.FixtureRequest,
     object_store_servers: dict,
+    fault_proxies: dict[str, FaultProxy],
     sample_manifest: Path,
     sample_dir: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict:
-    """On one object store: a run that dies in shard 1, resumed; the manifest grown; verify;
-    one epoch of training. Manifests live in the bucket too (their image URIs are local)."""
+    """On one object store, every request through the 12 % fault mix: a run killed (SIGKILL)
+    after its first commit, resumed; the manifest grown; query, verify --deep, compact; one
+    epoch of training. Manifests live in the bucket too (their image URIs are local)."""
     bucket = object_stores.new_bucket(request.param, object_store_servers[request.param])
     first, grown = _manifests(sample_manifest, bucket.url)
     store = bucket.path("store")
+    work = tmp_path_factory.mktemp(f"train-{request.param}")
+    proxy = fault_proxies[request.param]
+    proxy.set_mix(FaultMix(**FAULTS, seed=FAULT_SEEDS[request.param]))
+    try:
+        with fault_proxy.routed_through(fault_proxies):
+            chain = _faulty_chain(store, first, grown, sample_dir, work)
+    finally:
+        proxy.set_mix(NO_FAULTS)
+    return {**chain, "bucket": bucket, "store": store, "first": first, "faults": proxy.faults}
+
+
+def _faulty_chain(store: str, first: str, grown: str, sample_dir: Path, work: Path) -> dict:
     codes, contents = {}, {}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(FeatureView, "write_shard", _crash_on_shard(1, FeatureView.write_shard))
-        codes["crashed"] = _extract(first, store)
-    contents["crashed_committed"] = FeatureView(store, VIEW).committed()
-    codes["resumed"] = _extract(first, store)
+    codes["killed"] = _kill_after_first_commit(first, store)
+    contents["killed_committed"] = FeatureView(store, VIEW).committed()
+    summary = work / "resumed-summary.json"
+    codes["resumed"] = _extract(first, store, 4, "--summary-json", str(summary))
     contents["first"] = _contents(store)
     codes["grown"] = _extract(grown, store)
     contents["grown"] = _contents(store)
-    codes["verify"] = verify.run(["--store", store])
-    work = tmp_path_factory.mktemp(f"train-{request.param}")
+    codes["verify"] = verify.run(["--store", store, "--deep"])
+    codes["compact"] = compact.run(["--store", store])
     codes["labels"] = labels.run(
         [
             *("--dataset", "ava", "--raw", str(sample_dir), "--manifest", grown),
@@ -225,38 +283,20 @@ def remote_chain(
         ]
     )
     return {
-        "bucket": bucket,
-        "store": store,
-        "first": first,
         "codes": codes,
         "contents": contents,
         "run": work / "run",
+        "summary": json.loads(summary.read_text()),
     }
 
 
-def _crash_on_shard(crash_index: int, original: Any) -> Any:
-    """FeatureView.write_shard that lands shard crash_index's features, then dies before its
-    marker (once), like a worker killed half-way through the run."""
-    crashed: list[int] = []
-
-    def write_shard(self, shard, values, *args, **kwargs):  # type: ignore[no-untyped-def]
-        if shard.index == crash_index and not crashed:
-            crashed.append(shard.index)
-            if values is not None:  # None: a bulk writer already wrote them
-                self.array.write_shard(shard.row_start, values.astype(np.float16))
-            raise RuntimeError("simulated worker crash before commit")
-        return original(self, shard, values, *args, **kwargs)
-
-    return write_shard
-
-
-def test_crashed_run_resumes_to_the_local_clean_run_bit_for_bit(
+def test_killed_run_resumes_through_faults_to_the_local_clean_run_bit_for_bit(
     remote_chain, local_reference
 ) -> None:
-    assert remote_chain["codes"]["crashed"] == 1
-    committed_before_resume = remote_chain["contents"]["crashed_committed"]
-    assert committed_before_resume and 1 not in committed_before_resume  # half-way
-    assert remote_chain["codes"]["resumed"] == 0
+    assert remote_chain["codes"]["killed"] == -signal.SIGKILL
+    committed_before_resume = remote_chain["contents"]["killed_committed"]
+    assert 0 < len(committed_before_resume) < 3  # killed half-way through its 3 shards
+    assert remote_chain["codes"]["resumed"] == 0  # in one run, through the faults
     table, raw = remote_chain["contents"]["first"]
     assert table.equals(local_reference["first"][0])
     assert raw == local_reference["first"][1]
@@ -270,8 +310,16 @@ def test_appended_rows_equal_the_local_incremental_run(remote_chain, local_refer
     assert raw == local_reference["grown"][1]
 
 
-def test_verify_and_one_epoch_of_training_read_the_object_store(remote_chain) -> None:
+def test_the_faults_were_met_retried_and_counted(remote_chain) -> None:
+    faults = remote_chain["faults"]
+    assert sum(faults.values()) > 0 and faults["reset_after"] > 0, faults
+    retried = remote_chain["summary"]["store_retries"]
+    assert sum(count for kind, count in retried.items() if kind.startswith("retry ")) > 0, retried
+
+
+def test_verify_deep_compact_and_one_epoch_of_training_through_faults(remote_chain) -> None:
     assert remote_chain["codes"]["verify"] == 0
+    assert remote_chain["codes"]["compact"] == 0
     assert remote_chain["codes"]["labels"] == 0
     assert remote_chain["codes"]["train"] == 0
     record = json.loads((remote_chain["run"] / "run.json").read_text())

@@ -161,8 +161,8 @@ def test_reset_after_applies_then_resets(proxy: FaultProxy, upstream: Upstream) 
 def test_drop_answer_once_loses_one_answer_per_registration(
     proxy: FaultProxy, upstream: Upstream
 ) -> None:
-    proxy.drop_answer_once(lambda method, path, query, headers: method == "PUT")
-    proxy.drop_answer_once(lambda method, path, query, headers: headers.get("x-tag") == "b")
+    proxy.drop_answer_once(lambda method, path, query, headers, body: method == "PUT")
+    proxy.drop_answer_once(lambda method, path, query, headers, body: headers.get("x-tag") == "b")
     connection = _connect(proxy)
     assert _call(connection, "GET", "/k")[0] == 404  # no match: answered
     with pytest.raises(ConnectionResetError):
