@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import os
 import random
 import threading
@@ -67,9 +68,12 @@ class RetryPolicy:
         if self.max_retries < 0:
             raise ConfigError(f"store retries: max_retries must be >= 0, got {self.max_retries}")
         for name in ("timeout_seconds", "initial_backoff", "max_backoff"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"store retries: {name} must be >= 0, got {getattr(self, name)}")
-        if self.multiplier < 1:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(
+                    f"store retries: {name} must be a finite number >= 0, got {value}"
+                )
+        if not (math.isfinite(self.multiplier) and self.multiplier >= 1):
             raise ConfigError(f"store retries: multiplier must be >= 1, got {self.multiplier}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,10 +89,9 @@ class RetryPolicy:
             raise ConfigError(
                 f"store retries: unknown setting(s) {unknown}; known: {sorted(known)}"
             )
-        try:
-            return cls(**{key: type(getattr(cls(), key))(value) for key, value in data.items()})
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"store retries: {error}") from None
+        return cls(
+            **{key: _number(key, value, type(getattr(cls(), key))) for key, value in data.items()}
+        )
 
     @classmethod
     def parse(cls, text: str) -> RetryPolicy:
@@ -104,7 +107,20 @@ class RetryPolicy:
 
     def wait_bound(self, retry: int) -> float:
         """Upper bound of the wait before retry number `retry` (1-based)."""
-        return float(min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1)))
+        exponent = min(retry - 1, 64)  # 2**64 x any backoff is past every cap; no overflow
+        return float(min(self.max_backoff, self.initial_backoff * self.multiplier**exponent))
+
+
+def _number(key: str, value: Any, kind: type) -> Any:
+    """value as kind (int or float); a ConfigError naming the key otherwise."""
+    try:
+        number = float(value)
+        if kind is int and not number.is_integer():
+            raise ValueError
+        return kind(number) if math.isfinite(number) else number
+    except (TypeError, ValueError):
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"store retries: {key} must be {expected}, got {value!r}") from None
 
 
 _policy_lock = threading.Lock()
@@ -211,7 +227,6 @@ class _Attempts:
         kind = transient_kind(error)
         if kind is None:
             raise error
-        COUNTERS.add(f"retry {kind}")
         wait = _random.uniform(0, self.policy.wait_bound(self.attempts))
         elapsed = time.monotonic() - self.started
         if self.attempts > self.policy.max_retries or elapsed + wait > self.policy.timeout_seconds:
@@ -221,6 +236,7 @@ class _Attempts:
                 f"{elapsed:.1f} s; last error: {kind} ({_one_line(error)}). Nothing was "
                 f"committed by the failed step; re-run the same command to resume"
             ) from error
+        COUNTERS.add(f"retry {kind}")
         LOGGER.debug("%s %s: %s, retry %d in %.2f s", self.operation, self.target, kind,
                      self.attempts, wait)  # fmt: skip
         return wait
@@ -269,28 +285,27 @@ def settle_conditional(
 ) -> bool:
     """A conditional write whose attempts may fail after the server applied them.
 
-    attempt() sends the write once and returns False on a failed precondition. When an
-    attempt failed with a transient error (outcome unknown) and a later one finds the
-    precondition failed, the first may have landed: landed() reads the object back and
-    decides by the writer's unique token inside the payload.
+    attempt() sends the write once and returns False on a failed precondition; transient
+    errors are retried under the policy. A failed precondition may be this writer's own
+    earlier attempt, applied by the server with its answer lost: to us after a reset or a
+    timeout, or silently to a layer below that re-sent the request (aiohttp re-sends a PUT or
+    DELETE once when a kept-alive connection drops). So every failed precondition is settled
+    by landed(), which reads the object back and decides by the writer's unique bytes.
 
     Returns:
         True iff this writer's write is in place (or, for a delete, the object is gone).
     """
     state = _Attempts(operation, target)
-    uncertain = False
     while True:
         try:
             won = attempt()
         except Exception as error:  # classified in next_wait
-            wait = state.next_wait(error)
-            uncertain = True
-            time.sleep(wait)
+            time.sleep(state.next_wait(error))
             continue
-        if won or not uncertain:
-            return won
-        COUNTERS.add(f"ambiguous {operation}")
+        if won:
+            return True
         outcome = call(f"read back after {operation}", target, landed)
-        LOGGER.info("%s %s: outcome was unknown; read back: %s", operation, target,
-                    "it landed" if outcome else "it did not land")  # fmt: skip
+        if outcome:
+            COUNTERS.add(f"ambiguous {operation}")
+            LOGGER.info("%s %s: its answer was lost; read back: it landed", operation, target)
         return outcome

@@ -435,7 +435,7 @@ def _execute(
         fences={view.name: by_path[view.path].fence_settings() for view in views},
         store_retries=retries.policy().to_dict(),
     )
-    started, counted_before = time.perf_counter(), retries.COUNTERS.snapshot()
+    started = time.perf_counter()
     outcome = "completed"
     try:
         if shards:
@@ -449,7 +449,8 @@ def _execute(
             seconds = time.perf_counter() - started
             summary = _close_run(views, by_path, run_id, outcome, seconds, settings.runner)
             summary.update(
-                store_retries=_store_retries(views[0], run_id, counted_before),
+                store_retries_workers=(workers := _worker_retries(views[0], run_id)),
+                store_retries=store_retries(args.counted_before, workers),
                 device_requested=args.device_requested,
                 device_workers=args.device,
                 runner_settings=settings.to_dict(),
@@ -492,16 +493,22 @@ def _close_run(
     return summary
 
 
-def _store_retries(
-    view: FeatureView, run_id: str, counted_before: dict[str, int]
-) -> dict[str, int]:
-    """Object-store retries and unsettled writes of the run, by kind: the launcher's own, plus
-    what workers in other processes recorded in this run's markers."""
-    totals = Counter(retries.counts_since(counted_before))
-    if not SHARDS_IN_THIS_PROCESS:  # workers ran elsewhere: their counts are in the markers
+def _worker_retries(view: FeatureView, run_id: str) -> dict[str, int]:
+    """What workers in other processes counted (their markers of this run); empty when the
+    runner ran them in this process, whose own counters hold them already."""
+    totals: Counter[str] = Counter()
+    if not SHARDS_IN_THIS_PROCESS:
         for marker in view.committed().values():
             if marker.run_id == run_id:
                 totals.update(marker.store_retries)
+    return dict(totals)
+
+
+def store_retries(counted_before: dict[str, int], workers: dict[str, int]) -> dict[str, int]:
+    """Object-store retries and settled lost answers of the run, by kind: this process's
+    since counted_before, plus the workers' (see _worker_retries)."""
+    totals = Counter(retries.counts_since(counted_before))
+    totals.update(workers)
     return dict(sorted(totals.items()))
 
 
@@ -564,9 +571,15 @@ def _main(argv: Sequence[str] | None) -> int:
     ensure_store(args.store)
     if args.store_retries is not None:
         retries.configure(args.store_retries)
+    args.counted_before = retries.COUNTERS.snapshot()
     with ViewLease.acquire_all(view_paths, run_id, args.break_lease, args.lease_ttl) as leases:
         views = _prepare(args, leases)
         summary = _execute(args, settings, beam_args, views, run_id, leases)
+    # Again now that the leases are released: the printed and --summary-json summaries count
+    # every request of the run (the view's run history was written under the lease).
+    summary["store_retries"] = store_retries(
+        args.counted_before, summary.pop("store_retries_workers")
+    )
     if args.summary_json:
         files.atomic_write_text(args.summary_json, json.dumps(summary, indent=2))
     print(format_summary(summary))

@@ -73,4 +73,25 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"    ! {failure['image_id']}: {failure['error']}")
     if len(summary["failures"]) > 10:
         lines.append(f"    ! … {len(summary['failures']) - 10} more in the run summary JSON")
+    lines.append(_store_line(summary.get("store_retries", {})))
     return "\n".join(lines)
+
+
+def _store_line(counts: dict[str, int]) -> str:
+    """'  store: 12 requests retried (503: 7, reset: 5); 1 lost answer settled (create: 1)'."""
+    retried = {k.removeprefix("retry "): v for k, v in counts.items() if k.startswith("retry ")}
+    settled = {
+        k.removeprefix("ambiguous "): v for k, v in counts.items() if k.startswith("ambiguous ")
+    }
+    if not retried and not settled:
+        return "  store: no request retried"
+
+    def listed(part: dict[str, int]) -> str:
+        return ", ".join(f"{kind}: {count}" for kind, count in sorted(part.items()))
+
+    text = f"  store: {sum(retried.values())} request(s) retried"
+    text += f" ({listed(retried)})" if retried else ""
+    if settled:
+        text += f"; {sum(settled.values())} lost answer(s) settled by reading back"
+        text += f" ({listed(settled)})"
+    return text

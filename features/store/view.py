@@ -368,6 +368,9 @@ class FeatureView(ViewReads):
             The marker written (with features_file and features_sha256 filled in).
         """
         self._check_fence()
+        existing = self._committed_elsewhere(shard, marker)
+        if existing is not None:
+            return existing
         if values is not None:
             expected = (shard.rows, len(self.spec.variants), *self.spec.feature_shape)
             if values.shape != expected:
@@ -385,6 +388,24 @@ class FeatureView(ViewReads):
         files.atomic_write_parquet(self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA))
         self._check_fence()
         return self._create_marker(shard, marker)
+
+    def _committed_elsewhere(self, shard: ShardSpec, marker: CommitMarker) -> CommitMarker | None:
+        """Before a fenced writer writes anything: the shard's marker if this holding already
+        committed it (a retried bundle: nothing to write); raises if another holding did.
+
+        Raises:
+            LeaseLostError: another run committed the shard (its data is left untouched).
+        """
+        if self.fence is None or not files.exists(self.marker_path(shard)):
+            return None
+        existing, _ = read_marker_bytes(self.marker_path(shard))
+        if existing.lease_token == marker.lease_token:
+            return existing
+        raise LeaseLostError(
+            f"{self.marker_path(shard)}: shard {shard.index} was committed by run "
+            f"{existing.run_id} while run {marker.run_id} was extracting it; this run writes "
+            "nothing more"
+        )
 
     def _check_fence(self) -> None:
         if self.fence is not None:

@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def take(
     return lease
 
 
-def lease_record(view_path: str) -> dict[str, object]:
+def lease_record(view_path: str) -> dict[str, Any]:
     return json.loads(Path(view_path, LEASE_FILE).read_bytes())  # type: ignore[no-any-return]
 
 
@@ -193,11 +194,6 @@ def test_marker_of_another_holding_is_never_replaced(
     assert other.committed()[0].lease_token == first.token
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="production bug: write_shard overwrites a committed shard's features and index "
-    "part before _create_marker refuses the commit (features/store/view.py write_shard)",
-)
 def test_refused_commit_leaves_the_committed_shard_intact(
     view: FeatureView, holders: list[ViewLease]
 ) -> None:
