@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from types import TracebackType
@@ -11,6 +12,9 @@ from tqdm import tqdm
 
 from features import files
 from features.store import FeatureView, ShardSpec
+from schemas.errors import StoreError
+
+LOGGER = logging.getLogger(__name__)
 
 
 class CommitProgress:
@@ -44,7 +48,13 @@ class CommitProgress:
         self._bar.close()
 
     def _advance(self) -> None:
-        present = set(files.list_names(files.join(self._view.path, "commits")))
+        """Count newly committed shards; the bar is best effort, so a store that cannot be
+        listed right now (its retries ran out) is logged, never raised into the run."""
+        try:
+            present = set(files.list_names(files.join(self._view.path, "commits")))
+        except (StoreError, OSError) as error:
+            LOGGER.warning("progress: cannot list committed shards: %s", error)
+            return
         done = [name for name in self._pending if name in present]
         for name in done:
             self._bar.update(self._pending.pop(name))

@@ -48,7 +48,7 @@ def object_store_servers() -> Iterator[dict[str, Any]]:
     fsspec.config.conf and the FSSPEC_S3 / FSSPEC_GS variables name them, so code that sees only
     s3:// or gs:// URLs, in this process or a child, reaches them.
     """
-    from tests.helpers import object_stores
+    from benchmarks import object_store_servers as object_stores
 
     servers = {"s3": object_stores.start_moto_s3(), "gs": object_stores.start_fake_gcs()}
     saved_conf = {protocol: fsspec.config.conf.get(protocol) for protocol in servers}
@@ -72,7 +72,7 @@ def object_store_servers() -> Iterator[dict[str, Any]]:
 @pytest.fixture(params=["s3", "gs"])
 def bucket(request: pytest.FixtureRequest, object_store_servers: dict[str, Any]) -> Any:
     """A fresh, empty bucket on the local S3 or GCS server (both, as two test cases)."""
-    from tests.helpers import object_stores
+    from benchmarks import object_store_servers as object_stores
 
     protocol = request.param
     return object_stores.new_bucket(protocol, object_store_servers[protocol])

@@ -1,8 +1,8 @@
 """The store on s3:// (moto) and gs:// (fake-gcs-server): conditional writes, the lease, end to end.
 
-The servers run on 127.0.0.1 for the session (tests/helpers/object_stores.py); every test gets
+The servers run on 127.0.0.1 for the session (benchmarks/object_store_servers.py); every test gets
 a fresh bucket on each (the `bucket` fixture runs each test once per protocol). The end-to-end
-chain reaches them through a fault proxy (tests/helpers/fault_proxy.py) that fails 12 % of
+chain reaches them through a fault proxy (benchmarks/fault_proxy.py) that fails 12 % of
 the requests: 503s, 429s, and connections reset before and after the server applied them.
 """
 
@@ -26,6 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from benchmarks import fault_proxy
+from benchmarks import object_store_servers as object_stores
+from benchmarks.fault_proxy import NO_FAULTS, FaultMix, FaultProxy
 from features import compact, files, verify
 from features.download.manifest import read_manifest
 from features.store import FeatureStore, FeatureView
@@ -34,8 +37,6 @@ from jobs import train
 from pipelines import extract, labels
 from schemas.errors import StoreError
 from tests.conftest import RANDOM_WEIGHTS
-from tests.helpers import fault_proxy, object_stores
-from tests.helpers.fault_proxy import NO_FAULTS, FaultMix, FaultProxy
 
 LOGGER = logging.getLogger(__name__)
 

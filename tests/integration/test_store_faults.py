@@ -1,6 +1,6 @@
 """Lost answers of conditional writes, and a store that keeps failing, on S3 and GCS servers.
 
-Every request goes through tests/helpers/fault_proxy.py. One test per conditional write of a
+Every request goes through benchmarks/fault_proxy.py. One test per conditional write of a
 run forwards that write to the server and then resets the connection (the server applied it,
 the client never hears): the run must settle it by reading back and end in the right state.
 """
@@ -17,13 +17,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from benchmarks import fault_proxy
+from benchmarks import object_store_servers as object_stores
+from benchmarks.fault_proxy import NO_FAULTS, FaultMix, FaultProxy, Predicate
 from features import files, verify
 from features.extraction.shard import ShardExtractor
 from features.store import FeatureStore, FeatureView
 from features.store.snapshot import read_pointer
 from pipelines import extract
-from tests.helpers import fault_proxy, object_stores
-from tests.helpers.fault_proxy import NO_FAULTS, FaultMix, FaultProxy, Predicate
 from tests.helpers.tiny_extract import VIEW, extract_argv, tiny_manifest
 
 # (what is lost, key suffix, kind of conditional write, the settled operation counted)
@@ -44,7 +45,7 @@ def _conditional_write(suffix: str, kind: str) -> Predicate:
     def matches(method: str, path: str, query: str, headers: dict[str, str], body: bytes) -> bool:
         if method == "PUT" and path.endswith(suffix):  # S3 PutObject
             return {"create": "if-none-match", "replace": "if-match"}.get(kind, "") in headers
-        if method == "POST" and path.startswith("/upload/") and f'{suffix}"'.encode() in body:
+        if method == "POST" and kind != "remove" and f'{suffix}"'.encode() in body:
             generation = dict(p.partition("=")[::2] for p in query.split("&")).get(
                 "ifGenerationMatch"
             )  # GCS multipart upload: the object's name is in the body

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.fault_proxy import FaultMix, FaultProxy
-from tests.helpers.object_stores import RequestLog
+from benchmarks.fault_proxy import FaultMix, FaultProxy
+from benchmarks.object_store_servers import RequestLog
 
 
 @dataclass

@@ -19,7 +19,7 @@ from typing import Any, cast
 
 import fsspec
 
-from tests.helpers.object_stores import (
+from benchmarks.object_store_servers import (
     _HOP_HEADERS,
     RequestLog,
     Server,
