@@ -42,14 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _manifest(root: Path, count: int) -> str:
+def _manifests(root: Path, count: int) -> tuple[str, str]:
+    """Manifests of `count` and of 2 x `count` generated images (the first is a prefix)."""
     from features.download.manifest import build_manifest, entries_from_folder
     from pipelines.sample import write_sample
 
-    write_sample(root, n=count, seed=21, broken=False, min_side=96, max_side=160)
-    path = root / "manifest.parquet"
-    files.atomic_write_parquet(str(path), build_manifest(entries_from_folder(root / "images"), "b"))
-    return str(path)
+    write_sample(root, n=2 * count, seed=21, broken=False, min_side=96, max_side=160)
+    table = build_manifest(entries_from_folder(root / "images"), "b").sort_by("image_id")
+    paths = (str(root / "half.parquet"), str(root / "full.parquet"))
+    files.atomic_write_parquet(paths[0], table.slice(0, count))
+    files.atomic_write_parquet(paths[1], table)
+    return paths
 
 
 def _run(
@@ -87,12 +90,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory() as temporary, fault_proxy.routed_through({"s3": proxy}):
             folder = Path(temporary)
-            manifest = _manifest(folder / "sample", args.images)
+            manifest, double = _manifests(folder / "sample", args.images)
             started = time.perf_counter()
             extract.run([*_local_argv(args, manifest, folder / "warm")])
             cold = time.perf_counter() - started
             results: dict[str, Any] = {"cold_local_seconds": round(cold, 2)}
             results["fault_free"] = _run(args, manifest, _bucket(moto, "clean"), moto.log, folder)
+            results["fault_free_double"] = _run(
+                args, double, _bucket(moto, "double"), moto.log, folder
+            )
             share = args.fault_rate / sum(MIX_SHARES.values())
             proxy.set_mix(FaultMix(**{k: v * share for k, v in MIX_SHARES.items()}, seed=args.seed))
             results["faulty"] = _run(args, manifest, _bucket(moto, "faulty"), moto.log, folder)
@@ -134,6 +140,17 @@ def table(results: dict[str, Any], fault_rate: float) -> str:
             f"| {label} | {run['seconds']:.1f} | {run['shards']} | {per_shard} "
             f"(lease reads {run['lease_reads'] / shards:.2f}) | {retried} | {settled} |"
         )
+    small, large = results["fault_free"], results["fault_free_double"]
+    added = max(large["shards"] - small["shards"], 1)
+    marginal = {
+        method: (large["requests"].get(method, 0) - small["requests"].get(method, 0)) / added
+        for method in sorted(set(small["requests"]) | set(large["requests"]))
+    }
+    rows.append(
+        f"| no faults, each further shard ({small['shards']} -> {large['shards']} shards) | | | "
+        + ", ".join(f"{method} {count:.1f}" for method, count in marginal.items())
+        + f" = {sum(marginal.values()):.1f} | | |"
+    )
     return "\n".join(rows)
 
 

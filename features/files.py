@@ -91,9 +91,11 @@ def list_names(path: str) -> list[str]:
         local = _local(path)
         return sorted(os.listdir(local)) if os.path.isdir(local) else []
     fs, inner = _uncached(path)
-    if not fs.exists(inner):
+    try:  # no existence check first: on S3 that is a HEAD and a LIST more per listing
+        entries = fs.ls(inner, detail=False)
+    except FileNotFoundError:
         return []
-    return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in fs.ls(inner, detail=False))
+    return sorted(entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries)
 
 
 def read_bytes(path: str) -> bytes:

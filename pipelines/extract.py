@@ -489,7 +489,7 @@ def _close_run(
         view.finalize()
         _publish(view, run_id, outcome, leases[view.path])
     summary = summarize(views, run_id, seconds, runner)
-    summary.update(outcome=outcome, devices_used=_devices_used(views[0], run_id))
+    summary.update(outcome=outcome)
     return summary
 
 
@@ -521,12 +521,6 @@ def _record_takeovers(store: str, leases: list[ViewLease], run_id: str) -> list[
             record = {"run_id": run_id, "outcome": "started", "lease_takeovers": [lease.taken_over]}
             FeatureView(store, name).write_run_summary(run_id, record)
     return takeovers
-
-
-def _devices_used(view: FeatureView, run_id: str) -> dict[str, int]:
-    """Shards of this run per device their markers record (as TensorFlow placed the work)."""
-    markers = [marker for marker in view.committed().values() if marker.run_id == run_id]
-    return dict(Counter(marker.device for marker in markers))
 
 
 def _check_environment(

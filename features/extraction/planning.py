@@ -230,4 +230,6 @@ def summarize(
         ],
         "weights_id": view.spec.weights_id,
         "weights_sha256": view.spec.weights_sha256,
+        # Shards of this run per device their markers record (as TensorFlow placed the work).
+        "devices_used": dict(Counter(marker.device for marker in this_run)),
     }

@@ -116,6 +116,9 @@ class FeatureArray(abc.ABC):
 
     format_name: ClassVar[str]
     directory_name: ClassVar[str]
+    # Whether finalize() needs the committed shards (reading every marker costs a request
+    # per shard on an object store; formats that publish nothing skip it).
+    finalize_reads_shards: ClassVar[bool] = False
 
     def __init__(self, view_path: str) -> None:
         self.path = files.join(view_path, self.directory_name)

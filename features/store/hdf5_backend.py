@@ -140,6 +140,8 @@ class HDF5FeatureArray(FeatureArray):
     def read_range(self, row_start: int, row_stop: int) -> np.ndarray:
         return self.read_rows(np.arange(row_start, row_stop))
 
+    finalize_reads_shards = True
+
     def finalize(self, committed: Sequence[Any]) -> None:
         """Rebuild features.h5: a Virtual Dataset mapping every committed shard's file."""
         import h5py

@@ -396,9 +396,12 @@ class FeatureView(ViewReads):
         Raises:
             LeaseLostError: another run committed the shard (its data is left untouched).
         """
-        if self.fence is None or not files.exists(self.marker_path(shard)):
+        if self.fence is None:
             return None
-        existing, _ = read_marker_bytes(self.marker_path(shard))
+        try:
+            existing, _ = read_marker_bytes(self.marker_path(shard))
+        except FileNotFoundError:
+            return None
         if existing.lease_token == marker.lease_token:
             return existing
         raise LeaseLostError(
@@ -451,9 +454,10 @@ class FeatureView(ViewReads):
         Raises:
             StoreError: the marker exists but disagrees with the shard, its rows or the spec.
         """
-        if not files.exists(self.marker_path(shard)):
+        try:  # one GET: an existence check first would cost a HEAD (and on S3 a LIST) more
+            self.read_marker(shard)
+        except FileNotFoundError:
             return False
-        self.read_marker(shard)
         return True
 
     def inspect_markers(self) -> tuple[dict[int, CommitMarker], list[StoreError]]:
@@ -486,6 +490,8 @@ class FeatureView(ViewReads):
 
     def finalize(self) -> None:
         """Publish format-level reader metadata (e.g. HDF5's Virtual Dataset) for committed shards."""
+        if not self.array.finalize_reads_shards:
+            return
         markers = self.committed()
         self.array.finalize([shard for shard in self.shards() if shard.index in markers])
 
