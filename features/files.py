@@ -132,11 +132,12 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_parquet(path: str, table: pa.Table) -> None:
-    """Serialise a table to Parquet in memory and publish it atomically."""
+def atomic_write_parquet(path: str, table: pa.Table) -> int:
+    """Serialise a table to Parquet in memory and publish it atomically; returns its size."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     atomic_write_bytes(path, buffer.getvalue())
+    return len(buffer.getvalue())
 
 
 def read_parquet(path: str) -> pa.Table:

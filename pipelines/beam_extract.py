@@ -7,11 +7,41 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 
-from features.extraction.shard import ExtractionConfig, ShardExtractor
+from features.extraction.shard import ExtractionConfig, ShardExtractor, ShardResult
 from features.store import ShardSpec
 
 LOGGER = logging.getLogger(__name__)
+# Namespace of the extraction's Beam metrics (the runner's UI groups them by it).
+METRICS_NAMESPACE = "mlsp"
+
+
+def report_metrics(result: ShardResult) -> None:
+    """Count one shard in Beam metrics: the job page of Dataflow or Flink shows them live.
+
+    Counters: shards, shards_skipped, images_<status>, bytes_written, store_<retry kind>.
+    Distributions (ms per image): decode_ms, read_ms, forward_ms, write_ms.
+    """
+
+    def counter(name: str, value: int = 1) -> None:
+        Metrics.counter(METRICS_NAMESPACE, name).inc(value)
+
+    counter("shards_skipped" if result.skipped else "shards")
+    for status, count in result.status_counts.items():
+        counter(f"images_{status}", count)
+    counter("bytes_written", result.bytes_written)
+    for kind, count in result.store_retries.items():
+        counter("store_" + kind.replace(" ", "_"), count)
+    for name, values in (
+        ("decode_ms", result.decode_ms),
+        ("read_ms", result.read_ms),
+        ("forward_ms", result.model_ms),
+        ("write_ms", [result.write_ms / result.rows] * result.rows if not result.skipped else []),
+    ):
+        distribution = Metrics.distribution(METRICS_NAMESPACE, name)
+        for value in values:
+            distribution.update(round(value))
 
 
 class ExtractShardFn(beam.DoFn):  # type: ignore[misc]
@@ -34,7 +64,9 @@ class ExtractShardFn(beam.DoFn):  # type: ignore[misc]
     def process(self, shard: dict[str, int]) -> Iterator[dict[str, Any]]:
         """Extract, write and commit one shard; yields its small result record."""
         assert self._extractor is not None
-        yield self._extractor.process(ShardSpec(**shard)).to_dict()
+        result = self._extractor.process(ShardSpec(**shard))
+        report_metrics(result)
+        yield result.to_dict()
 
 
 class MergeResults(beam.CombineFn):  # type: ignore[misc]
@@ -86,3 +118,35 @@ def build_extract_pipeline(
         | "Totals" >> beam.CombineGlobally(MergeResults())
         | "LogTotals" >> beam.Map(_log_totals)
     )
+
+
+def pipeline_metrics(result: Any, runner: str) -> dict[str, Any]:
+    """The run's Beam metrics as its PipelineResult reports them, for the run summary.
+
+    Counters are summed over steps (committed values where the runner has them, else
+    attempted); distributions give count, sum, min, max and mean in ms. A runner without
+    metrics (Beam's DaskRunner) gives {"supported": False, "reason": ...}: the summary's
+    other counts come from commit markers, which every runner leaves.
+    """
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except NotImplementedError as error:
+        return {"supported": False, "reason": f"runner {runner!r} reports no metrics ({error})"}
+    counters: dict[str, int] = {}
+    for item in query["counters"]:
+        value = item.committed if item.committed is not None else item.attempted
+        counters[item.key.metric.name] = counters.get(item.key.metric.name, 0) + int(value or 0)
+    distributions = {}
+    for item in query["distributions"]:
+        value = item.committed if item.committed is not None else item.attempted
+        if value is not None and value.count:
+            distributions[item.key.metric.name] = {
+                "count": value.count,
+                "sum": value.sum,
+                "min": value.min,
+                "max": value.max,
+                "mean": round(value.sum / value.count, 3),
+            }
+    return {"supported": True, "counters": counters, "distributions_ms": distributions}

@@ -312,11 +312,16 @@ def _run_pipeline(
     beam_args: list[str],
     shards: list[ShardSpec],
     config: ExtractionConfig,
-) -> None:
+) -> dict[str, Any]:
+    """Run the extraction graph; returns the Beam metrics the runner reported."""
+    from pipelines.beam_extract import pipeline_metrics
+
     with runner_environment(settings) as runner_options:
         pipeline = _build_pipeline(settings.runner, [*runner_options, *beam_args], shards, config)
         try:
-            pipeline.run().wait_until_finish()
+            result = pipeline.run()
+            result.wait_until_finish()
+            return pipeline_metrics(result, settings.runner)
         except Exception as error:  # Beam wraps worker errors in runner-specific types
             _reraise_job_error(error)
             raise PipelineError(
@@ -437,10 +442,11 @@ def _execute(
     )
     started = time.perf_counter()
     outcome = "completed"
+    metrics: dict[str, Any] = {"supported": False, "reason": "no shard to extract"}
     try:
         if shards:
             with CommitProgress(views[0], shards):
-                _run_pipeline(settings, beam_args, shards, config)
+                metrics = _run_pipeline(settings, beam_args, shards, config)
     except BaseException:
         outcome = "failed"
         raise
@@ -456,6 +462,7 @@ def _execute(
                 runner_settings=settings.to_dict(),
                 beam_args=beam_args,
                 lease_takeovers=takeovers,
+                beam_metrics=metrics,
             )
             for view in views:
                 view.write_run_summary(run_id, summary)

@@ -84,7 +84,24 @@ def format_summary(summary: dict[str, Any]) -> str:
     if len(summary["failures"]) > 10:
         lines.append(f"    ! … {len(summary['failures']) - 10} more in the run summary JSON")
     lines.append(_store_line(summary.get("store_retries", {})))
+    lines.append(_metrics_line(summary.get("beam_metrics", {})))
     return "\n".join(lines)
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    """'  beam metrics: 3 shards, 2.1 MB written; ms per image: decode 3.1, forward 45.0, ...'."""
+    if not metrics.get("supported"):
+        return f"  beam metrics: {metrics.get('reason', 'none')}"
+    counters, spread = metrics["counters"], metrics["distributions_ms"]
+    means = ", ".join(
+        f"{name.removesuffix('_ms')} {spread[name]['mean']:.1f}"
+        for name in ("read_ms", "decode_ms", "forward_ms", "write_ms")
+        if name in spread
+    )
+    return (
+        f"  beam metrics: {counters.get('shards', 0)} shard(s), "
+        f"{counters.get('bytes_written', 0) / 1e6:.1f} MB written; ms per image (mean): {means}"
+    )
 
 
 def _store_line(counts: dict[str, int]) -> str:

@@ -111,6 +111,13 @@ class ShardResult:
     status_counts: dict[str, int] = field(default_factory=dict)
     images_forwarded: int = 0
     seconds: float = 0.0
+    bytes_written: int = 0
+    # Per row of the shard, ms (read and decode for every row read, model for forwarded rows).
+    read_ms: list[float] = field(default_factory=list)
+    decode_ms: list[float] = field(default_factory=list)
+    model_ms: list[float] = field(default_factory=list)
+    write_ms: float = 0.0  # the whole shard's writes and commits, every view
+    store_retries: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, friendly to every runner's coder."""
@@ -227,6 +234,7 @@ class ShardExtractor:
         counts = Counter(image.status.value for image in decoded)
         forwarded = model.images_forwarded - forwarded_before
         seconds = time.perf_counter() - started
+        written_before = sum(view.bytes_written for view in pending)
         for view in pending:
             view_index = self._apply_view_minimum(view, index, features[view.name])
             view.commit_shard(
@@ -248,7 +256,20 @@ class ShardExtractor:
             dict(counts),
             shard.rows / max(seconds, 1e-9),
         )
-        return ShardResult(shard.index, shard.rows, False, dict(counts), forwarded, seconds)
+        return ShardResult(
+            shard.index,
+            shard.rows,
+            False,
+            dict(counts),
+            forwarded,
+            seconds,
+            bytes_written=sum(view.bytes_written for view in pending) - written_before,
+            read_ms=[ms for ms in index.column("read_ms").to_pylist() if ms is not None],
+            decode_ms=[ms for ms in index.column("decode_ms").to_pylist() if ms is not None],
+            model_ms=[ms for ms in model_ms.tolist() if ms > 0],
+            write_ms=(time.perf_counter() - started - seconds) * 1000,
+            store_retries=retries.counts_since(counted_before),
+        )
 
     def _load(self, row: dict[str, Any]) -> DecodedImage:
         """Read, check and decode one row (runs on a decode thread; Pillow releases the GIL)."""

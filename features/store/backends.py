@@ -179,20 +179,20 @@ class FeatureArray(abc.ABC):
     def shard_key(self, shard_index: int) -> str:
         """Path of the stored object holding one shard's features, relative to self.path."""
 
-    def shard_checksum(self, shard_index: int) -> tuple[str, str]:
+    def shard_checksum(self, shard_index: int) -> tuple[str, str, int]:
         """Integrity record of one shard, from the bytes actually stored.
 
         Returns:
             (the object's path relative to the view, sha256 of its bytes or "" when the
             object does not exist: Zarr stored nothing for an all-NaN shard before shard writes
-            set write_empty_chunks, so older views can lack such objects).
+            set write_empty_chunks, so older views can lack such objects; its size in bytes).
         """
         relative = f"{self.directory_name}/{self.shard_key(shard_index)}"
         try:
             data = files.read_bytes(files.join(self.path, self.shard_key(shard_index)))
         except FileNotFoundError:
-            return relative, ""
-        return relative, hashlib.sha256(data).hexdigest()
+            return relative, "", 0
+        return relative, hashlib.sha256(data).hexdigest(), len(data)
 
     def finalize(self, committed: Sequence[Any]) -> None:
         """Publish reader-side metadata after a run (committed: ShardSpecs with markers)."""

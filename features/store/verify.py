@@ -116,7 +116,7 @@ def _check_checksum(
             f"shard {shard.index}: marker has no features checksum (written before checksums)"
         )
         return
-    features_file, checksum = view.array.shard_checksum(shard.index)
+    features_file, checksum, _ = view.array.shard_checksum(shard.index)
     if checksum != marker.features_sha256:
         now = checksum[:12] + "…" if checksum else "missing"
         report.problems.append(

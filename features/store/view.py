@@ -59,6 +59,7 @@ class FeatureView(ViewReads):
         self._shard_writer: FeatureArray | None = None
         # Set by a lease holder's writers: every shard write and marker is checked against it.
         self.fence: LeaseFence | None = None
+        self.bytes_written = 0  # stored bytes of the shards this object committed (metrics)
         # What the last committed_index() read: {"snapshot": N or None, "shards_after": [...]}.
         self.last_read: dict[str, Any] = {}
 
@@ -383,11 +384,15 @@ class FeatureView(ViewReads):
             raise StoreError(
                 f"shard {shard.index}: index has {index.num_rows} rows, not {shard.rows}"
             )
-        features_file, checksum = self.shard_writer.shard_checksum(shard.index)
+        features_file, checksum, size = self.shard_writer.shard_checksum(shard.index)
         marker = replace(marker, features_file=features_file, features_sha256=checksum)
-        files.atomic_write_parquet(self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA))
+        size += files.atomic_write_parquet(
+            self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA)
+        )
         self._check_fence()
-        return self._create_marker(shard, marker)
+        written = self._create_marker(shard, marker)
+        self.bytes_written += size + len(written.to_bytes())
+        return written
 
     def _committed_elsewhere(self, shard: ShardSpec, marker: CommitMarker) -> CommitMarker | None:
         """Before a fenced writer writes anything: the shard's marker if this holding already

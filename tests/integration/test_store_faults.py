@@ -34,6 +34,7 @@ LOST_ANSWERS = {
     "lease release": ("lease.json", "remove"),
     "snapshot create": ("snapshots/000001.json", "create"),
     "pointer": ("_latest_snapshot.json", "create"),
+    "commit marker": ("commits/shard-000001.json", "create"),
 }
 # Fast to give up, so a dead store fails the run within seconds, not the default 3 minutes.
 SHORT_POLICY = "max_retries=3,timeout_seconds=2,initial_backoff=0.05,max_backoff=0.5"
