@@ -8,45 +8,34 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from features import files, retries
-from features.cli import (
-    add_common_arguments,
-    cli_entry_points,
-    configure_logging,
-    positive_int,
-)
+from features.cli import cli_entry_points, configure_logging
 from features.download.manifest import read_manifest
-from features.extraction.feed import DEFAULT_PREFETCH_BATCHES
-from features.extraction.images import DEFAULT_MAX_PIXELS
 from features.extraction.planning import (
     allocate_rows,
     pending_shards,
     prepare_views,
     resolve_specs,
     store_names,
-    summarize,
 )
-from features.extraction.shard import SHARDS_IN_THIS_PROCESS, ExtractionConfig
+from features.extraction.shard import ExtractionConfig
 from features.extraction.variants import parse_variants
-from features.model.devices import BATCH_PIXELS_BY_KIND, DEVICES, configure_device
-from features.store import (
-    BACKENDS,
-    COMPRESSIONS,
-    DEFAULT_TTL_SECONDS,
-    FeatureView,
-    ShardSpec,
-    ViewLease,
-    ensure_store,
-    publish_snapshot,
+from features.model.devices import configure_device
+from features.store import FeatureView, ShardSpec, ViewLease, ensure_store
+from pipelines.extract_args import EXIT_ROW_FAILURES, build_parser, list_views_text
+from pipelines.extract_close import (
+    close_run,
+    record_takeovers,
+    still_held,
+    store_retries,
+    worker_retries,
 )
 from pipelines.progress import CommitProgress, format_summary
 from pipelines.runners import (
     RunnerSettings,
-    add_runner_arguments,
     check_paths_reachable,
     runner_entry,
     runner_environment,
@@ -54,217 +43,18 @@ from pipelines.runners import (
     settings_from_args,
 )
 from pipelines.worker_env import WorkerEnvironment, worker_environment
-from schemas.backbones import BACKBONE_FACTS
 from schemas.errors import (
     ConfigError,
     LeaseLostError,
     MLSPError,
     PipelineError,
-    StoreError,
     StoreUnavailableError,
 )
-from schemas.view_spec import COMPUTE_DTYPES, PREDEFINED_VIEWS, FeatureViewSpec, InputPolicy
-from schemas.view_syntax import POOLING_SYNTAX, parse_view_spec, pooling_text
+from schemas.view_spec import InputPolicy
+
+__all__ = ["EXIT_ROW_FAILURES", "build_parser", "list_views_text", "main", "run"]
 
 LOGGER = logging.getLogger(__name__)
-EXIT_ROW_FAILURES = 3
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """Argument parser; unknown --flags are passed to Beam as pipeline options."""
-    parser = argparse.ArgumentParser(
-        prog="python -m pipelines.extract",
-        description="Extract MLSP features (narrow and/or wide) for every image of a manifest. "
-        "Flags not listed here are passed to Apache Beam as pipeline options.",
-    )
-    parser.add_argument("--manifest", required=True, help="manifest.parquet (path or URL)")
-    parser.add_argument("--store", required=True, help="feature store root (path or URL)")
-    parser.add_argument(
-        "--view",
-        action="append",
-        choices=sorted(PREDEFINED_VIEWS),
-        help="predefined view to fill (see --list-views); repeat to fill several: views of one "
-        "backbone share a forward pass, each backbone loads once per worker",
-    )
-    parser.add_argument(
-        "--view-spec",
-        action="append",
-        type=_view_spec_argument,
-        help="custom view 'backbone=B,pooling=P,name=N[,taps=T1,T2]'; backbones: "
-        f"{', '.join(BACKBONE_FACTS)}; poolings: {POOLING_SYNTAX}",
-    )
-    parser.add_argument(
-        "--list-views",
-        action=_ListViews,
-        help="print the predefined views with their feature shapes and exit",
-    )
-    parser.add_argument(
-        "--view-name",
-        action="append",
-        help="store the i-th --view under this name (needed for a second spec)",
-    )
-    parser.add_argument(
-        "--weights",
-        default="imagenet",
-        help="'imagenet' (Keras cache), a .h5 weights file, or 'random:SEED'",
-    )
-    parser.add_argument(
-        "--variants",
-        default="orig",
-        help="orig (default), train8, tta18, or names like 0_0_0,1_1_1",
-    )
-    parser.add_argument(
-        "--precision",
-        default="float32",
-        choices=COMPUTE_DTYPES,
-        help="Keras compute precision (recorded in the spec)",
-    )
-    parser.add_argument(
-        "--device",
-        default="auto",
-        choices=sorted(DEVICES),
-        help="compute device; gpu/npu fail if absent, never falling back to CPU",
-    )
-    parser.add_argument(
-        "--shard-size",
-        type=positive_int("--shard-size"),
-        default=None,
-        help="rows per shard for a new view (default 64; an existing view keeps its own)",
-    )
-    parser.add_argument(
-        "--max-side",
-        type=positive_int("--max-side"),
-        default=None,
-        help="downscale images whose longest side exceeds this (default: original size)",
-    )
-    parser.add_argument(
-        "--max-pixels",
-        type=positive_int("--max-pixels"),
-        default=DEFAULT_MAX_PIXELS,
-        help="images with more pixels are refused as decompression bombs",
-    )
-    parser.add_argument(
-        "--max-batch-pixels",
-        type=positive_int("--max-batch-pixels"),
-        default=None,
-        help="pixel cap of one forward batch of same-size images, variants included "
-        f"(default by device: {', '.join(f'{k} {v:,}' for k, v in BATCH_PIXELS_BY_KIND.items())})",
-    )
-    parser.add_argument(
-        "--decode-threads",
-        type=positive_int("--decode-threads"),
-        default=2,
-        help="threads reading and decoding images per worker",
-    )
-    parser.add_argument(
-        "--prefetch-batches",
-        type=positive_int("--prefetch-batches"),
-        default=DEFAULT_PREFETCH_BATCHES,
-        help="decoded batches kept ready ahead of the model (bounds decode memory; default 2)",
-    )
-    parser.add_argument(
-        "--format",
-        default="zarr",
-        choices=sorted(BACKENDS),
-        help="features array format of a new view (default zarr)",
-    )
-    parser.add_argument(
-        "--compression",
-        default=None,
-        choices=sorted(COMPRESSIONS),
-        help="inner-chunk compression of a new view (default lz4; an existing view keeps its "
-        "own, and a different value is refused). lz4: decodes about 1.7 GB/s per core; "
-        "zstd: 12-19%% smaller, decodes about 0.7 GB/s per core (training reads become "
-        "decode-bound); none: plain copies, about 1.3x lz4. HDF5 has no Blosc: zstd and lz4 "
-        "both store LZF",
-    )
-    parser.add_argument(
-        "--fail-on-errors",
-        action="store_true",
-        help=f"exit {EXIT_ROW_FAILURES} when any row has a status other than ok",
-    )
-    parser.add_argument(
-        "--break-lease",
-        metavar="RUN_ID",
-        help="take the views' writer lease from this run even if it looks alive (an operator's "
-        "decision, recorded in the run history); a dead run on this host is replaced anyway",
-    )
-    parser.add_argument(
-        "--lease-ttl",
-        type=_positive_seconds("--lease-ttl"),
-        default=DEFAULT_TTL_SECONDS,
-        help="seconds a writer lease lasts without renewal (renewed every third of it); a "
-        f"crashed run on another host is taken over after it (default {DEFAULT_TTL_SECONDS:g})",
-    )
-    parser.add_argument(
-        "--store-retries",
-        type=_retry_policy_argument,
-        default=None,
-        metavar="KEY=VALUE[,...]",
-        help="object-store retry policy, e.g. 'max_retries=10,timeout_seconds=180' (the "
-        f"defaults; also initial_backoff, max_backoff, multiplier); default: ${retries.POLICY_ENVIRONMENT} "
-        "or the defaults. Workers get the same policy",
-    )
-    parser.add_argument("--summary-json", help="also write the run summary to this file")
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="validate and print the Beam options and graph; write nothing",
-    )
-    add_runner_arguments(parser)
-    add_common_arguments(parser)
-    return parser
-
-
-def _positive_seconds(name: str) -> Any:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number of seconds") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{name} must be > 0, got {text}")
-        return value
-
-    return parse
-
-
-def _retry_policy_argument(text: str) -> retries.RetryPolicy:
-    try:
-        return retries.RetryPolicy.parse(text)
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _view_spec_argument(text: str) -> FeatureViewSpec:
-    try:
-        return parse_view_spec(text)
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def list_views_text() -> str:
-    """One line per predefined view: name, backbone, pooling, minimum side, feature shape."""
-    lines = []
-    for name, spec in PREDEFINED_VIEWS.items():
-        shape = "x".join(str(size) for size in spec.feature_shape)
-        lines.append(
-            f"{name:<20} {spec.backbone_name:<20} {pooling_text(spec.pooling):<12} "
-            f"taps {len(spec.taps):>2}  min side {spec.input_policy.min_side:>3}  "
-            f"features {shape} ({spec.head} head)"
-        )
-    return "\n".join(lines)
-
-
-class _ListViews(argparse.Action):
-    """--list-views: print and exit before the required arguments are checked (like --version)."""
-
-    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
-
-    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
-        print(list_views_text())
-        parser.exit()
 
 
 def _beam_arguments(parser: argparse.ArgumentParser, beam_args: list[str]) -> list[str]:
@@ -419,7 +209,7 @@ def _execute(
     run_id: str,
     leases: list[ViewLease],
 ) -> dict[str, Any]:
-    takeovers = _record_takeovers(args.store, leases, run_id)
+    takeovers = record_takeovers(args.store, leases, run_id)
     shards = pending_shards(views)
     LOGGER.info(
         "%d of %d shards to extract for %s",
@@ -451,11 +241,11 @@ def _execute(
         outcome = "failed"
         raise
     finally:
-        if _still_held(leases, outcome):
+        if still_held(leases, outcome):
             seconds = time.perf_counter() - started
-            summary = _close_run(views, by_path, run_id, outcome, seconds, settings.runner)
+            summary = close_run(views, by_path, run_id, outcome, seconds, settings.runner)
             summary.update(
-                store_retries_workers=(workers := _worker_retries(views[0], run_id)),
+                store_retries_workers=(workers := worker_retries(views[0], run_id)),
                 store_retries=store_retries(args.counted_before, workers),
                 device_requested=args.device_requested,
                 device_workers=args.device,
@@ -469,67 +259,6 @@ def _execute(
     return summary
 
 
-def _still_held(leases: list[ViewLease], outcome: str) -> bool:
-    """Whether this run may still write its views (snapshot, run summary). A lost lease after
-    a failed run is logged (the run's own error is raised); after a completed one, raised."""
-    try:
-        for lease in leases:
-            lease.ensure_held()
-    except LeaseLostError as error:
-        if outcome != "failed":
-            raise
-        LOGGER.error("%s; nothing more is written to the view", error)
-        return False
-    return True
-
-
-def _close_run(
-    views: list[FeatureView],
-    leases: dict[str, ViewLease],
-    run_id: str,
-    outcome: str,
-    seconds: float,
-    runner: str,
-) -> dict[str, Any]:
-    """Finalize and publish every view (under its lease), then summarize from the markers."""
-    for view in views:
-        view.finalize()
-        _publish(view, run_id, outcome, leases[view.path])
-    summary = summarize(views, run_id, seconds, runner)
-    summary.update(outcome=outcome)
-    return summary
-
-
-def _worker_retries(view: FeatureView, run_id: str) -> dict[str, int]:
-    """What workers in other processes counted (their markers of this run); empty when the
-    runner ran them in this process, whose own counters hold them already."""
-    totals: Counter[str] = Counter()
-    if not SHARDS_IN_THIS_PROCESS:
-        for marker in view.committed().values():
-            if marker.run_id == run_id:
-                totals.update(marker.store_retries)
-    return dict(totals)
-
-
-def store_retries(counted_before: dict[str, int], workers: dict[str, int]) -> dict[str, int]:
-    """Object-store retries and settled lost answers of the run, by kind: this process's
-    since counted_before, plus the workers' (see _worker_retries)."""
-    totals = Counter(retries.counts_since(counted_before))
-    totals.update(workers)
-    return dict(sorted(totals.items()))
-
-
-def _record_takeovers(store: str, leases: list[ViewLease], run_id: str) -> list[dict[str, Any]]:
-    """Log lease takeovers in the views' run history at once (the summary repeats them)."""
-    takeovers = [lease.taken_over for lease in leases if lease.taken_over is not None]
-    for lease in leases:
-        if lease.taken_over is not None:
-            name = lease.view_path.rstrip("/").rsplit("/", 1)[-1]
-            record = {"run_id": run_id, "outcome": "started", "lease_takeovers": [lease.taken_over]}
-            FeatureView(store, name).write_run_summary(run_id, record)
-    return takeovers
-
-
 def _check_environment(
     args: argparse.Namespace, settings: RunnerSettings, beam_args: list[str]
 ) -> WorkerEnvironment:
@@ -539,17 +268,6 @@ def _check_environment(
     if not runner_entry(settings.runner).remote_workers and args.device in ("gpu", "npu"):
         configure_device(args.device)  # local workers share this machine: fail here, not there
     return environment
-
-
-def _publish(view: FeatureView, run_id: str, outcome: str, lease: ViewLease) -> None:
-    """Publish the view's snapshot (readers then open O(1) files per lookup). After a failed
-    run a publishing error is logged, not raised over the run's own error."""
-    try:
-        publish_snapshot(view, run_id, lease)
-    except StoreError as error:
-        if outcome != "failed":
-            raise
-        LOGGER.warning("view %s: no snapshot published after the failed run: %s", view.name, error)
 
 
 def _main(argv: Sequence[str] | None) -> int:

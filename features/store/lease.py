@@ -12,14 +12,32 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from features import files
+from features.store.fence import LeaseFence
+from features.store.lease_holder import (
+    LEASE_FILE,
+    LeaseHolder,
+    boot_id,
+    pid_namespace,
+    process_start_time,
+    takeover_reason,
+)
+from features.store.lease_holder import now as _now
 from schemas.errors import LeaseLostError, StoreError
 
+__all__ = [
+    "DEFAULT_TTL_SECONDS",
+    "LEASE_FILE",
+    "LeaseFence",
+    "LeaseHolder",
+    "ViewLease",
+    "process_start_time",
+    "takeover_reason",
+]
+
 LOGGER = logging.getLogger(__name__)
-LEASE_FILE = "lease.json"
 DEFAULT_TTL_SECONDS = 120.0
 # The fencing window is TTL / 12 (10 s at the default TTL): a process that verified the lease
 # writes for at most this long on that verification, and a run that took the lease over
@@ -27,132 +45,6 @@ DEFAULT_TTL_SECONDS = 120.0
 FENCE_FRACTION = 1 / 12
 # Each retry follows a concurrent change of the lease file (a release or another takeover).
 _MAX_ATTEMPTS = 8
-
-
-def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-def process_start_time(pid: int) -> str | None:
-    """Start time of a live process, in clock ticks since boot (Linux /proc), else None.
-
-    Together with the pid and the boot id it identifies a process: a pid reused after a crash
-    has another start time.
-    """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # the command name in () may hold spaces
-    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5): starttime
-
-
-def boot_id() -> str | None:
-    """This boot's random id (Linux), so a lease from before a reboot is known dead."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as handle:
-            return handle.read().strip() or None
-    except OSError:
-        return None
-
-
-def pid_namespace() -> str | None:
-    """This process's pid namespace (Linux): pids are only comparable within one namespace."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by another user
-    return True
-
-
-@dataclass(frozen=True)
-class LeaseHolder:
-    """Who holds a lease, as recorded in lease.json."""
-
-    owner: str
-    host: str
-    pid: int
-    expires_at: datetime.datetime
-    pid_start: str | None = None
-    boot_id: str | None = None
-    pid_namespace: str | None = None
-    token: str = ""
-
-    @classmethod
-    def parse(cls, data: bytes) -> LeaseHolder | None:
-        """The holder recorded in a lease file's bytes; None if they are not a lease."""
-        try:
-            record = json.loads(data)
-            expires_at = datetime.datetime.fromisoformat(record["expires_at"])
-            return cls(
-                owner=str(record["owner"]),
-                host=str(record["host"]),
-                pid=int(record["pid"]),
-                expires_at=expires_at
-                if expires_at.tzinfo is not None
-                else expires_at.replace(tzinfo=datetime.UTC),
-                pid_start=record.get("pid_start"),
-                boot_id=record.get("boot_id"),
-                pid_namespace=record.get("pid_namespace"),
-                token=str(record.get("token", "")),
-            )
-        except (ValueError, TypeError, KeyError):
-            return None
-
-    def describe(self) -> str:
-        """'run R (host H, pid P, lease expires at T)'."""
-        return (
-            f"run {self.owner} (host {self.host}, pid {self.pid}, lease expires at "
-            f"{self.expires_at.isoformat(timespec='seconds')})"
-        )
-
-    def death_reason(self) -> str | None:
-        """Why this holder's process is certainly dead (same host only), else None."""
-        if self.host != socket.gethostname():
-            return None  # another host: only the expiry rule applies
-        if self.pid_namespace and pid_namespace() not in (None, self.pid_namespace):
-            return None  # another container sharing the host name: its pids are not ours
-        if self.boot_id and boot_id() not in (None, self.boot_id):
-            return "its host has rebooted since"
-        if not pid_alive(self.pid):
-            return f"its process {self.pid} is gone"
-        started = process_start_time(self.pid)
-        if self.pid_start and started is not None and started != self.pid_start:
-            return f"pid {self.pid} now belongs to another process"
-        return None
-
-
-def takeover_reason(
-    holder: LeaseHolder | None, break_lease: str | None, now: datetime.datetime
-) -> str | None:
-    """Why the current lease may be taken over, or None if its holder must be respected.
-
-    Args:
-        holder: the recorded holder (None: the file is not a readable lease).
-        break_lease: the run id an operator asked to take the lease from, if any.
-        now: the current time.
-    """
-    if holder is None:
-        return "the lease file is unreadable"
-    if break_lease is not None and break_lease == holder.owner:
-        return f"--break-lease {break_lease}"
-    dead = holder.death_reason()
-    if dead is not None:
-        return dead
-    if holder.expires_at <= now:
-        return f"its lease expired at {holder.expires_at.isoformat(timespec='seconds')}"
-    return None
 
 
 class ViewLease:
@@ -375,53 +267,3 @@ class ViewLease:
         finally:
             for lease in reversed(held):
                 lease.release()
-
-
-class LeaseFence:
-    """Checks, in any process and at commit time, that a holding still owns a view's lease.
-
-    A check reads lease.json (one GET) and requires this holding's token and an unexpired
-    record; it is trusted for `window` seconds of this process's monotonic clock, measured
-    from before the read. A run that takes the lease over waits at least `window` before
-    writing, so a write made on a passed check never overlaps the next holder's writes.
-    """
-
-    def __init__(self, view_path: str, token: str, window: float) -> None:
-        self.view_path = view_path
-        self.path = files.join(view_path, LEASE_FILE)
-        self.token = token
-        self.window = window
-        self._verified_at: float | None = None
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> LeaseFence:
-        """Inverse of ViewLease.fence_settings()."""
-        return cls(str(data["view_path"]), str(data["token"]), float(data["window"]))
-
-    def check(self) -> None:
-        """Return if this holding still owns the lease; else raise.
-
-        Raises:
-            LeaseLostError: the lease is gone, another run's, or expired (names the view).
-        """
-        started = time.monotonic()
-        if self._verified_at is not None and started - self._verified_at < self.window:
-            return
-        try:
-            holder = LeaseHolder.parse(files.read_bytes(self.path))
-        except FileNotFoundError:
-            holder = None
-        owner = self.token.split(":", 1)[0]
-        if holder is None or holder.token != self.token:
-            other = holder.describe() if holder is not None else "nobody (no lease file)"
-            raise LeaseLostError(
-                f"view {self.view_path}: run {owner} no longer holds the writer lease (now "
-                f"held by {other}); it commits nothing more"
-            )
-        if holder.expires_at <= _now():
-            raise LeaseLostError(
-                f"view {self.view_path}: the lease of run {owner} expired at "
-                f"{holder.expires_at.isoformat(timespec='seconds')} without renewal; it "
-                "commits nothing more"
-            )
-        self._verified_at = started
