@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from features.download.secrets import redact_text
 from orchestration import argv as argvs
 from orchestration.config import VIEWS, PipelineConfig, join, short_view
 from orchestration.params import config_params
@@ -64,7 +65,7 @@ def run_step(module: str, argv: Sequence[str]) -> None:
     Raises:
         OrchestrationError: the CLI returned a non-zero exit code.
     """
-    command = f"python -m {module} {shlex.join(argv)}"
+    command = redact_text(f"python -m {module} {shlex.join(argv)}")  # a --source may hold secrets
     LOGGER.info("running %s", command)
     code = importlib.import_module(module).run(list(argv))
     if code != 0:
@@ -109,7 +110,7 @@ def configure(params: Mapping[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"config": config.to_dict(), "beam_runner": config.beam_runner}
     for view in VIEWS:
         result[f"extract_{view}"] = argvs.extract_options(config, view)
-    LOGGER.info("configuration: %s", json.dumps(result["config"], sort_keys=True))
+    LOGGER.info("configuration: %s", redact_text(json.dumps(result["config"], sort_keys=True)))
     return result
 
 

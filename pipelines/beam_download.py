@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from features import files
 from features.download.fetch import FetchConfig
 from features.download.items import DownloadItem, process_shard, status_table
+from features.download.secrets import redact_text
 from pipelines.runners import runner_entry
 from schemas.errors import PipelineError
 
@@ -62,7 +64,11 @@ def run_beam(runner: str, shards: Sequence[Sequence[DownloadItem]], dest: Path,
             _ = (pipeline | "shards" >> beam.Create(elements, reshuffle=False)
                  | "download" >> beam.ParDo(_Fn()))
     except Exception as error:  # runners wrap worker errors in their own types
-        raise PipelineError(f"download pipeline on {runner} failed: {error}") from error
+        # Worker errors may quote elements, whose URIs may hold credentials: none are kept.
+        LOGGER.debug("download pipeline failed: %s", redact_text(traceback.format_exc()))
+        raise PipelineError(
+            f"download pipeline on {runner} failed: {redact_text(str(error))}"
+        ) from None
     records: list[dict[str, Any]] = []
     for name in files.list_names(str(dest / PARTS_DIR)):
         records += files.read_parquet(str(dest / PARTS_DIR / name)).to_pylist()

@@ -9,12 +9,14 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
 from features import files
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
-from features.download.fetch import FetchConfig
+from features.download import credentials
+from features.download.fetch import HTTP_SCHEMES, FetchConfig, scheme_of
 from features.download.items import (
     IMAGES_DIR,
     STATUS_FILE,
@@ -26,6 +28,7 @@ from features.download.items import (
     status_table,
 )
 from features.download.manifest import ImageEntry, build_manifest
+from features.download.secrets import redact_url
 from features.download.sources import SOURCES, SourceRequest
 from pipelines.runners import RUNNERS
 from schemas.labels import SUCCESS_STATUSES
@@ -34,6 +37,7 @@ LOGGER = logging.getLogger(__name__)
 LOCAL_RUNNER = "local"
 MANIFEST_FILE = "manifest.parquet"
 EXIT_ITEM_FAILURES = 3  # as pipelines.extract --fail-on-errors
+DRY_RUN_ITEMS = 5  # items and hosts a dry run names
 
 
 def non_negative_int(name: str) -> Callable[[str], int]:
@@ -116,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-failed-fraction", type=fraction("--max-failed-fraction"),
                         help=f"exit {EXIT_ITEM_FAILURES} when more than this fraction of the "
                              "items failed (e.g. 0.05)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the items and print the plan (URLs redacted, where each "
+                             "host's credentials come from); fetch no image, write no status "
+                             "table or manifest")
     add_common_arguments(parser)
     return parser
 
@@ -178,12 +186,32 @@ def summary(records: Sequence[dict[str, Any]], fetched: int, dest: Path, rows: i
     return "\n".join(lines)
 
 
+def dry_run_plan(args: argparse.Namespace, items: Sequence[DownloadItem],
+                 todo: Sequence[DownloadItem], kept: Sequence[dict[str, Any]]) -> str:
+    """What a run would fetch, with URLs redacted and the origin (never the value) of each
+    host's credentials."""
+    lines = [f"dry run: {args.dataset} from {redact_url(args.source)} into {args.dest} "
+             f"(runner {args.runner}): {len(items)} item(s) listed, {len(todo)} to fetch, "
+             f"{len(kept)} kept from the previous run"]
+    lines += [f"  {item.image_id}: {redact_url(item.uri)}" for item in todo[:DRY_RUN_ITEMS]]
+    if len(todo) > DRY_RUN_ITEMS:
+        lines.append(f"  ... and {len(todo) - DRY_RUN_ITEMS} more")
+    hosts: dict[str, str] = {}
+    for item in todo:
+        if scheme_of(item.uri) in HTTP_SCHEMES and len(hosts) < DRY_RUN_ITEMS:
+            auth = credentials.resolve(item.uri)
+            hosts.setdefault(urlsplit(auth.url).netloc, auth.origin)
+    lines += [f"  credentials for {host}: {origin}" for host, origin in hosts.items()]
+    return "\n".join(lines)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, beam_options = parser.parse_known_args(argv)
     if beam_options and args.runner == LOCAL_RUNNER:
         parser.error(f"unrecognized arguments: {' '.join(beam_options)}")
     configure_logging(args.verbose)
+    credentials.check_header_environment()
     config = FetchConfig(timeout=args.timeout, deadline=args.deadline, retries=args.retries,
                          backoff=args.backoff)
     request = SourceRequest(args.dest, args.source, args.list_uri, tuple(args.split_file),
@@ -193,6 +221,9 @@ def _main(argv: Sequence[str] | None) -> int:
     todo, kept = plan(items, read_status(args.dest), args.retry_failed)
     LOGGER.info("%d item(s) listed, %d to process, %d kept from the previous run",
                 len(items), len(todo), len(kept))
+    if args.dry_run:
+        print(dry_run_plan(args, items, todo, kept))
+        return 0
     records = EXECUTORS[args.runner](shards_of(todo, args.shard_size), args.dest, config,
                                      args.workers, beam_options)
     all_records = kept + records

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from features.download import credentials
+from features.download.secrets import redact_text, redact_url
 from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError
 from schemas.labels import DownloadStatus
@@ -23,6 +25,8 @@ LOCAL_SCHEMES = ("", "file")
 HTTP_SCHEMES = ("http", "https")
 RETRYABLE_HTTP = frozenset({408, 425, 429})
 NOT_FOUND_HTTP = frozenset({404, 410})
+AUTH_HTTP = frozenset({401, 403})
+USER_AGENT = "mlsp-feature-store/0.1"
 CHUNK = 1 << 16
 
 
@@ -132,7 +136,9 @@ def check_uri(uri: str, config: FetchConfig, allow_local: bool) -> str | None:
     if scheme in HTTP_SCHEMES or scheme in config.fsspec_schemes:
         return None
     if scheme in LOCAL_SCHEMES:
-        return None if allow_local else f"local URI {uri!r} from a remote list is refused"
+        if allow_local:
+            return None
+        return f"local URI {redact_url(uri)!r} from a remote list is refused"
     return f"scheme {scheme!r} is not allowed (http, https, {', '.join(config.fsspec_schemes)})"
 
 
@@ -175,15 +181,16 @@ def _read_body(response: Any, config: FetchConfig, started: float) -> bytes:
     return b"".join(chunks)
 
 
-def _http_error(error: urllib.error.HTTPError) -> AttemptError:
+def _http_error(error: urllib.error.HTTPError, origin: str) -> AttemptError:
     code = error.code
     if code in NOT_FOUND_HTTP:
         return AttemptError(DownloadStatus.NOT_FOUND, f"HTTP {code}", code, retryable=False)
     retry_after = parse_retry_after(error.headers.get("Retry-After") if error.headers else None)
     retryable = code in RETRYABLE_HTTP or code >= 500
+    hint = f"; {origin}" if code in AUTH_HTTP else ""
     return AttemptError(
         DownloadStatus.HTTP_ERROR,
-        f"HTTP {code} {error.reason}",
+        f"HTTP {code} {error.reason}{hint}",
         code,
         retryable=retryable,
         retry_after=retry_after,
@@ -191,14 +198,38 @@ def _http_error(error: urllib.error.HTTPError) -> AttemptError:
 
 
 def http_attempt(uri: str, config: FetchConfig) -> tuple[bytes, int | None]:
-    """One GET. Raises AttemptError, classified as retryable or not."""
-    request = urllib.request.Request(uri, headers={"User-Agent": "mlsp-feature-store/0.1"})
+    """One GET, with the URL's credentials (see credentials.resolve) and without its userinfo.
+
+    Raises:
+        AttemptError: classified as retryable or not; its message carries no secret.
+    """
+    try:
+        auth = credentials.resolve(uri)
+    except ConfigError as error:
+        raise AttemptError(DownloadStatus.REFUSED, str(error), retryable=False) from None
+    request = urllib.request.Request(auth.url, headers={"User-Agent": USER_AGENT})
+    credentials.attach(request, auth.headers)
+    try:
+        return _get(request, config, auth.origin)
+    except AttemptError as error:
+        raise AttemptError(
+            error.status,
+            redact_text(str(error), auth.secrets),
+            error.http_status,
+            error.retryable,
+            error.retry_after,
+        ) from None
+
+
+def _get(
+    request: urllib.request.Request, config: FetchConfig, origin: str
+) -> tuple[bytes, int | None]:
     started = time.monotonic()
     try:
-        with urllib.request.urlopen(request, timeout=config.timeout) as response:
+        with credentials.OPENER.open(request, timeout=config.timeout) as response:
             return _read_body(response, config, started), int(response.status)
     except urllib.error.HTTPError as error:
-        raise _http_error(error) from None
+        raise _http_error(error, origin) from None
     except TimeoutError as error:
         raise AttemptError(DownloadStatus.TIMEOUT, f"timed out ({error})") from None
     except http.client.IncompleteRead as error:
@@ -280,6 +311,9 @@ def fetch(
 ) -> FetchOutcome:
     """Fetch a URI, retrying transient failures (timeouts, resets, 429, 5xx, truncation).
 
+    http(s) requests authenticate as credentials.resolve says; the outcome's error never holds
+    a password, token or signature (see secrets.redact_text).
+
     Args:
         uri: what to fetch.
         config: timeouts, retries and backoff.
@@ -302,10 +336,15 @@ def fetch(
             data, http_status = attempt_once(uri, config)
             return FetchOutcome(data, DownloadStatus.OK, http_status, None, attempt)
         except AttemptError as error:
+            message = redact_text(str(error))
             if not error.retryable or attempt > config.retries:
-                return FetchOutcome(None, error.status, error.http_status, str(error), attempt)
+                return FetchOutcome(None, error.status, error.http_status, message, attempt)
             delay = backoff_delay(attempt, config, error.retry_after, rng)
             LOGGER.debug(
-                "%s: attempt %d failed (%s); retrying in %.2f s", uri, attempt, error, delay
+                "%s: attempt %d failed (%s); retrying in %.2f s",
+                redact_url(uri),
+                attempt,
+                message,
+                delay,
             )
             sleep(delay)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from features import files
 from features.download.fetch import FetchConfig, fetch
+from features.download.secrets import redact_text, redact_url
 from schemas.labels import DOWNLOADS_SCHEMA, SUCCESS_STATUSES, DownloadStatus
 
 LOGGER = logging.getLogger(__name__)
@@ -67,13 +68,13 @@ def record(
     size: int | None = None,
     digest: str | None = None,
 ) -> dict[str, Any]:
-    """One row of the status table."""
+    """One row of the status table; its uri and error carry no password, token or signature."""
     return {
         "image_id": item.image_id,
-        "uri": item.uri,
+        "uri": redact_url(item.uri),
         "status": status.value,
         "http_status": http_status,
-        "error": error,
+        "error": None if error is None else redact_text(error),
         "bytes": size,
         "sha256": digest,
         "attempts": attempts,
@@ -183,6 +184,8 @@ def plan(
 
     A normal run processes items with no failure on record (present files are re-verified and
     skipped). --retry-failed processes only the items whose previous status was a failure.
+    Rows match items by image_id, never by uri: the table's uris are redacted, and the items'
+    credentials come from this run's command line, netrc or environment.
     """
     earlier = {row["image_id"]: row for row in previous.to_pylist()} if previous else {}
     todo, kept = [], []

@@ -9,12 +9,14 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from features import files
 from features.download.archives import is_split_part, safe_extract, volume_parts
 from features.download.fetch import FetchConfig, fetch, scheme_of
 from features.download.items import DownloadItem
 from features.download.manifest import scan_images
+from features.download.secrets import redact_url
 from features.labels.parsing import parse_ava_text, parse_split_list
 from features.labels.scut import read_official_split
 from schemas.errors import DownloadError
@@ -41,6 +43,11 @@ def is_local(uri: str) -> bool:
     return scheme_of(uri) in ("", "file")
 
 
+def file_name(uri: str) -> str:
+    """Last name of a path or of a URL's path (never its host, userinfo or query)."""
+    return Path(uri.split("?")[0] if is_local(uri) else urlsplit(uri).path).name
+
+
 def read_input(uri: str, config: FetchConfig, what: str) -> bytes:
     """Read a list or split file from a local path or an allowed URL (with retries).
 
@@ -49,7 +56,7 @@ def read_input(uri: str, config: FetchConfig, what: str) -> bytes:
     """
     outcome = fetch(uri, config, allow_local=True)
     if outcome.data is None:
-        raise DownloadError(f"{what} {uri}: {outcome.status} ({outcome.error})")
+        raise DownloadError(f"{what} {redact_url(uri)}: {outcome.status} ({outcome.error})")
     return outcome.data
 
 
@@ -91,7 +98,9 @@ def image_locator(request: SourceRequest) -> Callable[[str], tuple[str, str] | N
     if is_local(source):
         directory = Path(source[len("file://") :] if source.startswith("file://") else source)
         if not directory.is_dir():
-            raise DownloadError(f"--source {source}: not a directory, archive or URL template")
+            raise DownloadError(
+                f"--source {redact_url(source)}: not a directory, archive or URL template"
+            )
         local = _local_index(directory)
         return lambda image_id: (
             (str(local[image_id]), local[image_id].name) if image_id in local else None
@@ -139,11 +148,11 @@ def ava_items(request: SourceRequest) -> list[DownloadItem]:
         raise DownloadError("--list: AVA needs the official AVA.txt")
     text = read_input(request.list_uri, request.config, "--list").decode("utf-8")
     save_raw(request, "AVA.txt", text.encode())
-    ids = list(dict.fromkeys(parse_ava_text(text, request.list_uri)["image_id"]))
+    ids = list(dict.fromkeys(parse_ava_text(text, redact_url(request.list_uri))["image_id"]))
     splits: dict[str, str] = {}
     for uri in request.split_files:
         data = read_input(uri, request.config, "--split-file")
-        name = Path(uri.split("?")[0]).name
+        name = file_name(uri)
         save_raw(request, name, data)
         split = "test" if "test" in name else "train"
         splits.update(dict.fromkeys(parse_split_list(data.decode("utf-8")), split))
@@ -162,7 +171,7 @@ def folder_items(request: SourceRequest) -> list[DownloadItem]:
     save_raw(request, "labels.csv", data)
     rows = list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
     if not rows or "image_id" not in rows[0]:
-        raise DownloadError(f"--list {request.list_uri}: needs an image_id column")
+        raise DownloadError(f"--list {redact_url(request.list_uri)}: needs an image_id column")
     remote_list = not is_local(request.list_uri)
     extra = {
         row["image_id"]: {
@@ -184,8 +193,8 @@ def scut_items(request: SourceRequest) -> list[DownloadItem]:
     """
     data = read_input(request.source, request.config, "--source")
     if request.sha256 and hashlib.sha256(data).hexdigest() != request.sha256.lower():
-        raise DownloadError(f"--source {request.source}: sha256 differs from --sha256")
-    archive = save_raw(request, Path(request.source.split("?")[0]).name or "scut.zip", data)
+        raise DownloadError(f"--source {redact_url(request.source)}: sha256 differs from --sha256")
+    archive = save_raw(request, file_name(request.source) or "scut.zip", data)
     release = request.dest / RAW_DIR / "scut"
     safe_extract(archive, release)
     images = scan_images(release)
