@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import math
 import os
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -145,6 +146,21 @@ def configure(new_policy: RetryPolicy, export: bool = True) -> None:
         _policy = new_policy
     if export:
         os.environ[POLICY_ENVIRONMENT] = new_policy.to_text()
+
+
+@contextlib.contextmanager
+def temporarily(new_policy: RetryPolicy) -> Iterator[None]:
+    """Use new_policy in this process within the block (preflight checks answer in seconds);
+    not exported to child processes."""
+    global _policy
+    previous = policy()
+    with _policy_lock:
+        _policy = new_policy
+    try:
+        yield
+    finally:
+        with _policy_lock:
+            _policy = previous
 
 
 class Counters:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from features import files
+from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.store import FeatureStore
 from features.training.heads import HEADS, TARGETS
@@ -208,6 +208,8 @@ def _main(argv: Sequence[str] | None) -> int:
     # settings (see retain_freed_memory; set later, the page faults stay).
     retain_freed_memory()
     config = _config(args)
+    preflight.check_input_file(args.labels, "--labels")
+    preflight.check_writable_folder(args.out, "--out")
     if files.exists(files.join(args.out, RUN_FILE)) and not args.overwrite:
         raise ConfigError(f"--out {args.out}: a run exists there (pass --overwrite to replace)")
     store = FeatureStore(args.store)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
-from features import files
+from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.download import credentials
 from features.download.fetch import HTTP_SCHEMES, FetchConfig, scheme_of
@@ -216,7 +216,7 @@ def _main(argv: Sequence[str] | None) -> int:
                          backoff=args.backoff)
     request = SourceRequest(args.dest, args.source, args.list_uri, tuple(args.split_file),
                             args.sha256, config)
-    args.dest.mkdir(parents=True, exist_ok=True)
+    preflight.check_writable_folder(str(args.dest), "--dest")
     items = SOURCES[args.dataset](request)
     todo, kept = plan(items, read_status(args.dest), args.retry_failed)
     LOGGER.info("%d item(s) listed, %d to process, %d kept from the previous run",

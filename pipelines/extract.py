@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from features import files, retries
+from features import files, preflight, retries
 from features.cli import cli_entry_points, configure_logging
 from features.download.manifest import read_manifest
 from features.extraction.planning import (
@@ -279,6 +279,9 @@ def _main(argv: Sequence[str] | None) -> int:
     beam_args = _beam_arguments(parser, unknown)
     settings = settings_from_args(args)
     check_paths_reachable(settings, manifest=args.manifest, store=args.store)
+    if not args.dry_run:  # cheap checks first: no model is built for a run that cannot start
+        preflight.check_input_file(args.manifest, "--manifest")
+        preflight.check_writable_folder(args.store, "--store")
     environment = _check_environment(args, settings, beam_args)
     if args.dry_run:
         return _dry_run(args, settings, beam_args, environment)

@@ -1,0 +1,149 @@
+"""One line, before any model is built, for a run whose paths, credentials or endpoint fail."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from features.extraction import planning
+from jobs import train
+from pipelines import download, extract
+from tests.helpers.tiny_extract import VIEW, tiny_manifest
+
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>'
+    b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+)
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_manifest(tmp_path_factory.mktemp("env") / "sample", count=2)
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the run gets as far as resolving (and building) a model."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the run built a model before checking its environment")
+
+    monkeypatch.setattr(planning, "resolve_specs", refuse)
+    monkeypatch.setattr(extract, "resolve_specs", refuse)
+
+
+@pytest.fixture
+def denying_s3() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 that answers every request 403 AccessDenied."""
+
+    class Deny(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            del args
+
+        def _deny(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(403)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(ACCESS_DENIED)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(ACCESS_DENIED)
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _deny  # noqa: N815
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Deny)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _extract(manifest: Path | str, store: str) -> list[str]:
+    return [
+        *("--manifest", str(manifest), "--store", store, "--view", VIEW),
+        *("--weights", "random:0", "--direct_num_workers", "1"),
+    ]
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def _s3_options(monkeypatch: pytest.MonkeyPatch, endpoint: str, **credentials: str) -> None:
+    monkeypatch.setitem(
+        fsspec.config.conf, "s3", {**credentials, "client_kwargs": {"endpoint_url": endpoint}}
+    )
+
+
+def test_missing_manifest(no_model, tmp_path, capsys) -> None:
+    assert extract.run(_extract("/nope.parquet", str(tmp_path / "store"))) == 2
+    assert _one_error_line(capsys) == "error: --manifest /nope.parquet: no such file"
+
+
+def test_store_naming_an_existing_file(no_model, manifest, tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    assert extract.run(_extract(manifest, str(tmp_path / "file" / "store"))) == 2
+    assert "is a file, not a folder" in _one_error_line(capsys)
+    assert extract.run(_extract(manifest, str(tmp_path / "file"))) == 2
+    assert "is a file, not a folder" in _one_error_line(capsys)
+
+
+def test_store_that_cannot_be_created(no_model, manifest, capsys) -> None:
+    assert extract.run(_extract(manifest, "/proc/mlsp-store")) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("error: --store /proc/mlsp-store: cannot create the folder"), line
+
+
+def test_s3_without_credentials(no_model, manifest, monkeypatch, capsys) -> None:
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    _s3_options(monkeypatch, "http://127.0.0.1:9")
+    assert extract.run(_extract(manifest, "s3://no-creds/store")) == 2
+    line = _one_error_line(capsys)
+    assert "--store s3://no-creds/store: no AWS credentials found" in line, line
+
+
+def test_unreachable_endpoint(no_model, manifest, monkeypatch, capsys) -> None:
+    _s3_options(monkeypatch, "http://127.0.0.1:9", key="k", secret="s")  # nothing listens
+    assert extract.run(_extract(manifest, "s3://b/store")) == 2
+    line = _one_error_line(capsys)
+    assert "--store s3://b/store: the store does not answer" in line and "refused" in line, line
+
+
+def test_permission_denied(no_model, manifest, monkeypatch, denying_s3, capsys) -> None:
+    _s3_options(monkeypatch, denying_s3, key="k", secret="s")
+    assert extract.run(_extract(manifest, "s3://b/store")) == 2
+    line = _one_error_line(capsys)
+    assert "--store s3://b/store: permission denied" in line, line
+
+
+def test_download_destination_under_a_file(tmp_path, capsys) -> None:
+    (tmp_path / "file").write_text("x")
+    argv = [
+        "--dataset",
+        "folder",
+        "--source",
+        str(tmp_path),
+        "--dest",
+        str(tmp_path / "file" / "d"),
+    ]
+    assert download.run(argv) == 2
+    assert "--dest" in _one_error_line(capsys)
+
+
+def test_training_output_that_cannot_be_created(manifest, tmp_path, capsys) -> None:
+    argv = [
+        *("--store", str(tmp_path / "store"), "--view", VIEW),
+        *("--labels", str(manifest), "--out", "/proc/mlsp-run"),
+    ]
+    assert train.run(argv) == 2
+    assert "--out /proc/mlsp-run: cannot create the folder" in _one_error_line(capsys)
