@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import configparser
-import re
 import sys
 import types
 from pathlib import Path
@@ -16,6 +14,7 @@ from pipelines import extract
 from pipelines.runners import RUNNERS, RunnerSettings, runner_options
 from pipelines.worker_env import parsed_options, worker_environment
 from schemas.errors import ConfigError, DeviceUnavailableError
+from tests.helpers import gpu_image
 from tests.helpers.extract_cli import runner_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,24 +175,29 @@ def test_placement_is_reported_and_npu_without_npu_placement_is_refused(monkeypa
         devices.configure_device("npu")
 
 
-def _requirement_names(lines: list[str]) -> dict[str, str]:
-    names = {}
-    for line in lines:
-        line = line.split("#")[0].strip()
-        if line:
-            name = re.split(r"[\[<>=;! ]", line, maxsplit=1)[0].lower().replace("_", "-")
-            names[name] = line
-    return names
-
-
 def test_gpu_image_requirements_match_the_package_and_the_launcher() -> None:
-    config = configparser.ConfigParser()
-    config.read(ROOT / "setup.cfg")
-    required = _requirement_names(config["options"]["install_requires"].splitlines())
-    pinned = _requirement_names((ROOT / "docker/gpu/requirements.txt").read_text().splitlines())
+    required = gpu_image.requirement_lines(
+        gpu_image.setup_cfg()["options"]["install_requires"].splitlines()
+    )
+    pinned = gpu_image.image_pins()
     assert set(required) - {"tensorflow-cpu", "tensorflow"} <= set(pinned)
     assert "tensorflow-cpu" not in pinned and "[and-cuda]" in pinned["tensorflow"]
-    assert pinned["apache-beam"].endswith(f"=={apache_beam.__version__}")
+    assert gpu_image.pinned_version(pinned["apache-beam"]) == apache_beam.__version__
     dockerfile = (ROOT / "docker/gpu/Dockerfile").read_text()
     assert f"ARG BEAM_VERSION={apache_beam.__version__}" in dockerfile
     assert "--no-deps" in dockerfile
+
+
+def test_gpu_image_has_every_fsspec_backend_the_readme_documents() -> None:
+    backends = gpu_image.documented_fsspec_backends()  # from the README's s3://, gs:// ...
+    assert backends, "the README documents no store URL that needs an fsspec backend"
+    pinned = gpu_image.image_pins()
+    missing = set(backends) - set(pinned)
+    assert not missing, f"the GPU image lacks {missing}"
+    extras = gpu_image.readme_extras()  # the README's pip install '.[s3]' / '.[gcs]' ...
+    for backend in backends:
+        wanted = [req for reqs in extras.values() for req in reqs if req.name == backend]
+        assert wanted, f"the README names no extra that installs {backend}"
+        version = gpu_image.pinned_version(pinned[backend])
+        assert all(req.specifier.contains(version) for req in wanted), (backend, version)
+    assert set(backends.values()) <= gpu_image.dockerfile_imports()  # the build imports them
