@@ -144,9 +144,10 @@ def test_accelerator_without_image_exits_2_before_any_work(tmp_path, capsys) -> 
     assert code == 2 and err.startswith("error: accelerator requested")
 
 
-def test_gpu_on_a_machine_without_gpu_fails_before_any_work(
-    tmp_path, sample_manifest, capsys
+def test_gpu_where_tensorflow_sees_no_gpu_fails_before_any_work(
+    tmp_path, sample_manifest, capsys, monkeypatch
 ) -> None:
+    monkeypatch.setattr(devices, "_gpus", lambda: [])  # a worker without a GPU, on any host
     store = tmp_path / "store"
     argv = [
         "--manifest",
@@ -165,13 +166,27 @@ def test_gpu_on_a_machine_without_gpu_fails_before_any_work(
     assert not store.exists()
 
 
+def _where_tensorflow_places_work() -> str:
+    """TensorFlow's own answer, not features.model.devices': the device an eager op ran on,
+    which default placement makes the first visible logical GPU, else CPU:0."""
+    import tensorflow as tf
+
+    ran_on = (tf.constant([1.0, 2.0]) * 2.0).device.split("device:")[-1]
+    gpus = tf.config.list_logical_devices("GPU")
+    listed = gpus[0].name if gpus else tf.config.list_logical_devices("CPU")[0].name
+    assert listed.split("device:")[-1] == ran_on
+    return ran_on
+
+
 def test_placement_is_reported_and_npu_without_npu_placement_is_refused(monkeypatch) -> None:
-    assert devices.placed_device() == "CPU:0"  # this machine has no accelerator
+    expected = _where_tensorflow_places_work()  # GPU:0 on a GPU host, CPU:0 elsewhere
+    assert devices.placed_device() == expected
+    assert devices.device_kind(expected) == ("gpu" if expected.startswith("GPU") else "cpu")
     assert devices.device_kind("GPU:1") == "gpu" and devices.device_kind("CPU:0") == "cpu"
     package, module = types.ModuleType("npu_bridge"), types.ModuleType("npu_bridge.npu_init")
     monkeypatch.setitem(sys.modules, "npu_bridge", package)
     monkeypatch.setitem(sys.modules, "npu_bridge.npu_init", module)
-    with pytest.raises(DeviceUnavailableError, match="placed work on CPU:0"):
+    with pytest.raises(DeviceUnavailableError, match=f"placed work on {expected};"):
         devices.configure_device("npu")
 
 
