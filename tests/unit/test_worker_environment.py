@@ -5,13 +5,21 @@ from __future__ import annotations
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import apache_beam
+import distributed
 import pytest
 
 from features.model import devices
 from pipelines import extract
-from pipelines.runners import RUNNERS, RunnerSettings, runner_options
+from pipelines.runners import (
+    DEFAULT_DASK_WORKERS,
+    RUNNERS,
+    RunnerSettings,
+    runner_environment,
+    runner_options,
+)
 from pipelines.worker_env import parsed_options, worker_environment
 from schemas.errors import ConfigError, DeviceUnavailableError
 from tests.helpers import gpu_image
@@ -68,21 +76,70 @@ def _settings(runner: str, **extra: object) -> RunnerSettings:
     return RunnerSettings(runner=runner, **{**base, **extra})  # type: ignore[arg-type]
 
 
+class _FakeLocalCluster:
+    """Stands in for distributed.LocalCluster: records the worker count it was started with."""
+
+    sizes: ClassVar[list[int]] = []
+    scheduler_address = "tcp://127.0.0.1:1"
+
+    def __init__(self, n_workers: int, **kwargs: object) -> None:
+        self.sizes.append(n_workers)
+
+    def __enter__(self) -> _FakeLocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _local_cluster_size(settings: RunnerSettings, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Workers of the LocalCluster runner_environment starts, and that its client is sent to."""
+    _FakeLocalCluster.sizes = []
+    monkeypatch.setattr(distributed, "LocalCluster", _FakeLocalCluster)
+    with runner_environment(settings) as options:
+        assert f"--dask_client_address={_FakeLocalCluster.scheduler_address}" in options
+    (size,) = _FakeLocalCluster.sizes
+    return size
+
+
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 @pytest.mark.parametrize("field", ALL_FLAGS)
-def test_each_flag_arrives_or_is_refused(runner: str, field: str) -> None:
+def test_each_flag_arrives_or_is_refused(
+    runner: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     checks = FLAG_CHECKS.get(runner, {})
     examples = {**FLAG_CHECKS["dataflow"], **FLAG_CHECKS["dask"]}
     value: object = 3 if field == "dask_workers" else examples[field][0]
     settings = _settings(runner, **{field: value})
     if field in checks:
         assert checks[field][1](parsed_options(settings, []))
-    elif field in RUNNERS[runner].accepts:
-        runner_options(settings)
+    elif field in RUNNERS[runner].accepts:  # no Beam option: it sizes the local cluster
+        assert (runner, field) == ("dask", "dask_workers")
+        assert _local_cluster_size(settings, monkeypatch) == value
     else:
         flag = "--" + field.replace("_", "-")
         with pytest.raises(ConfigError, match=f"{flag} not used by --runner {runner}"):
             runner_options(settings)
+
+
+def test_without_dask_workers_the_local_cluster_has_the_default_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _local_cluster_size(_settings("dask"), monkeypatch) == DEFAULT_DASK_WORKERS
+
+
+@pytest.mark.parametrize("workers", ["2", "3"])  # 2, the LocalCluster default, is refused too
+def test_dask_workers_with_a_dask_address_exits_2_naming_both(
+    workers: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--manifest", "m", "--store", "s", "--view", "irnv2_mlsp_narrow", "--runner", "dask"]
+    with pytest.raises(SystemExit) as exit_info:
+        extract.run([*argv, "--dask-address", "tcp://h:8786", "--dask-workers", workers])
+    assert exit_info.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "--dask-workers" in error and "--dask-address" in error
+    with pytest.raises(ConfigError, match="--dask-workers not allowed with --dask-address"):
+        RunnerSettings(runner="dask", dask_address="tcp://h:8786", dask_workers=int(workers))
 
 
 def test_accelerator_needs_a_gpu_container_and_forces_gpu() -> None:
