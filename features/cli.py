@@ -1,11 +1,11 @@
-"""Shared CLI plumbing: logging set-up and turning job-level errors into exit codes."""
+"""Shared CLI plumbing: logging set-up, refused flag combinations, job errors as exit codes."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from schemas.errors import MLSPError
@@ -60,6 +60,29 @@ def positive_int(name: str) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _given(value: object) -> bool:
+    """Whether a parsed flag was given: its default (None, False or []) stands for 'not given'."""
+    return value is not None and value is not False and value != []
+
+
+def refuse_unused(
+    parser: argparse.ArgumentParser, flags: Mapping[str, object], context: str, why: str
+) -> None:
+    """Exit 2 with one argparse error line when flags are given that the rest of the command
+    leaves unused, instead of accepting them and doing nothing with them.
+
+    Args:
+        parser: the CLI's parser (its usage is printed, as for any argparse error).
+        flags: flag -> its parsed value, for the flags `context` leaves unused; each must default
+            to None, False or [] so that a given value is told apart from the default.
+        context: what leaves them unused, e.g. 'with --dataset ava' or 'without --view'.
+        why: what the user should know, e.g. 'only scut-fbp5500 checks a zip's digest'.
+    """
+    given = [flag for flag, value in flags.items() if _given(value)]
+    if given:
+        parser.error(f"argument {', '.join(given)}: not allowed {context} ({why})")
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None) -> int:

@@ -9,7 +9,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from features import files
-from features.cli import add_common_arguments, cli_entry_points, configure_logging
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    refuse_unused,
+)
 from features.store import FeatureStore
 from features.training.evaluation import Evaluation, evaluate_split, keras_predictor, load_run
 from features.training.labels import load_training_labels
@@ -43,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=AVA_THRESHOLD,
-        help="binary-accuracy threshold; score <= threshold is low (default 5)",
+        default=None,
+        help=f"binary-accuracy threshold; score <= threshold is low (default {AVA_THRESHOLD:g}; "
+        "not with a metric set without accuracy)",
     )
     parser.add_argument("--labels", help="label file (default: the one the run was trained on)")
     parser.add_argument("--store", help="feature store (default: the run's store)")
@@ -92,8 +98,22 @@ def format_summary(evaluation: Evaluation, out: str, split: str) -> str:
     return "\n".join(lines)
 
 
+def _threshold(parser: argparse.ArgumentParser, args: argparse.Namespace) -> float:
+    """--threshold, or the default; exit 2 when the metric set has no accuracy to apply it to."""
+    if "accuracy" not in METRIC_SETS[args.metrics]:
+        refuse_unused(
+            parser,
+            {"--threshold": args.threshold},
+            f"with --metrics {args.metrics}",
+            "it reports no binary accuracy, the only metric the threshold sets",
+        )
+    return AVA_THRESHOLD if args.threshold is None else float(args.threshold)
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    threshold = _threshold(parser, args)
     configure_logging(args.verbose)
     trained = load_run(args.run)
     config = trained.config
@@ -115,7 +135,7 @@ def _main(argv: Sequence[str] | None) -> int:
             args.split,
             args.tta,
             args.metrics,
-            args.threshold,
+            threshold,
             progress=bar.update,
         )
     finally:

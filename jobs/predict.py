@@ -10,7 +10,13 @@ from collections import Counter
 from collections.abc import Sequence
 
 from features import files
-from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    positive_int,
+    refuse_unused,
+)
 from features.training.evaluation import load_run
 from features.training.prediction import build_scoring_model, list_images, score_images
 from features.training.run_outputs import save_keras_model
@@ -18,6 +24,7 @@ from schemas.errors import ConfigError
 from schemas.view_spec import FeatureViewSpec
 
 LOGGER = logging.getLogger(__name__)
+DEFAULT_BATCH_SIZE = 8
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size",
         type=positive_int("--batch-size"),
-        default=8,
-        help="same-size images per forward batch (default 8)",
+        default=None,
+        help=f"same-size images per forward batch (default {DEFAULT_BATCH_SIZE}; needs --out)",
     )
     parser.add_argument(
         "--save-model", metavar="PATH", help="also export the combined model (.keras) for serving"
@@ -42,16 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 on a missing or unused flag; ConfigError on a bad path."""
     if args.out is None and args.save_model is None:
         parser.error("argument --out: required unless only --save-model is wanted")
+    if args.out is None:
+        refuse_unused(
+            parser, {"--batch-size": args.batch_size}, "without --out", "no image is scored"
+        )
     if args.save_model is not None and not args.save_model.endswith(".keras"):
         raise ConfigError(f"--save-model {args.save_model}: the file name must end in .keras")
     if args.out is not None and not files.exists(args.images):
         raise ConfigError(f"--images {args.images}: no such folder or manifest")
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    _check_arguments(parser, args)
     trained = load_run(args.run)
     spec = FeatureViewSpec.from_dict(trained.record["view_spec"])
     items = list_images(args.images) if args.out is not None else []
@@ -65,7 +81,7 @@ def _main(argv: Sequence[str] | None) -> int:
     from tqdm import tqdm
 
     with tqdm(total=len(items), unit="img", desc="predict", file=sys.stderr) as bar:
-        table = score_images(model, spec, items, args.batch_size, bar.update)
+        table = score_images(model, spec, items, args.batch_size or DEFAULT_BATCH_SIZE, bar.update)
     files.atomic_write_parquet(args.out, table)
     counts = Counter(table.column("status").to_pylist())
     print(

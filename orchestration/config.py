@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from pipelines.runners import RUNNERS
+from pipelines.stage_argv import DOWNLOAD_DATASET_FLAGS
 from schemas.errors import ConfigError
 from schemas.view_spec import PREDEFINED_VIEWS
 
@@ -22,6 +23,8 @@ HEAD_TARGETS = ("mos", "distribution")
 SCORE_RANGES: dict[str, tuple[float, float]] = {"ava": (1.0, 10.0), "scut-fbp5500": (1.0, 5.0)}
 # Metric set of `jobs.evaluate` for each dataset.
 METRIC_SETS: dict[str, str] = {"ava": "ava", "scut-fbp5500": "scut", "folder": "ava"}
+# Config fields that become dataset-specific download flags.
+DOWNLOAD_FIELDS = {"label_list": "--list", "split_files": "--split-file", "sha256": "--sha256"}
 # Flags the DAG sets itself; runner_options may not override them.
 RESERVED_OPTIONS = frozenset(
     {"manifest", "store", "view", "weights", "runner", "variants"}
@@ -213,7 +216,7 @@ class PipelineConfig:
     Attributes:
         dataset: 'ava', 'scut-fbp5500' or 'folder'.
         source: image source for `pipelines.download` (URL template, URL prefix, folder, archives).
-        label_list: AVA.txt (ava) or CSV image_id,score[,split] (folder); unused for SCUT.
+        label_list: AVA.txt (ava) or CSV image_id,score[,split] (folder); refused for SCUT.
         split_files: official split lists (AVA .jpgl).
         sha256: expected digest of the SCUT-FBP5500 zip ('' = not checked).
         data_root: local folder for downloads, manifest, labels (and runs by default).
@@ -283,10 +286,14 @@ class PipelineConfig:
             "data_root",
             "must be a local (or mounted) folder: pipelines.download writes local files",
         )
-        needs_list = self.dataset in ("ava", "folder")
+        needs_list = self.dataset in DOWNLOAD_DATASET_FLAGS["--list"]
         _require(
             bool(self.label_list) or not needs_list, "label_list", f"needed for {self.dataset}"
         )
+        for name, flag in DOWNLOAD_FIELDS.items():  # never passed to a download that ignores it
+            only = " or ".join(sorted(readers := DOWNLOAD_DATASET_FLAGS[flag]))
+            ok = not getattr(self, name) or self.dataset in readers
+            _require(ok, name, f"not used for {self.dataset} (only {only}); leave it empty")
         _require(
             self.evaluate_split in ("train", "val", "test"), "evaluate_split", "train, val or test"
         )

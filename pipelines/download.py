@@ -14,7 +14,13 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from features import files, preflight
-from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    positive_int,
+    refuse_unused,
+)
 from features.download import credentials
 from features.download.fetch import HTTP_SCHEMES, FetchConfig, scheme_of
 from features.download.items import (
@@ -31,6 +37,7 @@ from features.download.manifest import ImageEntry, build_manifest
 from features.download.secrets import redact_url
 from features.download.sources import SOURCES, SourceRequest
 from pipelines.runners import RUNNERS
+from pipelines.stage_argv import DOWNLOAD_DATASET_FLAGS
 from schemas.labels import SUCCESS_STATUSES
 
 LOGGER = logging.getLogger(__name__)
@@ -38,6 +45,8 @@ LOCAL_RUNNER = "local"
 MANIFEST_FILE = "manifest.parquet"
 EXIT_ITEM_FAILURES = 3  # as pipelines.extract --fail-on-errors
 DRY_RUN_ITEMS = 5  # items and hosts a dry run names
+DEFAULT_SHARD_SIZE = 256
+FLAG_DESTS = {"--list": "list_uri", "--split-file": "split_file", "--sha256": "sha256"}
 
 
 def non_negative_int(name: str) -> Callable[[str], int]:
@@ -113,8 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="only re-fetch the items whose previous status was a failure")
     parser.add_argument("--runner", choices=[LOCAL_RUNNER, *RUNNERS], default=LOCAL_RUNNER,
                         help="local thread pool (default) or a Beam runner")
-    parser.add_argument("--shard-size", type=positive_int("--shard-size"), default=256,
-                        help="items per Beam work unit (default 256)")
+    parser.add_argument("--shard-size", type=positive_int("--shard-size"), default=None,
+                        help=f"items per Beam work unit (default {DEFAULT_SHARD_SIZE}; "
+                             "not with --runner local)")
     parser.add_argument("--fail-on-errors", action="store_true",
                         help=f"exit {EXIT_ITEM_FAILURES} when any item's status is a failure")
     parser.add_argument("--max-failed-fraction", type=fraction("--max-failed-fraction"),
@@ -210,6 +220,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args, beam_options = parser.parse_known_args(argv)
     if beam_options and args.runner == LOCAL_RUNNER:
         parser.error(f"unrecognized arguments: {' '.join(beam_options)}")
+    _refuse_unused_flags(parser, args)
     configure_logging(args.verbose)
     credentials.check_header_environment()
     config = FetchConfig(timeout=args.timeout, deadline=args.deadline, retries=args.retries,
@@ -224,13 +235,25 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.dry_run:
         print(dry_run_plan(args, items, todo, kept))
         return 0
-    records = EXECUTORS[args.runner](shards_of(todo, args.shard_size), args.dest, config,
-                                     args.workers, beam_options)
+    shards = shards_of(todo, args.shard_size or DEFAULT_SHARD_SIZE)
+    records = EXECUTORS[args.runner](shards, args.dest, config, args.workers, beam_options)
     all_records = kept + records
     files.atomic_write_parquet(str(args.dest / STATUS_FILE), status_table(all_records))
     rows = write_manifest(args.dest, args.dataset, items, all_records)
     print(summary(all_records, len(records), args.dest, rows))
     return _exit_code(args, all_records)
+
+
+def _refuse_unused_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 on a flag the chosen dataset or runner would ignore."""
+    for flag, datasets in DOWNLOAD_DATASET_FLAGS.items():
+        if args.dataset not in datasets:
+            refuse_unused(parser, {flag: getattr(args, FLAG_DESTS[flag])},
+                          f"with --dataset {args.dataset}",
+                          f"only --dataset {' or '.join(sorted(datasets))} reads it")
+    if args.runner == LOCAL_RUNNER:
+        refuse_unused(parser, {"--shard-size": args.shard_size}, f"with --runner {LOCAL_RUNNER}",
+                      "the local runner fetches every item from one pool; it sizes Beam work units")
 
 
 def _exit_code(args: argparse.Namespace, records: Sequence[dict[str, Any]]) -> int:

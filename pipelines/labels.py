@@ -13,7 +13,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from features import files
-from features.cli import add_common_arguments, cli_entry_points, configure_logging
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    refuse_unused,
+)
 from features.download.manifest import read_manifest
 from features.labels.builders import LABEL_BUILDERS, LabelResult, build_ava
 from features.labels.engines import AUTO, DEFAULT_MEMORY_BUDGET, LABEL_ENGINES, EngineOptions
@@ -65,8 +70,8 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--memory-budget",
         type=byte_size("--memory-budget"),
-        default=DEFAULT_MEMORY_BUDGET,
-        help="input size above which --engine auto uses dask (default 1GiB)",
+        default=None,
+        help="input size above which --engine auto uses dask (default 1GiB; ava only)",
     )
 
 
@@ -127,14 +132,26 @@ def _builder(
     if files.is_local(args.raw) and not local.is_dir():
         parser.error(f"argument --raw: not a directory: {args.raw}")
     if args.dataset == "ava":
+        if args.engine != AUTO:
+            refuse_unused(
+                parser,
+                {"--memory-budget": args.memory_budget},
+                f"with --engine {args.engine}",
+                "only --engine auto chooses by size",
+            )
         raw: Path | str = local if files.is_local(args.raw) else args.raw
-        return functools.partial(
-            build_ava, raw, options=EngineOptions(args.engine, args.memory_budget)
-        )
+        budget = args.memory_budget or DEFAULT_MEMORY_BUDGET
+        return functools.partial(build_ava, raw, options=EngineOptions(args.engine, budget))
+    refuse_unused(
+        parser,
+        {"--memory-budget": args.memory_budget},
+        f"with --dataset {args.dataset}",
+        "only --dataset ava reads AVA.txt with a choice of engine",
+    )
     if not files.is_local(args.raw):
         parser.error(f"argument --raw: URLs are only supported with --dataset ava: {args.raw}")
-    if args.engine == "dask":
-        parser.error("argument --engine: dask is only supported with --dataset ava")
+    if args.engine != AUTO:  # pandas too: the other datasets have one reader, no choice
+        parser.error(f"argument --engine: {args.engine} is only supported with --dataset ava")
     return functools.partial(LABEL_BUILDERS[args.dataset], local)
 
 

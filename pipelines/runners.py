@@ -16,6 +16,7 @@ from schemas.errors import ConfigError
 LOGGER = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GPU_DOCKERFILE = "docker/gpu/Dockerfile"
+DEFAULT_DASK_WORKERS = 2  # processes of the LocalCluster started when no --dask-address is given
 # registry/path[:port]/name followed by a tag or a digest: an image reference that can be pulled.
 IMAGE_REFERENCE = re.compile(
     r"[a-z0-9][a-z0-9._-]*(:[0-9]+)?(/[a-z0-9][a-z0-9._-]*)*(:[\w][\w.-]{0,127}|@sha256:[0-9a-f]{64})"
@@ -28,7 +29,7 @@ class RunnerSettings:
 
     runner: str = "direct"
     dask_address: str | None = None
-    dask_workers: int = 2
+    dask_workers: int | None = None  # None: DEFAULT_DASK_WORKERS (only without dask_address)
     project: str | None = None
     region: str | None = None
     temp_location: str | None = None
@@ -42,8 +43,13 @@ class RunnerSettings:
     def __post_init__(self) -> None:
         if self.runner not in RUNNERS:
             raise ConfigError(f"--runner {self.runner!r}: choose one of {', '.join(RUNNERS)}")
-        if self.dask_workers < 1:
+        if self.dask_workers is not None and self.dask_workers < 1:
             raise ConfigError(f"--dask-workers must be >= 1, got {self.dask_workers}")
+        if self.dask_workers is not None and self.dask_address is not None:
+            raise ConfigError(
+                "--dask-workers not allowed with --dask-address: the scheduler's cluster has "
+                "its own workers (omit --dask-workers, or omit --dask-address for a LocalCluster)"
+            )
         if self.worker_accelerator is not None:
             accelerator_type, _, count = self.worker_accelerator.partition(":")
             if not accelerator_type or not count.isdigit() or int(count) < 1:
@@ -266,15 +272,13 @@ def runner_environment(settings: RunnerSettings) -> Iterator[list[str]]:
         return
     from distributed import LocalCluster
 
+    workers = settings.dask_workers or DEFAULT_DASK_WORKERS
     with LocalCluster(
-        n_workers=settings.dask_workers,
-        threads_per_worker=1,
-        processes=True,
-        dashboard_address=None,
+        n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
     ) as cluster:
         LOGGER.info(
             "started a local Dask cluster: %d worker processes at %s",
-            settings.dask_workers,
+            workers,
             cluster.scheduler_address,
         )
         try:
@@ -302,11 +306,18 @@ def add_runner_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--runner", default="direct", choices=sorted(RUNNERS), help="Beam runner (default direct)"
     )
-    group.add_argument(
+    # One or the other: a scheduler brings its own workers, so --dask-workers would be dropped.
+    # Both default to None, so argparse sees any given value (even 2) and exits 2 naming both.
+    dask = group.add_mutually_exclusive_group()
+    dask.add_argument(
         "--dask-address", help="dask scheduler address; default: start a LocalCluster"
     )
-    group.add_argument(
-        "--dask-workers", type=int, default=2, help="LocalCluster worker processes (default 2)"
+    dask.add_argument(
+        "--dask-workers",
+        type=int,
+        default=None,
+        help=f"LocalCluster worker processes (default {DEFAULT_DASK_WORKERS}; not with "
+        "--dask-address)",
     )
     group.add_argument("--project", help="Dataflow: GCP project")
     group.add_argument("--region", help="Dataflow: region, e.g. europe-west4")

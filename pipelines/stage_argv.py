@@ -9,6 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+# Download flags only some datasets read (flag -> those datasets); pipelines.download refuses
+# them for any other dataset, and orchestration's config refuses the fields that set them.
+DOWNLOAD_DATASET_FLAGS: dict[str, frozenset[str]] = {
+    "--list": frozenset({"ava", "folder"}),
+    "--split-file": frozenset({"ava"}),
+    "--sha256": frozenset({"scut-fbp5500"}),
+}
+
 
 def _optional(flags: Mapping[str, Any]) -> list[str]:
     """--flag value pairs for the values that are not None (floats in repr, round-trip exact)."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from features import files
-from features.cli import add_common_arguments, cli_entry_points, configure_logging
+from features.cli import add_common_arguments, cli_entry_points, configure_logging, refuse_unused
 from features.store.backends import COMPRESSIONS
 from features.store.compaction import publish_snapshot
 from features.store.formats import BACKENDS
@@ -162,10 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     from features.store.query import FeatureStore
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     configure_logging(args.verbose)
     if args.layout is not None and args.compression is not None:
         raise ConfigError(f"--compression applies to --to, not to --layout {args.layout}")
+    if args.layout is not None:
+        refuse_unused(
+            parser,
+            {"--view-name": args.view_name},
+            f"with --layout {args.layout}",
+            "the export is a folder of files, not a named view",
+        )
     view = FeatureStore(args.store).view(args.view)
     if args.layout == "ava-mlsp":
         print(f"exported {args.view} to {export_ava_mlsp(view, args.out)}")

@@ -12,7 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features import files
-from features.cli import add_common_arguments, configure_logging, positive_int, run_cli
+from features.cli import (
+    add_common_arguments,
+    configure_logging,
+    positive_int,
+    refuse_unused,
+    run_cli,
+)
 from features.store.filters import parse_where
 from features.store.root import STORE_MARKER
 from features.store.row_scatter import key_runs
@@ -22,6 +28,7 @@ from schemas.errors import StoreError, UnknownImageIdsError
 
 # Above this many separate row runs, one orthogonal selection beats many range reads.
 _MAX_RANGE_READS = 16
+DEFAULT_LIMIT = 10  # rows the CLI prints without --ids
 
 
 def feature_tensor_type(shape: Sequence[int], dtype: str = "float16") -> pa.DataType:
@@ -250,7 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--view", help="view name (omit to list views)")
     parser.add_argument("--ids", nargs="+", help="image ids to fetch")
     parser.add_argument("--where", help="filter, e.g. \"split == 'test' and status == 'ok'\"")
-    parser.add_argument("--limit", type=positive_int("--limit"), default=10, help="rows to print")
+    parser.add_argument(
+        "--limit",
+        type=positive_int("--limit"),
+        default=None,
+        help=f"rows to print (default {DEFAULT_LIMIT}; not with --ids)",
+    )
     parser.add_argument(
         "--as-of", type=positive_int("--as-of"), help="read this snapshot (default: the latest)"
     )
@@ -273,8 +285,27 @@ def _print_snapshots(store: FeatureStore, view: str) -> int:
     return 0
 
 
+def _refuse_unused(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit 2 on a flag the listing or read that is asked for would ignore."""
+    reads = {"--ids": args.ids, "--where": args.where, "--limit": args.limit, "--as-of": args.as_of}
+    if args.view is None:
+        refuse_unused(
+            parser, {**reads, "--snapshots": args.snapshots}, "without --view", "it lists the views"
+        )
+    if args.snapshots:
+        refuse_unused(parser, reads, "with --snapshots", "it lists snapshots and reads no rows")
+    refuse_unused(
+        parser,
+        {"--limit": args.limit if args.ids is not None else None},
+        "with --ids",
+        "every id asked for is printed",
+    )
+
+
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _refuse_unused(parser, args)
     configure_logging(args.verbose)
     store = FeatureStore(args.store)
     if args.view is None:
@@ -288,7 +319,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.snapshots:
         return _print_snapshots(store, args.view)
     if args.ids is None:
-        index = store.index(args.view, args.where, as_of=args.as_of).slice(0, args.limit)
+        index = store.index(args.view, args.where, as_of=args.as_of).slice(
+            0, args.limit or DEFAULT_LIMIT
+        )
     ids = args.ids if args.ids is not None else index.column("image_id").to_pylist()
     table = store.table(args.view, ids=ids, filter=args.where, as_of=args.as_of)
     shown = table.drop_columns(["features"]).to_pandas().astype(object)

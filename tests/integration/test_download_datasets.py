@@ -81,11 +81,11 @@ def test_beam_direct_runner_matches_local(server: FaultServer, tmp_path: Path) -
     for path in (sample / "images").iterdir():
         server.routes[path.name] = Route(path.read_bytes())
     results = {}
-    for runner in ("local", "direct"):
+    for runner, flags in (("local", []), ("direct", ["--shard-size", "2"])):  # Beam work units
         dest = tmp_path / runner
         assert download.run(["--dataset", "ava", "--dest", str(dest), "--list",
                              str(sample / "AVA.txt"), "--source", server.url("{image_id}.jpg"),
-                             "--runner", runner, "--shard-size", "2", "--workers", "2"]) == 0
+                             "--runner", runner, "--workers", "2", *flags]) == 0
         results[runner] = pq.read_table(dest / "downloads.parquet")
         assert not (dest / "_download_parts").exists()
     assert results["local"].equals(results["direct"])

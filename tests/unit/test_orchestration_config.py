@@ -62,6 +62,10 @@ def test_round_trip_through_dict() -> None:
         ({"dataset": "imagenet"}, "dataset"),
         ({"source": ""}, "source"),
         ({"label_list": ""}, "label_list"),
+        # fields that set download flags the dataset's download would ignore
+        ({"dataset": "scut-fbp5500"}, "label_list"),
+        ({"dataset": "folder", "split_files": ["/t.jpgl"]}, "split_files"),
+        ({"sha256": "ab" * 32}, "sha256"),
         ({"data_root": "gs://bucket/data"}, "data_root"),
         ({"views": []}, "views"),
         ({"views": ["narrow", "narrow"]}, "views"),
@@ -123,9 +127,11 @@ def _parses(parser: Any, argv: list[str]) -> Any:
 
 
 def test_argv_is_accepted_by_the_real_clis() -> None:
-    config = make(split_files=["/data/test.jpgl"], sha256="ab" * 32)
+    config = make(split_files=["/data/test.jpgl"])
     args = _parses(download.build_parser(), argvs.download_argv(config, retry_failed=True))
     assert args.retry_failed and args.split_file == ["/data/test.jpgl"]
+    scut = make(dataset="scut-fbp5500", label_list="", sha256="ab" * 32)
+    assert _parses(download.build_parser(), argvs.download_argv(scut)).sha256 == "ab" * 32
     assert str(args.dest) == config.data_root and math.isclose(args.timeout, 20.0)
     args = _parses(labels.build_parser(), argvs.labels_argv(config))
     assert args.out == config.labels_path and str(args.raw) == "/data/ava/raw"

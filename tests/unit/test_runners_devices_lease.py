@@ -67,10 +67,21 @@ def test_dask_gets_one_shard_per_partition() -> None:
 
 
 def test_devices_fail_loudly_without_fallback() -> None:
-    assert configure_device("cpu") == "cpu"
-    assert configure_device("auto").startswith("cpu")  # no GPU on this machine
-    with pytest.raises(DeviceUnavailableError, match="no GPU"):
-        configure_device("gpu")
+    import tensorflow as tf
+
+    # What TensorFlow reports on this host (listing them also starts its runtime).
+    gpus = [gpu.name for gpu in tf.config.list_logical_devices("GPU")]
+    if gpus:  # a GPU host: the GPUs are in use, so they can no longer be hidden
+        with pytest.raises(DeviceUnavailableError, match="already initialised the GPU"):
+            configure_device("cpu")
+        assert configure_device("auto") == configure_device("gpu")
+        physical = tf.config.list_physical_devices("GPU")
+        assert configure_device("gpu").startswith(f"gpu ({len(physical)}: ")
+    else:
+        assert configure_device("cpu") == "cpu"
+        assert configure_device("auto") == "cpu (no GPU visible)"
+        with pytest.raises(DeviceUnavailableError, match="no GPU"):
+            configure_device("gpu")
     with pytest.raises(DeviceUnavailableError, match="npu_bridge"):
         configure_device("npu")
     with pytest.raises(ConfigError, match="--device 'tpu'"):

@@ -270,10 +270,16 @@ def test_markers_carry_the_stored_features_checksum(tmp_path, backend) -> None:
     import hashlib
 
     view = new_view(str(tmp_path), backend, SMALL_NARROW, ROWS, SHARD_ROWS)
+    root = tmp_path / "narrow"
+    before = {path for path in root.rglob("*") if path.is_file()}
     commit_rows(view, [1])
-    marker = view.read_marker(view.shards()[1])
-    stored = files.read_bytes(files.join(view.path, marker.features_file))
-    assert marker.features_sha256 == hashlib.sha256(stored).hexdigest()
+    added = {path for path in root.rglob("*") if path.is_file()} - before
+    # Found on disk, not through the marker: the one features object the commit wrote.
+    (written,) = [path for path in added if path.parts[len(root.parts)].startswith("features.")]
+    on_disk = json.loads((root / "commits" / "shard-000001.json").read_bytes())
+    assert on_disk["features_sha256"] == hashlib.sha256(written.read_bytes()).hexdigest()
+    assert on_disk["features_file"] == written.relative_to(root).as_posix()
+    assert view.read_marker(view.shards()[1]).features_sha256 == on_disk["features_sha256"]
     assert isinstance(view.array, FeatureArray)
 
 

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import configparser
-import re
 import sys
 import types
 from pathlib import Path
+from typing import ClassVar
 
 import apache_beam
+import distributed
 import pytest
 
 from features.model import devices
 from pipelines import extract
-from pipelines.runners import RUNNERS, RunnerSettings, runner_options
+from pipelines.runners import (
+    DEFAULT_DASK_WORKERS,
+    RUNNERS,
+    RunnerSettings,
+    runner_environment,
+    runner_options,
+)
 from pipelines.worker_env import parsed_options, worker_environment
 from schemas.errors import ConfigError, DeviceUnavailableError
+from tests.helpers import gpu_image
 from tests.helpers.extract_cli import runner_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,21 +76,70 @@ def _settings(runner: str, **extra: object) -> RunnerSettings:
     return RunnerSettings(runner=runner, **{**base, **extra})  # type: ignore[arg-type]
 
 
+class _FakeLocalCluster:
+    """Stands in for distributed.LocalCluster: records the worker count it was started with."""
+
+    sizes: ClassVar[list[int]] = []
+    scheduler_address = "tcp://127.0.0.1:1"
+
+    def __init__(self, n_workers: int, **kwargs: object) -> None:
+        self.sizes.append(n_workers)
+
+    def __enter__(self) -> _FakeLocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _local_cluster_size(settings: RunnerSettings, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Workers of the LocalCluster runner_environment starts, and that its client is sent to."""
+    _FakeLocalCluster.sizes = []
+    monkeypatch.setattr(distributed, "LocalCluster", _FakeLocalCluster)
+    with runner_environment(settings) as options:
+        assert f"--dask_client_address={_FakeLocalCluster.scheduler_address}" in options
+    (size,) = _FakeLocalCluster.sizes
+    return size
+
+
 @pytest.mark.parametrize("runner", sorted(RUNNERS))
 @pytest.mark.parametrize("field", ALL_FLAGS)
-def test_each_flag_arrives_or_is_refused(runner: str, field: str) -> None:
+def test_each_flag_arrives_or_is_refused(
+    runner: str, field: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     checks = FLAG_CHECKS.get(runner, {})
     examples = {**FLAG_CHECKS["dataflow"], **FLAG_CHECKS["dask"]}
     value: object = 3 if field == "dask_workers" else examples[field][0]
     settings = _settings(runner, **{field: value})
     if field in checks:
         assert checks[field][1](parsed_options(settings, []))
-    elif field in RUNNERS[runner].accepts:
-        runner_options(settings)
+    elif field in RUNNERS[runner].accepts:  # no Beam option: it sizes the local cluster
+        assert (runner, field) == ("dask", "dask_workers")
+        assert _local_cluster_size(settings, monkeypatch) == value
     else:
         flag = "--" + field.replace("_", "-")
         with pytest.raises(ConfigError, match=f"{flag} not used by --runner {runner}"):
             runner_options(settings)
+
+
+def test_without_dask_workers_the_local_cluster_has_the_default_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _local_cluster_size(_settings("dask"), monkeypatch) == DEFAULT_DASK_WORKERS
+
+
+@pytest.mark.parametrize("workers", ["2", "3"])  # 2, the LocalCluster default, is refused too
+def test_dask_workers_with_a_dask_address_exits_2_naming_both(
+    workers: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--manifest", "m", "--store", "s", "--view", "irnv2_mlsp_narrow", "--runner", "dask"]
+    with pytest.raises(SystemExit) as exit_info:
+        extract.run([*argv, "--dask-address", "tcp://h:8786", "--dask-workers", workers])
+    assert exit_info.value.code == 2
+    (error,) = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert "--dask-workers" in error and "--dask-address" in error
+    with pytest.raises(ConfigError, match="--dask-workers not allowed with --dask-address"):
+        RunnerSettings(runner="dask", dask_address="tcp://h:8786", dask_workers=int(workers))
 
 
 def test_accelerator_needs_a_gpu_container_and_forces_gpu() -> None:
@@ -145,9 +201,10 @@ def test_accelerator_without_image_exits_2_before_any_work(tmp_path, capsys) -> 
     assert code == 2 and err.startswith("error: accelerator requested")
 
 
-def test_gpu_on_a_machine_without_gpu_fails_before_any_work(
-    tmp_path, sample_manifest, capsys
+def test_gpu_where_tensorflow_sees_no_gpu_fails_before_any_work(
+    tmp_path, sample_manifest, capsys, monkeypatch
 ) -> None:
+    monkeypatch.setattr(devices, "_gpus", lambda: [])  # a worker without a GPU, on any host
     store = tmp_path / "store"
     argv = [
         "--manifest",
@@ -166,34 +223,53 @@ def test_gpu_on_a_machine_without_gpu_fails_before_any_work(
     assert not store.exists()
 
 
+def _where_tensorflow_places_work() -> str:
+    """TensorFlow's own answer, not features.model.devices': the device an eager op ran on,
+    which default placement makes the first visible logical GPU, else CPU:0."""
+    import tensorflow as tf
+
+    ran_on = (tf.constant([1.0, 2.0]) * 2.0).device.split("device:")[-1]
+    gpus = tf.config.list_logical_devices("GPU")
+    listed = gpus[0].name if gpus else tf.config.list_logical_devices("CPU")[0].name
+    assert listed.split("device:")[-1] == ran_on
+    return ran_on
+
+
 def test_placement_is_reported_and_npu_without_npu_placement_is_refused(monkeypatch) -> None:
-    assert devices.placed_device() == "CPU:0"  # this machine has no accelerator
+    expected = _where_tensorflow_places_work()  # GPU:0 on a GPU host, CPU:0 elsewhere
+    assert devices.placed_device() == expected
+    assert devices.device_kind(expected) == ("gpu" if expected.startswith("GPU") else "cpu")
     assert devices.device_kind("GPU:1") == "gpu" and devices.device_kind("CPU:0") == "cpu"
     package, module = types.ModuleType("npu_bridge"), types.ModuleType("npu_bridge.npu_init")
     monkeypatch.setitem(sys.modules, "npu_bridge", package)
     monkeypatch.setitem(sys.modules, "npu_bridge.npu_init", module)
-    with pytest.raises(DeviceUnavailableError, match="placed work on CPU:0"):
+    with pytest.raises(DeviceUnavailableError, match=f"placed work on {expected};"):
         devices.configure_device("npu")
 
 
-def _requirement_names(lines: list[str]) -> dict[str, str]:
-    names = {}
-    for line in lines:
-        line = line.split("#")[0].strip()
-        if line:
-            name = re.split(r"[\[<>=;! ]", line, maxsplit=1)[0].lower().replace("_", "-")
-            names[name] = line
-    return names
-
-
 def test_gpu_image_requirements_match_the_package_and_the_launcher() -> None:
-    config = configparser.ConfigParser()
-    config.read(ROOT / "setup.cfg")
-    required = _requirement_names(config["options"]["install_requires"].splitlines())
-    pinned = _requirement_names((ROOT / "docker/gpu/requirements.txt").read_text().splitlines())
+    required = gpu_image.requirement_lines(
+        gpu_image.setup_cfg()["options"]["install_requires"].splitlines()
+    )
+    pinned = gpu_image.image_pins()
     assert set(required) - {"tensorflow-cpu", "tensorflow"} <= set(pinned)
     assert "tensorflow-cpu" not in pinned and "[and-cuda]" in pinned["tensorflow"]
-    assert pinned["apache-beam"].endswith(f"=={apache_beam.__version__}")
+    assert gpu_image.pinned_version(pinned["apache-beam"]) == apache_beam.__version__
     dockerfile = (ROOT / "docker/gpu/Dockerfile").read_text()
     assert f"ARG BEAM_VERSION={apache_beam.__version__}" in dockerfile
     assert "--no-deps" in dockerfile
+
+
+def test_gpu_image_has_every_fsspec_backend_the_readme_documents() -> None:
+    backends = gpu_image.documented_fsspec_backends()  # from the README's s3://, gs:// ...
+    assert backends, "the README documents no store URL that needs an fsspec backend"
+    pinned = gpu_image.image_pins()
+    missing = set(backends) - set(pinned)
+    assert not missing, f"the GPU image lacks {missing}"
+    extras = gpu_image.readme_extras()  # the README's pip install '.[s3]' / '.[gcs]' ...
+    for backend in backends:
+        wanted = [req for reqs in extras.values() for req in reqs if req.name == backend]
+        assert wanted, f"the README names no extra that installs {backend}"
+        version = gpu_image.pinned_version(pinned[backend])
+        assert all(req.specifier.contains(version) for req in wanted), (backend, version)
+    assert set(backends.values()) <= gpu_image.dockerfile_imports()  # the build imports them
