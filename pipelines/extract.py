@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from features import files, preflight, retries
-from features.cli import cli_entry_points, configure_logging
+from features.cli import cli_entry_points, configure_logging, refuse_unused
 from features.download.manifest import read_manifest
 from features.extraction.planning import (
     allocate_rows,
@@ -24,7 +24,7 @@ from features.extraction.planning import (
 from features.extraction.shard import ExtractionConfig
 from features.extraction.variants import parse_variants
 from features.model.devices import configure_device
-from features.store import FeatureView, ShardSpec, ViewLease, ensure_store
+from features.store import DEFAULT_TTL_SECONDS, FeatureView, ShardSpec, ViewLease, ensure_store
 from pipelines.extract_args import EXIT_ROW_FAILURES, build_parser, list_views_text
 from pipelines.extract_close import (
     close_run,
@@ -275,6 +275,19 @@ def _main(argv: Sequence[str] | None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if not args.view and not args.view_spec:
         parser.error("one of --view or --view-spec is required (see --list-views)")
+    if args.dry_run:
+        refuse_unused(
+            parser,
+            {
+                "--summary-json": args.summary_json,
+                "--break-lease": args.break_lease,
+                "--lease-ttl": args.lease_ttl,
+                "--store-retries": args.store_retries,
+                "--fail-on-errors": args.fail_on_errors,
+            },
+            "with --dry-run",
+            "a dry run takes no lease, writes nothing and extracts no row",
+        )
     configure_logging(args.verbose)
     beam_args = _beam_arguments(parser, unknown)
     settings = settings_from_args(args)
@@ -294,7 +307,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.store_retries is not None:
         retries.configure(args.store_retries)
     args.counted_before = retries.COUNTERS.snapshot()
-    with ViewLease.acquire_all(view_paths, run_id, args.break_lease, args.lease_ttl) as leases:
+    ttl = args.lease_ttl or DEFAULT_TTL_SECONDS
+    with ViewLease.acquire_all(view_paths, run_id, args.break_lease, ttl) as leases:
         views = _prepare(args, leases)
         summary = _execute(args, settings, beam_args, views, run_id, leases)
     # Again now that the leases are released: the printed and --summary-json summaries count

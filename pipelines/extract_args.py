@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--lease-ttl",
         type=_positive_seconds("--lease-ttl"),
-        default=DEFAULT_TTL_SECONDS,
+        default=None,
         help="seconds a writer lease lasts without renewal (renewed every third of it); a "
         f"crashed run on another host is taken over after it (default {DEFAULT_TTL_SECONDS:g})",
     )

@@ -9,7 +9,7 @@ import pytest
 from features.cli import CliRun
 from features.store import convert, query
 from jobs import evaluate, predict
-from pipelines import download, labels
+from pipelines import download, extract, labels
 
 DOWNLOAD = ["--dest", "{tmp}/dest", "--source", "{tmp}/images"]
 LABELS = ["--raw", "{tmp}", "--out", "{tmp}/labels.parquet"]
@@ -100,6 +100,38 @@ REFUSED: dict[str, tuple[CliRun, list[str], str, str]] = {
         ["--store", "{tmp}/store", "--view", "v", "--out", "{tmp}/out", *EXPORT_RENAMED],
         "--view-name",
         "--layout ava-mlsp",
+    ),
+    "extract --lease-ttl with --dry-run": (
+        extract.run,
+        [
+            "--manifest",
+            "{tmp}/m.parquet",
+            "--store",
+            "{tmp}/s",
+            "--view",
+            "irnv2_mlsp_narrow",
+            "--dry-run",
+            "--lease-ttl",
+            "30",
+        ],
+        "--lease-ttl",
+        "--dry-run",
+    ),
+    "extract --summary-json with --dry-run": (
+        extract.run,
+        [
+            "--manifest",
+            "{tmp}/m.parquet",
+            "--store",
+            "{tmp}/s",
+            "--view",
+            "irnv2_mlsp_narrow",
+            "--dry-run",
+            "--summary-json",
+            "{tmp}/summary.json",
+        ],
+        "--summary-json",
+        "--dry-run",
     ),
 }
 
