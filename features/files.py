@@ -321,7 +321,8 @@ def create_exclusive(path: str, data: bytes) -> bool:
     """Create a file with exactly data, only if it does not exist yet.
 
     Locally the data goes to a complete temp file that is hard-linked to path, so of any
-    number of racing callers exactly one wins and no reader ever sees a partial file. S3
+    number of racing callers exactly one wins and no reader ever sees a partial file. As for
+    replace_if_unchanged, data must be unique to this writer on S3 and GCS. S3
     (If-None-Match: *) and GCS (ifGenerationMatch=0) decide it on the server. A
     filesystem without a registered backend falls back to exists-then-write (racy) and logs a
     WARNING saying so.
@@ -336,7 +337,9 @@ def replace_if_unchanged(path: str, expected: bytes | None, data: bytes) -> bool
     """Compare-and-swap: replace the file with data only if it still holds exactly expected.
 
     expected=None means "the file must not exist" (create_exclusive), so one call publishes a
-    pointer whether or not it exists yet. On S3 and GCS the server checks the version token
+    pointer whether or not it exists yet. data must be unique to this writer (the store's
+    payloads carry a writer token): on S3 and GCS a failed precondition is settled by reading
+    the object back, and finding data there counts as this call's write. On S3 and GCS the server checks the version token
     (ETag, generation) read together with the compared bytes.
 
     Locally the read-compare-replace runs under an flock on a sidecar lock file in the same

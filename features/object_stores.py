@@ -42,20 +42,29 @@ def _s3_lost_race(error: OSError) -> bool:
     return response.get("Error", {}).get("Code") in _S3_LOST_RACE
 
 
+def _s3_put_if(fs: Any, path: str, data: bytes, **condition: str) -> bool:
+    """One conditional PutObject (s3fs: mode="create" or IfMatch=ETag); False when its
+    precondition failed. For IfMatch, an object removed meanwhile fails it too."""
+    try:
+        fs.pipe_file(path, data, **condition)
+    except FileNotFoundError:
+        if "IfMatch" not in condition:
+            raise
+        return False
+    except OSError as error:
+        if _s3_lost_race(error):
+            return False
+        raise
+    return True
+
+
 def s3_create_exclusive(fs: Any, path: str, data: bytes) -> bool:
     """PutObject with If-None-Match: * (True iff this call created the object)."""
-
-    def attempt() -> bool:
-        try:
-            fs.pipe_file(path, data, mode="create")
-        except OSError as error:
-            if _s3_lost_race(error):
-                return False
-            raise
-        return True
-
     return retries.settle_conditional(
-        "create", f"s3://{path}", attempt, lambda: _s3_holds(fs, path, data)
+        "create",
+        f"s3://{path}",
+        lambda: _s3_put_if(fs, path, data, mode="create"),
+        lambda: _s3_holds(fs, path, data),
     )
 
 
@@ -100,15 +109,7 @@ def s3_replace_if_unchanged(fs: Any, path: str, expected: bytes, data: bytes) ->
         current = _s3_read(fs, path)
         if current is None or current[0] != expected:
             return False
-        try:
-            fs.pipe_file(path, data, IfMatch=current[1])
-        except FileNotFoundError:
-            return False  # removed in between
-        except OSError as error:
-            if _s3_lost_race(error):
-                return False
-            raise
-        return True
+        return _s3_put_if(fs, path, data, IfMatch=current[1])
 
     return retries.settle_conditional(
         "replace", f"s3://{path}", attempt, lambda: _s3_holds(fs, path, data)

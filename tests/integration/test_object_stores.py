@@ -77,18 +77,22 @@ def test_compare_and_swap_replaces_only_the_expected_bytes(bucket) -> None:
 
 
 def test_racing_compare_and_swaps_have_one_winner(bucket) -> None:
+    """Each racer's payload is its own (as every conditional payload of the store is: a lost
+    answer is settled by finding the writer's exact bytes)."""
     path = bucket.path("counter")
-    files.atomic_write_bytes(path, b"0")
+    current = b"0"
+    files.atomic_write_bytes(path, current)
     for round_index in range(RACE_ROUNDS):
-        before = b"%d" % round_index
         won = _race(
             4,
-            lambda i, before=before, round_index=round_index: files.replace_if_unchanged(
-                path, before, b"%d" % (round_index + 1)
+            lambda i, before=current, round_index=round_index: files.replace_if_unchanged(
+                path, before, b"%d writer %d" % (round_index + 1, i)
             ),
         )
         assert sum(won) == 1, (round_index, won)
-    assert files.read_bytes(path) == b"%d" % RACE_ROUNDS
+        current = b"%d writer %d" % (round_index + 1, won.index(True))
+        assert files.read_bytes(path) == current
+    assert files.read_bytes(path).startswith(b"%d writer" % RACE_ROUNDS)
 
 
 def test_two_writers_started_at_once_one_proceeds_the_other_names_it(bucket) -> None:
