@@ -8,7 +8,7 @@ from typing import Any
 
 from features import retries
 from features.extraction.planning import summarize
-from features.extraction.shard import SHARDS_IN_THIS_PROCESS
+from features.extraction.shard import RUNS_IN_THIS_PROCESS
 from features.store import FeatureView, ViewLease, publish_snapshot
 from schemas.errors import LeaseLostError, StoreError
 
@@ -50,7 +50,7 @@ def worker_retries(view: FeatureView, run_id: str) -> dict[str, int]:
     """What workers in other processes counted (their markers of this run); empty when the
     runner ran them in this process, whose own counters hold them already."""
     totals: Counter[str] = Counter()
-    if not SHARDS_IN_THIS_PROCESS:
+    if run_id not in RUNS_IN_THIS_PROCESS:
         for marker in view.committed().values():
             if marker.run_id == run_id:
                 totals.update(marker.store_retries)

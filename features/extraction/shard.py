@@ -40,9 +40,10 @@ LOGGER = logging.getLogger(__name__)
 # CPU default (one AVA-sized image per forward); the device picks it when none is given.
 DEFAULT_MAX_BATCH_PIXELS = BATCH_PIXELS_BY_KIND["cpu"]
 NO_DEVICE = "none (no image forwarded)"
-# Shards this process ran: a launcher whose runner ran workers in its own process counts their
-# store retries in its own counters already (the run summary must not add them twice).
-SHARDS_IN_THIS_PROCESS: list[int] = []
+# Runs (ids) whose shards ran in this process: a launcher whose runner ran workers in its own
+# process counts their store retries in its own counters already (the summary must not add
+# them twice).
+RUNS_IN_THIS_PROCESS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class ShardExtractor:
         """Extract, write and commit one shard for every view that has not committed it yet."""
         started = time.perf_counter()
         counted_before = retries.COUNTERS.snapshot()
-        SHARDS_IN_THIS_PROCESS.append(shard.index)
+        RUNS_IN_THIS_PROCESS.add(self.config.run_id)
         # One marker per view, not the whole commits/ listing: a run has thousands of shards.
         pending = [view for view in self.views if not view.is_committed(shard)]
         if not pending:
