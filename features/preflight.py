@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 
 from features import files, retries
-from schemas.errors import ConfigError, StoreError, StoreUnavailableError
+from schemas.errors import PreflightError, StoreError, StoreUnavailableError
 
 # A check should answer in seconds: an unreachable endpoint must not wait out the run's policy.
 PREFLIGHT_POLICY = retries.RetryPolicy(max_retries=2, timeout_seconds=10, max_backoff=2)
@@ -30,20 +30,20 @@ def check_input_file(path: str, flag: str) -> None:
     """An input file (manifest, labels) exists and is a file.
 
     Raises:
-        ConfigError: it is missing, a directory, unreadable, or its store cannot be reached.
+        PreflightError: it is missing, a directory, unreadable, or its store cannot be reached.
     """
     with _explained(path, flag, "read"):
         if files.is_local(path):
             local = files.native(path)
             if os.path.isdir(local):
-                raise ConfigError(f"{flag} {path}: is a directory, not a file")
+                raise PreflightError(f"{flag} {path}: is a directory, not a file")
             if not os.path.exists(local):
-                raise ConfigError(f"{flag} {path}: no such file")
+                raise PreflightError(f"{flag} {path}: no such file")
             if not os.access(local, os.R_OK):
-                raise ConfigError(f"{flag} {path}: permission denied (not readable)")
+                raise PreflightError(f"{flag} {path}: permission denied (not readable)")
             return
         if not files.exists(path):
-            raise ConfigError(f"{flag} {path}: no such object (check the bucket and the path)")
+            raise PreflightError(f"{flag} {path}: no such object (check the bucket and the path)")
 
 
 def check_writable_folder(path: str, flag: str) -> None:
@@ -51,7 +51,7 @@ def check_writable_folder(path: str, flag: str) -> None:
     creating and deleting a probe file in it (an object store: a probe object).
 
     Raises:
-        ConfigError: a file is in the way, the folder cannot be created or written, no
+        PreflightError: a file is in the way, the folder cannot be created or written, no
             credentials, permission denied, or the endpoint is unreachable (one line each).
     """
     with _explained(path, flag, "write"):
@@ -67,38 +67,40 @@ def _check_local_folder(local: str, flag: str, shown: str) -> None:
     while existing and not os.path.exists(existing):
         existing = os.path.dirname(existing.rstrip("/")) or ("/" if local.startswith("/") else "")
     if existing and not os.path.isdir(existing):
-        raise ConfigError(f"{flag} {shown}: {existing} is a file, not a folder")
+        raise PreflightError(f"{flag} {shown}: {existing} is a file, not a folder")
     try:
         os.makedirs(local, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"{flag} {shown}: cannot create the folder ({error.strerror})") from None
+        raise PreflightError(
+            f"{flag} {shown}: cannot create the folder ({error.strerror})"
+        ) from None
 
 
 @contextlib.contextmanager
 def _explained(path: str, flag: str, action: str) -> Iterator[None]:
-    """Turn what the file system or a cloud library raises into one ConfigError line."""
+    """Turn what the file system or a cloud library raises into one PreflightError line."""
     with retries.temporarily(PREFLIGHT_POLICY):
         try:
             yield
-        except ConfigError:
+        except PreflightError:
             raise
         except PermissionError as error:
-            raise ConfigError(
+            raise PreflightError(
                 f"{flag} {path}: permission denied ({_short(error)}); check the "
                 f"credentials' right to {action} there"
             ) from None
         except StoreUnavailableError as error:
-            raise ConfigError(
+            raise PreflightError(
                 f"{flag} {path}: the store does not answer ({_short(error)}); check the "
                 "endpoint (FSSPEC_S3 / FSSPEC_GS) and the network"
             ) from None
         except (OSError, StoreError, ValueError) as error:
-            raise ConfigError(f"{flag} {path}: cannot {action} ({_short(error)})") from None
+            raise PreflightError(f"{flag} {path}: cannot {action} ({_short(error)})") from None
         except Exception as error:
             hint = _credentials_hint(error)
             if hint is None:
                 raise
-            raise ConfigError(f"{flag} {path}: {hint}") from None
+            raise PreflightError(f"{flag} {path}: {hint}") from None
 
 
 def _credentials_hint(error: BaseException) -> str | None:

@@ -292,12 +292,12 @@ def _main(argv: Sequence[str] | None) -> int:
     beam_args = _beam_arguments(parser, unknown)
     settings = settings_from_args(args)
     check_paths_reachable(settings, manifest=args.manifest, store=args.store)
-    if not args.dry_run:  # cheap checks first: no model is built for a run that cannot start
-        preflight.check_input_file(args.manifest, "--manifest")
-        preflight.check_writable_folder(args.store, "--store")
     environment = _check_environment(args, settings, beam_args)
     if args.dry_run:
         return _dry_run(args, settings, beam_args, environment)
+    # Cheap checks of the paths before the lease and the model (building it takes seconds).
+    preflight.check_input_file(args.manifest, "--manifest")
+    preflight.check_writable_folder(args.store, "--store")
     run_id = (
         datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     )

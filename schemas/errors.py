@@ -51,6 +51,12 @@ class UnknownImageIdsError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class PreflightError(MLSPError):
+    """The run's environment cannot serve it: a missing input file, a folder that cannot be
+    created or written, missing credentials, an endpoint that does not answer; checked before
+    any work, the message names the flag, the path and what to do."""
+
+
 class PipelineError(MLSPError):
     """The distributed pipeline failed as a whole."""
 

@@ -209,6 +209,7 @@ def test_predict_rebuilds_backbone_pooling_and_head(chain, trained, view, tmp_pa
     ],
 )
 def test_bad_views_exit_2_naming_the_field(argv, named, tmp_path, capsys) -> None:
+    (tmp_path / "m.parquet").write_bytes(b"")  # present: the environment checks pass
     try:  # argparse rejects a bad --view-spec itself (SystemExit 2), the rest returns 2
         code = extract.run(
             ["--manifest", str(tmp_path / "m.parquet"), "--store", str(tmp_path), *argv]

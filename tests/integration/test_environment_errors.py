@@ -1,4 +1,4 @@
-"""One line, before any model is built, for a run whose paths, credentials or endpoint fail."""
+"""One line and exit 1, before any model is built, for a run whose paths, credentials or endpoint fail."""
 
 from __future__ import annotations
 
@@ -82,20 +82,20 @@ def _s3_options(monkeypatch: pytest.MonkeyPatch, endpoint: str, **credentials: s
 
 
 def test_missing_manifest(no_model, tmp_path, capsys) -> None:
-    assert extract.run(_extract("/nope.parquet", str(tmp_path / "store"))) == 2
+    assert extract.run(_extract("/nope.parquet", str(tmp_path / "store"))) == 1
     assert _one_error_line(capsys) == "error: --manifest /nope.parquet: no such file"
 
 
 def test_store_naming_an_existing_file(no_model, manifest, tmp_path, capsys) -> None:
     (tmp_path / "file").write_text("x")
-    assert extract.run(_extract(manifest, str(tmp_path / "file" / "store"))) == 2
+    assert extract.run(_extract(manifest, str(tmp_path / "file" / "store"))) == 1
     assert "is a file, not a folder" in _one_error_line(capsys)
-    assert extract.run(_extract(manifest, str(tmp_path / "file"))) == 2
+    assert extract.run(_extract(manifest, str(tmp_path / "file"))) == 1
     assert "is a file, not a folder" in _one_error_line(capsys)
 
 
 def test_store_that_cannot_be_created(no_model, manifest, capsys) -> None:
-    assert extract.run(_extract(manifest, "/proc/mlsp-store")) == 2
+    assert extract.run(_extract(manifest, "/proc/mlsp-store")) == 1
     line = _one_error_line(capsys)
     assert line.startswith("error: --store /proc/mlsp-store: cannot create the folder"), line
 
@@ -107,21 +107,21 @@ def test_s3_without_credentials(no_model, manifest, monkeypatch, capsys) -> None
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     _s3_options(monkeypatch, "http://127.0.0.1:9")
-    assert extract.run(_extract(manifest, "s3://no-creds/store")) == 2
+    assert extract.run(_extract(manifest, "s3://no-creds/store")) == 1
     line = _one_error_line(capsys)
     assert "--store s3://no-creds/store: no AWS credentials found" in line, line
 
 
 def test_unreachable_endpoint(no_model, manifest, monkeypatch, capsys) -> None:
     _s3_options(monkeypatch, "http://127.0.0.1:9", key="k", secret="s")  # nothing listens
-    assert extract.run(_extract(manifest, "s3://b/store")) == 2
+    assert extract.run(_extract(manifest, "s3://b/store")) == 1
     line = _one_error_line(capsys)
     assert "--store s3://b/store: the store does not answer" in line and "refused" in line, line
 
 
 def test_permission_denied(no_model, manifest, monkeypatch, denying_s3, capsys) -> None:
     _s3_options(monkeypatch, denying_s3, key="k", secret="s")
-    assert extract.run(_extract(manifest, "s3://b/store")) == 2
+    assert extract.run(_extract(manifest, "s3://b/store")) == 1
     line = _one_error_line(capsys)
     assert "--store s3://b/store: permission denied" in line, line
 
@@ -136,7 +136,7 @@ def test_download_destination_under_a_file(tmp_path, capsys) -> None:
         "--dest",
         str(tmp_path / "file" / "d"),
     ]
-    assert download.run(argv) == 2
+    assert download.run(argv) == 1
     assert "--dest" in _one_error_line(capsys)
 
 
@@ -145,5 +145,5 @@ def test_training_output_that_cannot_be_created(manifest, tmp_path, capsys) -> N
         *("--store", str(tmp_path / "store"), "--view", VIEW),
         *("--labels", str(manifest), "--out", "/proc/mlsp-run"),
     ]
-    assert train.run(argv) == 2
+    assert train.run(argv) == 1
     assert "--out /proc/mlsp-run: cannot create the folder" in _one_error_line(capsys)
