@@ -208,7 +208,7 @@ def _main(argv: Sequence[str] | None) -> int:
     # settings (see retain_freed_memory; set later, the page faults stay).
     retain_freed_memory()
     config = _config(args)
-    preflight.check_input_file(args.labels, "--labels")
+    # (a missing --labels is already a ConfigError naming it, before any model is built)
     preflight.check_writable_folder(args.out, "--out")
     if files.exists(files.join(args.out, RUN_FILE)) and not args.overwrite:
         raise ConfigError(f"--out {args.out}: a run exists there (pass --overwrite to replace)")
