@@ -245,7 +245,7 @@ def _execute(
             seconds = time.perf_counter() - started
             summary = close_run(views, by_path, run_id, outcome, seconds, settings.runner)
             summary.update(
-                store_retries_workers=(workers := worker_retries(views[0], run_id)),
+                store_retries_workers=(workers := worker_retries(summary, run_id)),
                 store_retries=store_retries(args.counted_before, workers),
                 device_requested=args.device_requested,
                 device_workers=args.device,

@@ -46,15 +46,13 @@ def close_run(
     return summary
 
 
-def worker_retries(view: FeatureView, run_id: str) -> dict[str, int]:
-    """What workers in other processes counted (their markers of this run); empty when the
-    runner ran them in this process, whose own counters hold them already."""
-    totals: Counter[str] = Counter()
-    if run_id not in RUNS_IN_THIS_PROCESS:
-        for marker in view.committed().values():
-            if marker.run_id == run_id:
-                totals.update(marker.store_retries)
-    return dict(totals)
+def worker_retries(summary: dict[str, Any], run_id: str) -> dict[str, int]:
+    """What workers in other processes counted (summarize's sum over this run's markers, so
+    no marker is read again); empty when the runner ran them in this process, whose own
+    counters hold them already."""
+    if run_id in RUNS_IN_THIS_PROCESS:
+        return {}
+    return dict(summary["store_retries_markers"])
 
 
 def store_retries(counted_before: dict[str, int], workers: dict[str, int]) -> dict[str, int]:

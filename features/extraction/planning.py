@@ -232,4 +232,8 @@ def summarize(
         "weights_sha256": view.spec.weights_sha256,
         # Shards of this run per device their markers record (as TensorFlow placed the work).
         "devices_used": dict(Counter(marker.device for marker in this_run)),
+        # Store retries the workers recorded in this run's markers, by kind.
+        "store_retries_markers": dict(
+            sum((Counter(marker.store_retries) for marker in this_run), Counter())
+        ),
     }
