@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -61,10 +61,11 @@ class ExtractShardFn(beam.DoFn):  # type: ignore[misc]
         self._extractor = ShardExtractor(ExtractionConfig.from_dict(self._config))
         _ = self._extractor.model
 
-    def process(self, shard: dict[str, int]) -> Iterator[dict[str, Any]]:
+    def process(self, shard: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Extract, write and commit one shard; yields its small result record."""
         assert self._extractor is not None
-        result = self._extractor.process(ShardSpec(**shard))
+        spec = ShardSpec(shard["index"], shard["row_start"], shard["row_stop"])
+        result = self._extractor.process(spec, shard.get("views"))
         report_metrics(result)
         yield result.to_dict()
 
@@ -103,12 +104,23 @@ def _log_totals(totals: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_extract_pipeline(
-    pipeline: beam.Pipeline, shards: Sequence[ShardSpec], config: ExtractionConfig
+    pipeline: beam.Pipeline,
+    shards: Sequence[ShardSpec],
+    config: ExtractionConfig,
+    views_pending: Mapping[int, Sequence[str]] | None = None,
 ) -> beam.PCollection:
-    """Add the extraction graph to a pipeline; returns the PCollection of worker totals."""
-    shard_records = [
+    """Add the extraction graph to a pipeline; returns the PCollection of worker totals.
+
+    Args:
+        views_pending: per shard index, the views the plan found uncommitted (workers then
+            read no marker before extracting); None = each worker checks every view's marker.
+    """
+    shard_records: list[dict[str, Any]] = [
         {"index": s.index, "row_start": s.row_start, "row_stop": s.row_stop} for s in shards
     ]
+    if views_pending is not None:
+        for record in shard_records:
+            record["views"] = list(views_pending[record["index"]])
     return (
         pipeline
         | "ShardSpecs" >> beam.Create(shard_records)

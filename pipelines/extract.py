@@ -16,7 +16,7 @@ from features.cli import cli_entry_points, configure_logging, refuse_unused
 from features.download.manifest import read_manifest
 from features.extraction.planning import (
     allocate_rows,
-    pending_shards,
+    plan_shards,
     prepare_views,
     resolve_specs,
     store_names,
@@ -84,7 +84,10 @@ def _input_policy(max_side: int | None) -> InputPolicy:
 
 
 def _build_pipeline(
-    runner_name: str, beam_args: list[str], shards: list[ShardSpec], config: ExtractionConfig
+    runner_name: str,
+    beam_args: list[str],
+    planned: list[tuple[ShardSpec, tuple[str, ...]]],
+    config: ExtractionConfig,
 ) -> Any:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -93,21 +96,24 @@ def _build_pipeline(
 
     options = PipelineOptions(beam_args, save_main_session=False)
     pipeline = beam.Pipeline(runner=runner_entry(runner_name).build(), options=options)
-    build_extract_pipeline(pipeline, shards, config)
+    shards = [shard for shard, _ in planned]
+    build_extract_pipeline(
+        pipeline, shards, config, {shard.index: names for shard, names in planned}
+    )
     return pipeline
 
 
 def _run_pipeline(
     settings: RunnerSettings,
     beam_args: list[str],
-    shards: list[ShardSpec],
+    planned: list[tuple[ShardSpec, tuple[str, ...]]],
     config: ExtractionConfig,
 ) -> dict[str, Any]:
     """Run the extraction graph; returns the Beam metrics the runner reported."""
     from pipelines.beam_extract import pipeline_metrics
 
     with runner_environment(settings) as runner_options:
-        pipeline = _build_pipeline(settings.runner, [*runner_options, *beam_args], shards, config)
+        pipeline = _build_pipeline(settings.runner, [*runner_options, *beam_args], planned, config)
         try:
             result = pipeline.run()
             result.wait_until_finish()
@@ -210,7 +216,8 @@ def _execute(
     leases: list[ViewLease],
 ) -> dict[str, Any]:
     takeovers = record_takeovers(args.store, leases, run_id)
-    shards = pending_shards(views)
+    planned = plan_shards(views)
+    shards = [shard for shard, _ in planned]
     LOGGER.info(
         "%d of %d shards to extract for %s",
         len(shards),
@@ -236,7 +243,7 @@ def _execute(
     try:
         if shards:
             with CommitProgress(views[0], shards):
-                metrics = _run_pipeline(settings, beam_args, shards, config)
+                metrics = _run_pipeline(settings, beam_args, planned, config)
     except BaseException:
         outcome = "failed"
         raise

@@ -9,7 +9,9 @@ from typing import Any
 from features import retries
 from features.extraction.planning import summarize
 from features.extraction.shard import RUNS_IN_THIS_PROCESS
-from features.store import FeatureView, ViewLease, publish_snapshot
+from features.store import FeatureView, ViewLease
+from features.store.compaction import Publication
+from features.store.compaction import publish as publish_snapshot_reading
 from schemas.errors import LeaseLostError, StoreError
 
 LOGGER = logging.getLogger(__name__)
@@ -37,11 +39,14 @@ def close_run(
     seconds: float,
     runner: str,
 ) -> dict[str, Any]:
-    """Finalize and publish every view (under its lease), then summarize from the markers."""
+    """Finalize and publish every view (under its lease), then summarize from the markers
+    the first view's snapshot read (when it published; else from all of its markers)."""
+    published = []
     for view in views:
         view.finalize()
-        publish(view, run_id, outcome, leases[view.path])
-    summary = summarize(views, run_id, seconds, runner)
+        published.append(publish(view, run_id, outcome, leases[view.path]))
+    new_markers = published[0].new_markers if published[0] is not None else None
+    summary = summarize(views, run_id, seconds, runner, new_markers)
     summary.update(outcome=outcome)
     return summary
 
@@ -74,12 +79,13 @@ def record_takeovers(store: str, leases: list[ViewLease], run_id: str) -> list[d
     return takeovers
 
 
-def publish(view: FeatureView, run_id: str, outcome: str, lease: ViewLease) -> None:
+def publish(view: FeatureView, run_id: str, outcome: str, lease: ViewLease) -> Publication | None:
     """Publish the view's snapshot (readers then open O(1) files per lookup). After a failed
-    run a publishing error is logged, not raised over the run's own error."""
+    run a publishing error is logged, not raised over the run's own error (returns None)."""
     try:
-        publish_snapshot(view, run_id, lease)
+        return publish_snapshot_reading(view, run_id, lease)
     except StoreError as error:
         if outcome != "failed":
             raise
         LOGGER.warning("view %s: no snapshot published after the failed run: %s", view.name, error)
+        return None

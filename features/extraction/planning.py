@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from importlib import metadata
 from typing import Any
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features.model.weights import file_sha256, imagenet_weights_path, parse_weights_id
-from features.store import FeatureView, ShardSpec, ViewLease, ensure_store
+from features.store import CommitMarker, FeatureView, ShardSpec, ViewLease, ensure_store
 from schemas.errors import ConfigError, StoreError
 from schemas.status import RowStatus
 from schemas.tables import ROW_ALLOCATION_SCHEMA
@@ -192,20 +192,45 @@ def prepare_views(
     return views
 
 
+def plan_shards(views: Sequence[FeatureView]) -> list[tuple[ShardSpec, tuple[str, ...]]]:
+    """Shards that at least one view has not committed, in row order, each with the names of
+    the views that still need it.
+
+    One listing of each view's commits/ decides (a marker file is a commit; markers are
+    validated when the run's snapshot reads them), so planning costs a LIST page per 1,000
+    shards instead of a GET per committed shard.
+    """
+    listed = [{shard.index for shard in view.listed_shards()} for view in views]
+    planned = []
+    for shard in views[0].shards():
+        names = tuple(
+            view.name for view, done in zip(views, listed, strict=True) if shard.index not in done
+        )
+        if names:
+            planned.append((shard, names))
+    return planned
+
+
 def pending_shards(views: Sequence[FeatureView]) -> list[ShardSpec]:
     """Shards that at least one view has not committed, in row order."""
-    committed = [set(view.committed()) for view in views]
-    return [
-        shard for shard in views[0].shards() if any(shard.index not in done for done in committed)
-    ]
+    return [shard for shard, _ in plan_shards(views)]
 
 
 def summarize(
-    views: Sequence[FeatureView], run_id: str, wall_seconds: float, runner: str
+    views: Sequence[FeatureView],
+    run_id: str,
+    wall_seconds: float,
+    runner: str,
+    new_markers: Mapping[int, CommitMarker] | None = None,
 ) -> dict[str, Any]:
-    """Run summary from commit markers and the index (works on runners without metrics)."""
+    """Run summary from commit markers and the index (works on runners without metrics).
+
+    Args:
+        new_markers: the first view's markers its snapshot added after this run (they hold
+            every marker of this run); None = read every marker of the view.
+    """
     view = views[0]
-    markers = view.committed()
+    markers = view.committed() if new_markers is None else new_markers
     this_run = [marker for marker in markers.values() if marker.run_id == run_id]
     processed_rows = sum(marker.row_stop - marker.row_start for marker in this_run)
     index = view.committed_index()

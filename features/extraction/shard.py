@@ -218,13 +218,22 @@ class ShardExtractor:
             return NO_DEVICE
         return f"{self.placed_device} ({self.device_description})"
 
-    def process(self, shard: ShardSpec) -> ShardResult:
-        """Extract, write and commit one shard for every view that has not committed it yet."""
+    def process(self, shard: ShardSpec, view_names: Sequence[str] | None = None) -> ShardResult:
+        """Extract, write and commit one shard for every view that has not committed it yet.
+
+        Args:
+            shard: the shard.
+            view_names: the views the launcher's plan found uncommitted; None = read each
+                view's marker here. Either way a view committed meanwhile (a retried bundle,
+                another run) is caught by the exclusive claim before its features are written.
+        """
         started = time.perf_counter()
         counted_before = retries.COUNTERS.snapshot()
         RUNS_IN_THIS_PROCESS.add(self.config.run_id)
-        # One marker per view, not the whole commits/ listing: a run has thousands of shards.
-        pending = [view for view in self.views if not view.is_committed(shard)]
+        if view_names is None:
+            pending = [view for view in self.views if not view.is_committed(shard)]
+        else:
+            pending = [view for view in self.views if view.name in view_names]
         if not pending:
             return ShardResult(shard.index, shard.rows, skipped=True)
         model = self.model

@@ -219,6 +219,7 @@ class ZarrFeatureArray(FeatureArray):
     # resizes the array, and resize() here drops it. Readers keep opening fresh (a writer
     # elsewhere may grow the array between their reads).
     _writer: Any = None
+    _write_store: Any = None  # the WholeShardWrites under _writer (checksums of shards set)
     _feature_rank: int | None = None  # immutable once the array exists (shard_key needs it)
 
     def _open(self) -> Any:
@@ -256,7 +257,7 @@ class ZarrFeatureArray(FeatureArray):
             attributes={"shard_rows": layout.shard_rows},
         )
         del array
-        self._writer, self._feature_rank = None, None
+        self._writer, self._write_store, self._feature_rank = None, None, None
 
     def layout(self) -> ArrayLayout:
         array = self._open()
@@ -291,17 +292,32 @@ class ZarrFeatureArray(FeatureArray):
 
     def write_shard(self, row_start: int, values: np.ndarray) -> None:
         if self._writer is None:
+            import zarr
+
+            from features.store.zarr_writes import WholeShardWrites
+
             # write_empty_chunks: Zarr would otherwise compare every inner chunk with the NaN
             # fill (np.array_equal with equal_nan on float16: about 70 % of a narrow shard's
             # write CPU, benchmarks.gpu_feed). A shard is written whole, so an all-NaN shard
             # (every row failed) is simply stored; readers see NaN either way.
-            self._writer = self._open().with_config({"write_empty_chunks": True})
+            self._write_store = WholeShardWrites.for_path(self.path)
+            array = zarr.open_array(store=self._write_store, mode="r+")
+            self._writer = array.with_config({"write_empty_chunks": True})
         self._writer[row_start : row_start + values.shape[0]] = values
+
+    def shard_checksum(self, shard_index: int) -> tuple[str, str, int]:
+        """The checksum hashed while this process wrote the shard (no read back); shards
+        written another way (bulk writers) are read back."""
+        key = self.shard_key(shard_index)
+        hashed = self._write_store.take_checksum(key) if self._write_store else None
+        if hashed is None:
+            return super().shard_checksum(shard_index)
+        return f"{self.directory_name}/{key}", hashed[0], hashed[1]
 
     def resize(self, rows: int) -> None:
         array = self._open()
         array.resize((rows, *array.shape[1:]))
-        self._writer = None
+        self._writer = self._write_store = None
 
     def read_rows(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) == 0:

@@ -10,6 +10,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +21,7 @@ from features import files
 from features.cli import add_common_arguments, configure_logging, run_cli
 from features.store.lease import ViewLease
 from features.store.root import STORE_MARKER
-from features.store.shards import image_ids_digest
+from features.store.shards import CommitMarker, image_ids_digest
 from features.store.snapshot import (
     SNAPSHOTS_DIR,
     Snapshot,
@@ -86,14 +87,16 @@ def _write_arrow_piece(path: str, table: pa.Table) -> int:
 
 
 def _new_shards(
-    view: FeatureView, done: set[int]
+    view: FeatureView, done: set[int], markers: dict[int, CommitMarker]
 ) -> tuple[list[pa.Table], list[dict[str, object]]]:
-    """Index parts and shard records of shards committed but not in the previous snapshot."""
+    """Index parts and shard records of shards committed but not in the previous snapshot;
+    their markers go into `markers` (the run summary reads them from there)."""
     parts, records = [], []
     for shard in view.listed_shards():
         if shard.index in done:
             continue
         marker, data = view.read_marker_with_bytes(shard)
+        markers[shard.index] = marker
         try:
             part = files.read_parquet(view.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
         except FileNotFoundError:
@@ -150,7 +153,21 @@ def _merged_pieces(
 
 
 def publish_snapshot(view: FeatureView, reason: str, lease: ViewLease | None = None) -> int:
-    """Publish a snapshot of the view's committed shards; returns its number.
+    """Publish a snapshot of the view's committed shards; returns its number (see publish)."""
+    return publish(view, reason, lease).snapshot
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What publishing read and wrote: the snapshot in force, and the commit markers of the
+    shards it added (each read once, validated; the run summary needs no second read)."""
+
+    snapshot: int
+    new_markers: dict[int, CommitMarker]
+
+
+def publish(view: FeatureView, reason: str, lease: ViewLease | None = None) -> Publication:
+    """Publish a snapshot of the view's committed shards.
 
     Incremental: the previous snapshot's pieces are reused and only markers of shards
     committed since are read. Pieces are written first, then the snapshot file (exclusive
@@ -166,7 +183,8 @@ def publish_snapshot(view: FeatureView, reason: str, lease: ViewLease | None = N
     _ensure_held(lease)
     previous, built_on = read_pointer_with_bytes(view.path)
     done = set(previous.committed_shards()) if previous else set()
-    parts, records = _new_shards(view, done)
+    markers: dict[int, CommitMarker] = {}
+    parts, records = _new_shards(view, done, markers)
     removed = view.removed_image_ids()
     removed_digest = image_ids_digest(sorted(removed))
     rows = int(view.meta["rows"])
@@ -175,7 +193,7 @@ def publish_snapshot(view: FeatureView, reason: str, lease: ViewLease | None = N
         and not parts
         and (previous.rows, previous.removed_sha256) == (rows, removed_digest)
     ):
-        return previous.snapshot
+        return Publication(previous.snapshot, markers)
     index, shards_table = _merged_pieces(view, previous, parts, records, removed)
     committed = done | set(shards_table.column("shard").to_pylist())
     number = max([0, *list_snapshots(view.path)]) + 1
@@ -218,7 +236,7 @@ def publish_snapshot(view: FeatureView, reason: str, lease: ViewLease | None = N
         len(records),
         index.num_rows,
     )
-    return number
+    return Publication(number, markers)
 
 
 def _ensure_held(lease: ViewLease | None) -> None:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import abc
+import io
+import json
+import uuid
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features import files
 from features.store.backends import FeatureArray
@@ -101,54 +105,66 @@ class ViewCommits(abc.ABC):
     def write_shard(
         self, shard: ShardSpec, values: np.ndarray | None, index: pa.Table, marker: CommitMarker
     ) -> CommitMarker:
-        """Write a shard's features, then its index part, then its commit marker.
+        """Claim a shard with its index part, then write its features, then its commit marker.
 
-        The marker gets the checksum of the features as stored (read back after the write).
-        Readers trust only the marker, and it is written last and atomically, so a crash at any
-        point leaves either the previous committed state or the new one. Prefer commit_shard;
-        this form copies an existing marker's lineage (format conversion).
+        The marker gets the checksum of the features as stored (hashed while they were
+        written). Readers trust only the marker, and it is written last and atomically, so a
+        crash at any point leaves either the previous committed state or the new one. Prefer
+        commit_shard; this form copies an existing marker's lineage (format conversion).
 
         Returns:
-            The marker written (with features_file and features_sha256 filled in).
+            The marker written (with features_file and features_sha256 filled in), or the
+            one this lease holding wrote before (a retried bundle: nothing is rewritten).
+
+        Raises:
+            StoreError: features or index of the wrong shape.
+            LeaseLostError: the lease is lost, or another run committed the shard.
         """
-        self._check_fence()
-        existing = self._committed_elsewhere(shard, marker)
-        if existing is not None:
-            return existing
-        if values is not None:
-            expected = (shard.rows, len(self.spec.variants), *self.spec.feature_shape)
-            if values.shape != expected:
-                raise StoreError(
-                    f"shard {shard.index}: features {values.shape} != expected {expected}"
-                )
-            dtype = self.spec.storage_dtype
-            self.shard_writer.write_shard(shard.row_start, values.astype(dtype, copy=False))
         if index.num_rows != shard.rows:
             raise StoreError(
                 f"shard {shard.index}: index has {index.num_rows} rows, not {shard.rows}"
             )
+        expected = (shard.rows, len(self.spec.variants), *self.spec.feature_shape)
+        if values is not None and values.shape != expected:
+            raise StoreError(f"shard {shard.index}: features {values.shape} != expected {expected}")
+        self._check_fence()
+        part = _index_part_bytes(index, marker)
+        existing = self._claim(shard, marker, part)
+        if existing is not None:
+            return existing
+        if values is not None:
+            dtype = self.spec.storage_dtype
+            self.shard_writer.write_shard(shard.row_start, values.astype(dtype, copy=False))
         features_file, checksum, size = self.shard_writer.shard_checksum(shard.index)
         marker = replace(marker, features_file=features_file, features_sha256=checksum)
-        size += files.atomic_write_parquet(
-            self.index_part_path(shard), index.cast(FEATURE_INDEX_SCHEMA)
-        )
         self._check_fence()
         written = self._create_marker(shard, marker)
-        self.bytes_written += size + len(written.to_bytes())
+        self.bytes_written += size + len(part) + len(written.to_bytes())
         return written
 
-    def _committed_elsewhere(self, shard: ShardSpec, marker: CommitMarker) -> CommitMarker | None:
-        """Before a fenced writer writes anything: the shard's marker if this holding already
-        committed it (a retried bundle: nothing to write); raises if another holding did.
+    def _claim(self, shard: ShardSpec, marker: CommitMarker, part: bytes) -> CommitMarker | None:
+        """Write the shard's index part; a fenced writer creates it exclusively, which is its
+        claim on the shard before any feature is written (one PUT, no read, when the shard is
+        untouched: a run of thousands of shards pays no per-shard existence check).
+
+        Returns:
+            None to go on writing; the existing marker when this holding committed the shard.
 
         Raises:
-            LeaseLostError: another run committed the shard (its data is left untouched).
+            LeaseLostError: another holding committed the shard (its data is left untouched).
         """
+        path = self.index_part_path(shard)
         if self.fence is None:
+            files.atomic_write_bytes(path, part)
             return None
+        if files.create_exclusive(path, part):
+            return None
+        # An index part was there first: a committed shard, or an attempt that never committed
+        # (a crashed worker, a killed run) whose leftover this holder may replace.
         try:
             existing, _ = read_marker_bytes(self.marker_path(shard))
         except FileNotFoundError:
+            files.atomic_write_bytes(path, part)
             return None
         if existing.lease_token == marker.lease_token:
             return existing
@@ -183,3 +199,14 @@ class ViewCommits(abc.ABC):
             f"{path}: shard {shard.index} was committed by run {existing.run_id} while run "
             f"{marker.run_id} was writing it; this run commits nothing more"
         )
+
+
+def _index_part_bytes(index: pa.Table, marker: CommitMarker) -> bytes:
+    """A shard's index part as Parquet, its bytes unique to this attempt (writer, run, nonce in
+    the schema metadata), as an exclusive create on S3 and GCS requires to settle a lost answer."""
+    table = index.cast(FEATURE_INDEX_SCHEMA)
+    writer = {"lease_token": marker.lease_token, "run_id": marker.run_id, "nonce": uuid.uuid4().hex}
+    table = table.replace_schema_metadata({b"mlsp_writer": json.dumps(writer).encode()})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
