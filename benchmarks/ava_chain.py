@@ -1,0 +1,377 @@
+"""The stages benchmarks.ava_scale runs, each as its CLI in a fresh process, and their measurement."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks import object_store_servers as servers
+from benchmarks.ava_dataset import AvaDataset
+
+VIEW = "mnv3s_mlsp_narrow"  # the cheapest real backbone: the chain's costs, not the model's
+KILL_SHARE = 0.5  # the second extraction is killed once this share of its shards committed
+# Stage -> the budget (benchmarks.ava_scale.BUDGETS) its requests per shard are held to.
+REQUEST_BUDGETS = {
+    "extract, shards of 64": "requests_per_shard_written",
+    "extract, shards of 1024 (killed + resumed)": "requests_per_shard_written",
+    "verify": "verify_requests_per_shard",
+    "verify --deep": "verify_deep_requests_per_shard",
+}
+
+
+@dataclass
+class StoreSite:
+    """Where the feature stores live: a local folder (base None) or a bucket on moto's S3."""
+
+    base: str | None = None
+    log: servers.RequestLog | None = None
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def store(self, folder: Path, name: str) -> str:
+        """A store location for one size's run."""
+        if self.base is None:
+            return str(folder / name)
+        return f"{self.base}/{folder.name}/{name}"
+
+
+@contextlib.contextmanager
+def object_store(kind: str) -> Iterator[StoreSite]:
+    """A local site, or moto's S3 server on 127.0.0.1 with a fresh bucket (stopped after)."""
+    if kind == "local":
+        yield StoreSite()
+        return
+    moto = servers.start_moto_s3()
+    try:
+        bucket = servers.new_bucket("s3", moto)
+        yield StoreSite(bucket.url, moto.log, servers.subprocess_environment({"s3": moto}))
+    finally:
+        moto.stop()
+
+
+@dataclass
+class ChainContext:
+    """One size's working folder, dataset and store site."""
+
+    folder: Path
+    dataset: AvaDataset
+    site: StoreSite
+
+    @property
+    def manifest(self) -> str:
+        return str(self.folder / "manifest.parquet")
+
+    @property
+    def labels(self) -> str:
+        return str(self.folder / "labels.parquet")
+
+    def store(self, shard_rows: int) -> str:
+        return self.site.store(self.folder, f"store{shard_rows}")
+
+    def extract_argv(self, shard_rows: int, tag: str) -> list[str]:
+        return [
+            "pipelines.extract",
+            *("--manifest", self.manifest, "--store", self.store(shard_rows), "--view", VIEW),
+            *("--weights", "random:0", "--shard-size", str(shard_rows)),
+            *("--summary-json", str(self.folder / f"summary-{tag}.json")),
+        ]
+
+
+class StageProbe:
+    """Runs one stage's process and measures it: wall, CPU, peak RSS of its process tree."""
+
+    def __init__(self, command: list[str], environment: dict[str, str], log: Path) -> None:
+        self.command, self.environment, self.log = command, environment, log
+        self.peak_tree_bytes = 0
+
+    def run(self, kill_when: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """Run to the end (or SIGKILL its process group once kill_when() holds)."""
+        started = time.perf_counter()
+        with self.log.open("ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, *self.command],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.environment},
+                start_new_session=True,
+            )
+            stop = threading.Event()
+            sampler = threading.Thread(target=self._sample, args=(process.pid, stop), daemon=True)
+            sampler.start()
+            killed = False
+            while process.poll() is None:
+                if kill_when is not None and not killed and kill_when():
+                    os.killpg(process.pid, signal.SIGKILL)
+                    killed = True
+                time.sleep(0.05)
+            stop.set()
+            sampler.join()
+        wall = time.perf_counter() - started
+        # The process was reaped by poll(); its rusage came with it into the children totals.
+        return {"wall_s": round(wall, 2), "exit": process.returncode, "killed": killed}
+
+    def _sample(self, pid: int, stop: threading.Event) -> None:
+        try:
+            root = psutil.Process(pid)
+        except psutil.NoSuchProcess:
+            return
+        while not stop.wait(0.2):
+            try:
+                tree = [root, *root.children(recursive=True)]
+                self.peak_tree_bytes = max(
+                    self.peak_tree_bytes, sum(p.memory_info().rss for p in tree)
+                )
+            except psutil.Error:
+                continue
+
+
+def _children_usage() -> tuple[float, float]:
+    """(CPU seconds, maxrss MB) of every reaped child so far (maxrss: the largest one)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def run_stage(
+    context: ChainContext,
+    name: str,
+    command: list[str],
+    kill_when: Callable[[], bool] | None = None,
+) -> dict[str, Any]:
+    """One stage as a fresh process: its measurements, files written and requests."""
+    before_files = _file_count(context.folder)
+    cpu_before, _ = _children_usage()
+    probe = StageProbe(command, context.site.environment, context.folder / "stages.log")
+    log = context.site.log
+    measuring: contextlib.AbstractContextManager[list[tuple[str, str, str]]] = (
+        log.measure() if log is not None else contextlib.nullcontext([])
+    )
+    with measuring as requests:
+        record = probe.run(kill_when)
+    cpu_after, _ = _children_usage()
+    record["cpu_s"] = round(cpu_after - cpu_before, 2)
+    record["peak_rss_mb"] = round(probe.peak_tree_bytes / 2**20, 1)
+    record["files_written"] = _file_count(context.folder) - before_files
+    if log is not None:
+        methods = Counter(method for method, _, _ in requests)
+        record["requests"] = dict(sorted(methods.items()))
+        record["markers_put"] = sum(
+            1 for method, path, _ in requests if method == "PUT" and "/commits/shard-" in path
+        )
+        record["requests_text"] = " ".join(f"{m} {n:,}" for m, n in sorted(methods.items()))
+    expected_exit = 0 if kill_when is None else -signal.SIGKILL
+    if record["exit"] not in (0, expected_exit):
+        raise RuntimeError(
+            f"stage {name!r} exited {record['exit']}; see {context.folder / 'stages.log'}"
+        )
+    return record
+
+
+def _file_count(folder: Path) -> int:
+    return sum(len(names) for _, _, names in os.walk(folder))
+
+
+def _committed_markers(context: ChainContext, shard_rows: int) -> Callable[[], int]:
+    """A counter of the store's commit markers that costs the measured store no request."""
+    if context.site.log is None:
+        commits = Path(context.store(shard_rows)) / VIEW / "commits"
+        return lambda: len(os.listdir(commits)) if commits.is_dir() else 0
+    log = context.site.log
+    prefix = f"/{context.folder.name}/store{shard_rows}/{VIEW}/commits/shard-"
+    start = len(log.entries)
+    return lambda: sum(1 for m, p, _ in log.entries[start:] if m == "PUT" and prefix in p)
+
+
+def _shards_in_view(context: ChainContext, shard_rows: int) -> int:
+    return -(-len(context.dataset.image_ids) // shard_rows)
+
+
+def _with_request_rate(record: dict[str, Any], shards: int) -> dict[str, Any]:
+    if "requests" in record and shards:
+        record["requests_per_shard"] = round(sum(record["requests"].values()) / shards, 2)
+    return record
+
+
+def run_chain(context: ChainContext) -> dict[str, dict[str, Any]]:
+    """Every stage in order; returns their records by stage name."""
+    data = context.dataset
+    stages: dict[str, dict[str, Any]] = {}
+    stages["manifest"] = run_stage(
+        context,
+        "manifest",
+        [
+            "-m",
+            "pipelines.manifest",
+            "--images",
+            str(data.images),
+            "--dataset",
+            "ava",
+            "--out",
+            context.manifest,
+        ],
+    )
+    stages["labels"] = run_stage(
+        context,
+        "labels",
+        [
+            "-m",
+            "pipelines.labels",
+            "--dataset",
+            "ava",
+            "--raw",
+            str(data.raw),
+            "--manifest",
+            context.manifest,
+            "--out",
+            context.labels,
+        ],
+    )
+    _extractions(context, stages)
+    store = context.store(64)
+    stages["snapshot"] = run_stage(
+        context, "snapshot", ["-m", "features.compact", "--store", store, "--view", VIEW]
+    )
+    for name, extra in (("verify", []), ("verify --deep", ["--deep"])):
+        record = run_stage(
+            context, name, ["-m", "features.store.verify", "--store", store, "--view", VIEW, *extra]
+        )
+        stages[name] = _with_request_rate(record, _shards_in_view(context, 64))
+    probe_out = context.folder / "query.json"
+    stages["query: index(), 1 id, 1k ids"] = run_stage(
+        context,
+        "query",
+        [
+            "-c",
+            f"from benchmarks.ava_chain import query_probe; "
+            f"query_probe({store!r}, {str(probe_out)!r})",
+        ],
+    )
+    stages["query: index(), 1 id, 1k ids"]["timings"] = json.loads(probe_out.read_text())
+    _training(context, stages)
+    return stages
+
+
+def _extractions(context: ChainContext, stages: dict[str, dict[str, Any]]) -> None:
+    record = run_stage(context, "extract 64", ["-m", *context.extract_argv(64, "64")])
+    stages["extract, shards of 64"] = _with_request_rate(record, record.get("markers_put", 0))
+    total = _shards_in_view(context, 1024)
+    committed = _committed_markers(context, 1024)
+    killed = run_stage(
+        context,
+        "extract 1024 killed",
+        ["-m", *context.extract_argv(1024, "1024-killed")],
+        kill_when=lambda: committed() >= KILL_SHARE * total,
+    )
+    killed["shards_committed_when_killed"] = committed()
+    stages["extract, shards of 1024, SIGKILL at half"] = killed
+    resumed = run_stage(context, "extract 1024 resume", ["-m", *context.extract_argv(1024, "1024")])
+    stages["extract, shards of 1024, re-run"] = resumed
+    if "requests" in killed:
+        both = Counter(killed["requests"]) + Counter(resumed["requests"])
+        stages["extract, shards of 1024 (killed + resumed)"] = _with_request_rate(
+            {"requests": dict(both), **{k: 0 for k in ("wall_s", "cpu_s", "peak_rss_mb")}},
+            killed["markers_put"] + resumed["markers_put"],
+        )
+
+
+def _training(context: ChainContext, stages: dict[str, dict[str, Any]]) -> None:
+    run = str(context.folder / "run")
+    stages["train: one epoch, narrow head"] = run_stage(
+        context,
+        "train",
+        [
+            "-m",
+            "jobs.train",
+            "--store",
+            context.store(64),
+            "--view",
+            VIEW,
+            "--labels",
+            context.labels,
+            "--head",
+            "narrow",
+            "--out",
+            run,
+            "--epochs-per-stage",
+            "1",
+            "--learning-rates",
+            "1e-3",
+            "--patience",
+            "1",
+            "--quiet",
+        ],
+    )
+    stages["evaluate (test split)"] = run_stage(
+        context, "evaluate", ["-m", "jobs.evaluate", "--run", run, "--split", "test"]
+    )
+
+
+def query_probe(store: str, out: str) -> None:
+    """In a fresh process: index(), then a 1-id and a 1k-id table() read, each timed once cold
+    and then warm (median of 5); writes the seconds to out."""
+    import statistics
+
+    from features.store.query import FeatureStore
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    feature_store = FeatureStore(store)
+    index = feature_store.index(VIEW)
+    timings["index_cold_s"] = time.perf_counter() - started
+    ids = [str(value) for value in index.column("image_id").to_pylist()]
+    rng = random.Random(0)
+    for label, count in (("1id", 1), ("1k_ids", 1000)):
+        runs = []
+        for _ in range(6):
+            chosen = rng.sample(ids, count)
+            begin = time.perf_counter()
+            feature_store.table(VIEW, ids=chosen)
+            runs.append(time.perf_counter() - begin)
+        timings[f"{label}_cold_s"] = runs[0]
+        timings[f"{label}_warm_s"] = statistics.median(runs[1:])
+    timings["rows"] = index.num_rows
+    Path(out).write_text(json.dumps({k: round(v, 4) for k, v in timings.items()}))
+
+
+def bookkeeping(dataset: AvaDataset, folder: Path, sample: int = 2048) -> dict[str, float]:
+    """Extraction bookkeeping per image on this dataset's images: the shard path with
+    benchmarks.gpu_feed's free stand-in model minus the read+sha256+decode it contains, in
+    CPU ms per image (1 decode thread, shards of 64, median of 3)."""
+    from benchmarks import gpu_feed
+    from features.download.manifest import build_manifest, entries_from_folder
+
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    for image_id in dataset.image_ids[:sample]:
+        shutil.copyfile(dataset.images / f"{image_id}.jpg", images / f"{image_id}.jpg")
+    manifest = build_manifest(entries_from_folder(images), "bookkeeping")
+    paths = sorted(str(path) for path in images.glob("*.jpg"))
+    differences, pipeline_ms, load_ms = [], [], []
+    for _ in range(3):
+        _, pipeline_rate = gpu_feed.pipeline_rate(manifest, folder, 1, 64, 3_000_000)
+        _, load_rate = gpu_feed.load_rate(paths, 1)
+        pipeline_ms.append(1000 / pipeline_rate)
+        load_ms.append(1000 / load_rate)
+        differences.append(pipeline_ms[-1] - load_ms[-1])
+    shutil.rmtree(folder, ignore_errors=True)
+    return {
+        "images": len(paths),
+        "shard_path_cpu_ms_per_image": round(sorted(pipeline_ms)[1], 3),
+        "read_decode_cpu_ms_per_image": round(sorted(load_ms)[1], 3),
+        "bookkeeping_ms_per_image": round(sorted(differences)[1], 3),
+    }

@@ -1,0 +1,215 @@
+"""Benchmark: the whole chain at AVA scale (255,530 rows) and at a tenth of it, stage by stage.
+
+Each stage is its CLI run as a user runs it (`python -m ...` in a fresh process, cold start
+included): manifest, labels, extract (shards of 64, then of 1024 killed by SIGKILL at about half
+and re-run), snapshot, verify, verify --deep, query, one training epoch, evaluate. Per stage:
+wall and CPU seconds, peak RSS (the stage's process tree, sampled, and its own maxrss), files
+written, and with --store s3 the requests moto's S3 server on 127.0.0.1 received by method.
+Ratios compare each stage at the largest N with the smallest; budgets are checked in the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import ava_chain
+from benchmarks.ava_chain import ChainContext
+from benchmarks.ava_dataset import write_ava_dataset
+from features import files
+from features.cli import add_common_arguments, cli_entry_points, configure_logging
+
+LOGGER = logging.getLogger(__name__)
+AVA_ROWS = 255_530
+BUDGETS = {
+    "stage_ratio_per_10x": 10.5,  # each stage's time at 10x rows, at most
+    "rss_ratio": 1.2,  # each stage's peak RSS at 10x rows, at most
+    "chain_seconds": 20 * 60,  # the whole chain at 255,530 rows, local
+    "bookkeeping_ms_per_image": 0.3,  # shard path minus read+decode, stand-in model
+    "requests_per_shard_written": 5.0,
+    "verify_requests_per_shard": 2.0,
+    "verify_deep_requests_per_shard": 3.0,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser of the benchmark."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.ava_scale",
+        description="Run the chain (manifest, labels, extract at shards of 64 and 1024 with a "
+        "SIGKILL and resume, snapshot, verify, query, a training epoch, evaluate) on generated "
+        "AVA-shaped datasets, each stage as its CLI in a fresh process; report wall, CPU, peak "
+        "RSS and files or object-store requests per stage, ratios between sizes and budgets.",
+    )
+    parser.add_argument(
+        "--images",
+        default=f"{AVA_ROWS // 10},{AVA_ROWS}",
+        help="comma-separated dataset sizes; ratios compare the last with the first "
+        f"(default {AVA_ROWS // 10},{AVA_ROWS})",
+    )
+    parser.add_argument(
+        "--store",
+        choices=("local", "s3"),
+        default="local",
+        help="where the feature stores live: a local folder, or moto's S3 server on 127.0.0.1 "
+        "(requests counted by method)",
+    )
+    parser.add_argument("--work", type=Path, help="working folder (default: a temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the working folder")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed")
+    parser.add_argument("--out", default="bench_out/ava_scale.json", help="results JSON")
+    add_common_arguments(parser)
+    return parser
+
+
+def _sizes(text: str, parser: argparse.ArgumentParser) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        parser.error(f"--images: comma-separated integers expected, got {text!r}")
+    if not sizes or min(sizes) < 2048:
+        parser.error(
+            f"--images: sizes of at least 2048 expected (two 1024-row shards), got {text!r}"
+        )
+    return sizes
+
+
+def measure_size(count: int, work: Path, site: ava_chain.StoreSite, seed: int) -> dict[str, Any]:
+    """Generate a dataset of `count` images and run the chain on it; returns its record."""
+    folder = work / f"n{count}"
+    started = time.perf_counter()
+    dataset = write_ava_dataset(folder / "dataset", count, seed=seed)
+    generated = time.perf_counter() - started
+    context = ChainContext(folder, dataset, site)
+    stages = ava_chain.run_chain(context)
+    return {
+        "images": count,
+        "generate_seconds": round(generated, 1),
+        "stages": stages,
+        "chain_seconds": round(sum(stage["wall_s"] for stage in stages.values()), 1),
+        "bookkeeping": ava_chain.bookkeeping(dataset, folder / "bookkeeping"),
+    }
+
+
+def ratios(small: dict[str, Any], large: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per stage: wall, CPU and peak-RSS ratio of the large run to the small one."""
+    result = {}
+    for name, stage in large["stages"].items():
+        base = small["stages"].get(name)
+        if base is None:
+            continue
+        result[name] = {
+            key: round(stage[key] / max(base[key], 1e-9), 2)
+            for key in ("wall_s", "cpu_s", "peak_rss_mb")
+        }
+    return result
+
+
+def check_budgets(results: dict[str, Any]) -> dict[str, Any]:
+    """Each budget with the measured figure and whether it holds."""
+    sizes = results["sizes"]
+    small, large = sizes[0], sizes[-1]
+    scale = large["images"] / small["images"]
+    allowed_time = BUDGETS["stage_ratio_per_10x"] * scale / 10
+    checks: dict[str, Any] = {}
+    for name, ratio in results["ratios"].items():
+        checks[f"{name}: time ratio <= {allowed_time:.2f}"] = (
+            ratio["wall_s"],
+            ratio["wall_s"] <= allowed_time,
+        )
+        checks[f"{name}: RSS ratio <= {BUDGETS['rss_ratio']}"] = (
+            ratio["peak_rss_mb"],
+            ratio["peak_rss_mb"] <= BUDGETS["rss_ratio"],
+        )
+    if results["settings"]["store"] == "local" and large["images"] >= AVA_ROWS:
+        seconds = large["chain_seconds"]
+        checks["chain at 255,530 rows <= 1200 s"] = (seconds, seconds <= BUDGETS["chain_seconds"])
+    for size in sizes:
+        per_image = size["bookkeeping"]["bookkeeping_ms_per_image"]
+        checks[f"bookkeeping at {size['images']} <= 0.3 ms/image"] = (
+            per_image,
+            per_image <= BUDGETS["bookkeeping_ms_per_image"],
+        )
+        for name, key in ava_chain.REQUEST_BUDGETS.items():
+            figure = size["stages"].get(name, {}).get("requests_per_shard")
+            if figure is not None:
+                checks[f"{name} at {size['images']}: requests/shard <= {BUDGETS[key]}"] = (
+                    figure,
+                    figure <= BUDGETS[key],
+                )
+    return {name: {"measured": value, "met": met} for name, (value, met) in checks.items()}
+
+
+def table(results: dict[str, Any]) -> str:
+    """The README's markdown table: one row per stage, one column group per size."""
+    sizes = results["sizes"]
+    header = "| stage | " + " | ".join(
+        f"{size['images']:,}: wall s / CPU s / RSS MB / {_unit(results)}" for size in sizes
+    )
+    rows = [header + " | ratio (wall, RSS) |", "| --- |" + " ---: |" * (len(sizes) + 1)]
+    for name in sizes[-1]["stages"]:
+        cells = []
+        for size in sizes:
+            stage = size["stages"].get(name)
+            cells.append("" if stage is None else _cell(stage))
+        ratio = results["ratios"].get(name)
+        ratio_cell = "" if ratio is None else f"{ratio['wall_s']:.2f}x, {ratio['peak_rss_mb']:.2f}x"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {ratio_cell} |")
+    totals = " | ".join(f"{size['chain_seconds']:.0f} s" for size in sizes)
+    rows.append(f"| **whole chain** | {totals} | |")
+    return "\n".join(rows)
+
+
+def _unit(results: dict[str, Any]) -> str:
+    return "requests" if results["settings"]["store"] == "s3" else "files"
+
+
+def _cell(stage: dict[str, Any]) -> str:
+    written = stage.get("requests_text") or f"{stage.get('files_written', 0):,}"
+    return f"{stage['wall_s']:.1f} / {stage['cpu_s']:.1f} / {stage['peak_rss_mb']:.0f} / {written}"
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sizes = _sizes(args.images, parser)
+    configure_logging(args.verbose)
+    work = args.work or Path(tempfile.mkdtemp(prefix="ava-scale-"))
+    results: dict[str, Any] = {
+        "settings": {"images": sizes, "store": args.store, "seed": args.seed},
+        "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
+        "sizes": [],
+    }
+    try:
+        with ava_chain.object_store(args.store) as site:
+            for count in sizes:
+                LOGGER.info("chain at %d images (%s store)", count, args.store)
+                results["sizes"].append(measure_size(count, work, site, args.seed))
+                shutil.rmtree(work / f"n{count}" / "dataset" / "images", ignore_errors=True)
+    finally:
+        if not args.keep and args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    results["machine"]["load_average_end"] = os.getloadavg()
+    results["ratios"] = ratios(results["sizes"][0], results["sizes"][-1])
+    results["budgets"] = check_budgets(results)
+    files.atomic_write_text(args.out, json.dumps(results, indent=2))
+    print(table(results))
+    for name, check in results["budgets"].items():
+        print(f"{'met   ' if check['met'] else 'MISSED'} {name}: {check['measured']}")
+    return 0 if all(check["met"] for check in results["budgets"].values()) else 1
+
+
+run, main = cli_entry_points(_main)
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
