@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--work", type=Path, help="working folder (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed")
+    parser.add_argument(
+        "--malformed-lines",
+        type=int,
+        default=3,
+        help="AVA.txt lines written malformed (labels drops them, naming each; default 3)",
+    )
     parser.add_argument("--out", default="bench_out/ava_scale.json", help="results JSON")
     add_common_arguments(parser)
     return parser
@@ -83,11 +89,13 @@ def _sizes(text: str, parser: argparse.ArgumentParser) -> list[int]:
     return sizes
 
 
-def measure_size(count: int, work: Path, site: ava_chain.StoreSite, seed: int) -> dict[str, Any]:
+def measure_size(
+    count: int, work: Path, site: ava_chain.StoreSite, seed: int, malformed: int
+) -> dict[str, Any]:
     """Generate a dataset of `count` images and run the chain on it; returns its record."""
     folder = work / f"n{count}"
     started = time.perf_counter()
-    dataset = write_ava_dataset(folder / "dataset", count, seed=seed)
+    dataset = write_ava_dataset(folder / "dataset", count, seed=seed, malformed=malformed)
     generated = time.perf_counter() - started
     context = ChainContext(folder, dataset, site)
     stages = ava_chain.run_chain(context)
@@ -185,7 +193,12 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logging(args.verbose)
     work = args.work or Path(tempfile.mkdtemp(prefix="ava-scale-"))
     results: dict[str, Any] = {
-        "settings": {"images": sizes, "store": args.store, "seed": args.seed},
+        "settings": {
+            "images": sizes,
+            "store": args.store,
+            "seed": args.seed,
+            "malformed_lines": args.malformed_lines,
+        },
         "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
         "sizes": [],
     }
@@ -193,7 +206,9 @@ def _main(argv: Sequence[str] | None) -> int:
         with ava_chain.object_store(args.store) as site:
             for count in sizes:
                 LOGGER.info("chain at %d images (%s store)", count, args.store)
-                results["sizes"].append(measure_size(count, work, site, args.seed))
+                results["sizes"].append(
+                    measure_size(count, work, site, args.seed, args.malformed_lines)
+                )
                 shutil.rmtree(work / f"n{count}" / "dataset" / "images", ignore_errors=True)
     finally:
         if not args.keep and args.work is None:

