@@ -70,8 +70,10 @@ def parse_header(variable: str, text: str) -> tuple[str, str]:
     name, colon, value = text.partition(":")
     name, value = name.strip(), value.strip()
     if not colon or not HEADER_NAME.match(name) or not value or re.search(r"[\r\n]", value):
-        raise ConfigError(f"{variable}: expected 'Header-Name: value' (e.g. 'Authorization: "
-                          "Bearer TOKEN') on one line")
+        raise ConfigError(
+            f"{variable}: expected 'Header-Name: value' (e.g. 'Authorization: "
+            "Bearer TOKEN') on one line"
+        )
     return name, value
 
 
@@ -105,8 +107,7 @@ def _parsed_netrc(path: str, mtime_ns: int) -> netrc.netrc | None:
         return None
 
 
-def netrc_login(host: str, environ: Mapping[str, str] | None = None
-                ) -> tuple[str, str, str] | None:
+def netrc_login(host: str, environ: Mapping[str, str] | None = None) -> tuple[str, str, str] | None:
     """(login, password, netrc path) for a host (or the default entry), if any."""
     path = netrc_path(environ)
     try:
@@ -137,22 +138,32 @@ def resolve(url: str, environ: Mapping[str, str] | None = None) -> Credentials:
     bare, user, password = split_userinfo(url)
     if user is not None:
         value = basic(user, password or "")
-        return Credentials(bare, {"Authorization": value},
-                           f"Basic auth from the URL's userinfo (user {user!r})",
-                           _maskable(password, value))
+        return Credentials(
+            bare,
+            {"Authorization": value},
+            f"Basic auth from the URL's userinfo (user {user!r})",
+            _maskable(password, value),
+        )
     host = urlsplit(bare).hostname or ""
     for variable in (host_variable(host), HEADER_ENV):
         if environ.get(variable):
             name, value = parse_header(variable, environ[variable])
-            return Credentials(bare, {name: value}, f"{name} header from {variable}",
-                               _maskable(value, value.partition(" ")[2]))
+            return Credentials(
+                bare,
+                {name: value},
+                f"{name} header from {variable}",
+                _maskable(value, value.partition(" ")[2]),
+            )
     found = netrc_login(host, environ)
     if found is not None:
         login, secret, path = found
         value = basic(login, secret)
-        return Credentials(bare, {"Authorization": value},
-                           f"Basic auth from netrc {path} (login {login!r})",
-                           _maskable(secret, value))
+        return Credentials(
+            bare,
+            {"Authorization": value},
+            f"Basic auth from netrc {path} (login {login!r})",
+            _maskable(secret, value),
+        )
     return Credentials(bare)
 
 
@@ -167,8 +178,11 @@ def _same_origin(old: str, new: str) -> bool:
         return False
     if (before.scheme, before.port) == (after.scheme, after.port):
         return True
-    return (before.scheme, after.scheme) == ("http", "https") and before.port in (None, 80) \
+    return (
+        (before.scheme, after.scheme) == ("http", "https")
+        and before.port in (None, 80)
         and after.port in (None, 443)
+    )
 
 
 class CredentialRedirects(urllib.request.HTTPRedirectHandler):
@@ -179,8 +193,15 @@ class CredentialRedirects(urllib.request.HTTPRedirectHandler):
     storage host gets none).
     """
 
-    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
-                         headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
         new = super().redirect_request(req, fp, code, msg, headers, newurl)
         carried: dict[str, str] = getattr(req, "credential_headers", {})
         if new is not None and carried and _same_origin(req.full_url, new.full_url):

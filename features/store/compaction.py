@@ -21,7 +21,7 @@ from features import files
 from features.cli import add_common_arguments, configure_logging, run_cli
 from features.store.lease import ViewLease
 from features.store.root import STORE_MARKER
-from features.store.shards import CommitMarker, image_ids_digest
+from features.store.shards import CommitMarker, ShardSpec, image_ids_digest
 from features.store.snapshot import (
     SNAPSHOTS_DIR,
     Snapshot,
@@ -97,13 +97,7 @@ def _new_shards(
             continue
         marker, data = view.read_marker_with_bytes(shard)
         markers[shard.index] = marker
-        try:
-            part = files.read_parquet(view.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
-        except FileNotFoundError:
-            raise StoreError(
-                f"{view.index_part_path(shard)}: missing, but {view.marker_path(shard)} commits it"
-            ) from None
-        parts.append(part)
+        parts.append(_shard_index(view, shard, marker))
         records.append(
             {
                 "shard": shard.index,
@@ -115,6 +109,19 @@ def _new_shards(
             }
         )
     return parts, records
+
+
+def _shard_index(view: FeatureView, shard: ShardSpec, marker: CommitMarker) -> pa.Table:
+    """A committed shard's index rows: those its marker carries, else its index part's."""
+    carried = marker.index_table()
+    if carried is not None:
+        return carried
+    try:
+        return files.read_parquet(view.index_part_path(shard)).cast(FEATURE_INDEX_SCHEMA)
+    except FileNotFoundError:
+        raise StoreError(
+            f"{view.index_part_path(shard)}: missing, but {view.marker_path(shard)} commits it"
+        ) from None
 
 
 def _plan(view: FeatureView, committed: set[int]) -> pa.Table:

@@ -38,7 +38,7 @@ class HDF5FeatureArray(FeatureArray):
 
     @classmethod
     def written_compression(cls, requested: str) -> str:
-        """"lzf" for either Blosc choice, "none" for none: what write_shard writes.
+        """ "lzf" for either Blosc choice, "none" for none: what write_shard writes.
 
         Raises:
             ConfigError: an unknown choice.

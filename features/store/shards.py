@@ -9,8 +9,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import pyarrow as pa
+
 from features import files
 from schemas.errors import StoreError
+from schemas.tables import FEATURE_INDEX_SCHEMA
 
 COMMITS_DIR = "commits"
 INDEX_DIR = "index"
@@ -63,6 +66,9 @@ class CommitMarker:
             writers outside a lease and markers written before fencing).
         store_retries: object-store retries and unsettled writes the worker process counted
             while it ran this shard, by kind (features.retries.COUNTERS).
+        index_rows: the shard's index rows as columns (FEATURE_INDEX_SCHEMA names), the same
+            rows as its index part, so that publishing a snapshot reads one object per new
+            shard; None in markers written before.
     """
 
     shard: int
@@ -82,17 +88,48 @@ class CommitMarker:
     features_sha256: str | None = None
     lease_token: str = ""
     store_retries: Mapping[str, int] = field(default_factory=dict)
+    index_rows: Mapping[str, Sequence[Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
         data = asdict(self)
         data["status_counts"] = dict(self.status_counts)
         data["store_retries"] = dict(self.store_retries)
+        if self.index_rows is None:
+            del data["index_rows"]  # markers without rows keep the bytes they always had
         return data
 
     def to_bytes(self) -> bytes:
-        """The marker file's bytes (their sha256 is the marker digest snapshots record)."""
-        return json.dumps(self.to_dict(), indent=2).encode("utf-8")
+        """The marker file's bytes (their sha256 is the marker digest snapshots record): the
+        fields indented, one compact line for the index rows."""
+        data = self.to_dict()
+        rows = data.pop("index_rows", None)
+        text = json.dumps(data, indent=2)
+        if rows is not None:
+            compact = json.dumps(rows, separators=(",", ":"))
+            text = text[: text.rindex("}")].rstrip() + f',\n  "index_rows": {compact}\n}}'
+        return text.encode("utf-8")
+
+    def index_table(self) -> pa.Table | None:
+        """The index rows the marker carries (FEATURE_INDEX_SCHEMA), or None.
+
+        Raises:
+            StoreError: rows that do not fit the schema or the marker's row range.
+        """
+        if self.index_rows is None:
+            return None
+        try:
+            table = pa.Table.from_pydict(dict(self.index_rows), schema=FEATURE_INDEX_SCHEMA)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, KeyError, TypeError) as error:
+            raise StoreError(
+                f"shard {self.shard}: marker index rows are invalid ({error})"
+            ) from error
+        if table.num_rows != self.row_stop - self.row_start:
+            raise StoreError(
+                f"shard {self.shard}: marker carries {table.num_rows} index rows, not "
+                f"{self.row_stop - self.row_start}"
+            )
+        return table
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CommitMarker:
@@ -102,6 +139,11 @@ class CommitMarker:
         if unknown:
             raise TypeError(f"unknown marker field(s) {unknown}")
         return cls(**dict(data))
+
+
+def index_columns(index: pa.Table) -> dict[str, list[Any]]:
+    """A shard's index rows in the form a marker carries them (index_rows)."""
+    return index.cast(FEATURE_INDEX_SCHEMA).to_pydict()
 
 
 def image_ids_digest(image_ids: Sequence[str]) -> str:

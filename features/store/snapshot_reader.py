@@ -351,9 +351,11 @@ class SnapshotRead:
             marker, _ = read_marker_bytes(marker_file)
         except FileNotFoundError:
             return None
-        part_file = index_part_path(self.view_path, shard)
-        part = read_piece(part_file, f"index part of the shard {marker_file} commits")
-        part = part.cast(FEATURE_INDEX_SCHEMA)
+        part = marker.index_table()  # markers carry their rows: no second read
+        if part is None:
+            part_file = index_part_path(self.view_path, shard)
+            part = read_piece(part_file, f"index part of the shard {marker_file} commits")
+            part = part.cast(FEATURE_INDEX_SCHEMA)
         self._check_pending(marker_file, marker, part, rows, ids)
         flags = pa.array(np.zeros(part.num_rows, dtype=bool))
         return part.append_column(pa.field("removed", pa.bool_()), flags)

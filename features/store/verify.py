@@ -61,7 +61,11 @@ def _check_committed_shard(
 ) -> None:
     view = sources.view
     where = f"shard {shard.index} (rows {shard.row_start}:{shard.row_stop})"
-    index = sources.index_rows(shard, deep)
+    try:
+        index = sources.index_rows(shard, marker, deep)
+    except StoreError as error:
+        report.problems.append(f"{where}: {error}")
+        return
     if index is None:
         path = view.index_part_path(shard)
         report.problems.append(f"{where}: committed but its index part {path} is missing")

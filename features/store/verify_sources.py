@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 from features import files
 from features.store.snapshot import Snapshot, read_pointer
 from features.store.snapshot_reader import read_piece
-from features.store.view import FeatureView, ShardSpec
+from features.store.view import CommitMarker, FeatureView, ShardSpec
 from schemas.errors import StoreError
 
 ZARR_METADATA = "zarr.json"
@@ -23,8 +23,8 @@ class ShardSources:
 
     Per committed shard: one GET of its marker (by the caller), one GET of its features object
     (decoded from those bytes, and hashed from them for --deep), and its index rows from the
-    snapshot's index piece, read once for the whole view; only --deep, or shards committed
-    after the snapshot, read the shard's own index part (one GET more). Uncommitted shards are
+    snapshot's index piece, read once for the whole view, or from its marker; only --deep (or
+    a marker written before markers carried rows) reads the shard's index part (one GET more). Uncommitted shards are
     found from one listing of index/ and of the features objects, never one request each.
     """
 
@@ -37,14 +37,22 @@ class ShardSources:
         self._listed_objects: set[str] | None = None
 
     # ---- index rows ----------------------------------------------------------------------
-    def index_rows(self, shard: ShardSpec, deep: bool) -> pa.Table | None:
-        """The shard's index rows, ordered by row: from the snapshot when it commits the shard
-        (and not deep), else from the shard's index part; None when that part is missing."""
+    def index_rows(self, shard: ShardSpec, marker: CommitMarker, deep: bool) -> pa.Table | None:
+        """The shard's index rows, ordered by row: unless deep, from the snapshot when it
+        commits the shard, else from the marker when it carries them; from the shard's index
+        part otherwise (and always when deep); None when that part is missing.
+
+        Raises:
+            StoreError: the marker's rows do not fit the index schema.
+        """
         if not deep and self.snapshot is not None and self.snapshot.is_committed(shard.index):
             index = self._snapshot_rows()
             rows = index.column("row").to_numpy()
             start, stop = np.searchsorted(rows, [shard.row_start, shard.row_stop])
             return index.slice(int(start), int(stop - start))
+        carried = None if deep else marker.index_table()
+        if carried is not None:
+            return carried
         try:
             return files.read_parquet(self.view.index_part_path(shard))
         except FileNotFoundError:

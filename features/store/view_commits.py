@@ -17,7 +17,13 @@ import pyarrow.parquet as pq
 from features import files
 from features.store.backends import FeatureArray
 from features.store.lease import LeaseFence
-from features.store.shards import CommitMarker, ShardSpec, image_ids_digest, read_marker_bytes
+from features.store.shards import (
+    CommitMarker,
+    ShardSpec,
+    image_ids_digest,
+    index_columns,
+    read_marker_bytes,
+)
 from schemas.errors import LeaseLostError, StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA
 from schemas.view_spec import FeatureViewSpec
@@ -136,7 +142,12 @@ class ViewCommits(abc.ABC):
             dtype = self.spec.storage_dtype
             self.shard_writer.write_shard(shard.row_start, values.astype(dtype, copy=False))
         features_file, checksum, size = self.shard_writer.shard_checksum(shard.index)
-        marker = replace(marker, features_file=features_file, features_sha256=checksum)
+        marker = replace(
+            marker,
+            features_file=features_file,
+            features_sha256=checksum,
+            index_rows=index_columns(index),
+        )
         self._check_fence()
         written = self._create_marker(shard, marker)
         self.bytes_written += size + len(part) + len(written.to_bytes())
