@@ -80,9 +80,9 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logging(args.verbose)
     _check_arguments(parser, args)
     _check_environment(args)
+    items = list_images(args.images) if args.out is not None else []  # before the head loads
     trained = load_run(args.run)
     spec = FeatureViewSpec.from_dict(trained.record["view_spec"])
-    items = list_images(args.images) if args.out is not None else []
     started = time.perf_counter()
     model = build_scoring_model(spec, trained.model)
     if args.save_model is not None:

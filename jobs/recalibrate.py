@@ -10,7 +10,6 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
@@ -100,7 +99,7 @@ def read_labels(path: str) -> pd.DataFrame:
     """
     if not files.exists(path):
         raise LabelError(f"--labels {path}: no such file")
-    table = _read_table(path, "--labels")
+    table = files.read_parquet_as(path, "--labels", LabelError)
     if RECALIBRATED_COLUMN in table.column_names:
         table = table.drop_columns([RECALIBRATED_COLUMN])
     return conform_table(table, LABELS_SCHEMA, path).to_pandas()
@@ -114,14 +113,7 @@ def read_predictions(path: str) -> pd.DataFrame:
     """
     if not files.exists(path):
         raise LabelError(f"--predictions {path}: no such file")
-    return _read_table(path, "--predictions").to_pandas()
-
-
-def _read_table(path: str, flag: str) -> pa.Table:
-    try:
-        return files.read_parquet(path)
-    except (pa.ArrowInvalid, OSError) as error:  # what pyarrow raises for other bytes
-        raise LabelError(f"{flag} {path}: not a Parquet file ({error})") from None
+    return files.read_parquet_as(path, "--predictions", LabelError).to_pandas()
 
 
 def scatter_png(y: np.ndarray, mapped: np.ndarray, p: np.ndarray, title: str) -> bytes:

@@ -68,10 +68,16 @@ def load_run(path: str) -> TrainedRun:
     """Open a run folder written by jobs.train.
 
     Raises:
-        ConfigError: not a complete run (no run.json or model); the message names --run.
+        ConfigError: not a complete run (no run.json, or no readable model); the message names
+            --run.
     """
     record, config = read_run(path)
-    return TrainedRun(path, record, config, load_keras_model(files.join(path, MODEL_FILE)))
+    try:
+        model = load_keras_model(files.join(path, MODEL_FILE))
+    except (ValueError, OSError) as error:  # what Keras raises for a damaged .keras file
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"--run {path}: {MODEL_FILE} cannot be loaded ({detail})") from None
+    return TrainedRun(path, record, config, model)
 
 
 def scores_from_outputs(outputs: np.ndarray) -> np.ndarray:

@@ -173,6 +173,12 @@ CASES: dict[str, tuple[Run, list[str], int, str]] = {
         1,
         "--store {g}/file: is a file, not a folder",
     ),
+    "evaluate-labels-not-parquet": (  # was a pyarrow traceback
+        evaluate.run,
+        ["--run", "{g}/run", "--labels", "{g}/labels.parquet"],
+        1,
+        "--labels {g}/labels.parquet: not a Parquet file (...",
+    ),
     "evaluate-out-under-a-file": (
         evaluate.run,
         ["--run", "{g}/run", "--out", "{g}/file/eval"],
@@ -190,6 +196,12 @@ CASES: dict[str, tuple[Run, list[str], int, str]] = {
         ["--run", "{g}/nope", "--images", "{g}/folder", "--out", "{g}/p.parquet"],
         2,
         "--run {g}/nope: no run.json (not a finished training run)",
+    ),
+    "predict-images-not-a-manifest": (  # was named --manifest, after the head was loaded
+        predict.run,
+        ["--run", "{g}/run", "--images", "{g}/file", "--out", "{g}/p.parquet"],
+        1,
+        "--images {g}/file: not a Parquet file (...",
     ),
     "predict-out-a-folder": (
         predict.run,
@@ -286,3 +298,17 @@ def test_sample_refuses_a_url(tmp_path, monkeypatch, capsys) -> None:
         "argument --out: must be a local folder, got the URL 's3://b/s'" in capsys.readouterr().err
     )
     assert tree(tmp_path) == set()
+
+
+def test_a_damaged_model_is_one_line(ground, monkeypatch, capsys) -> None:
+    def damaged(path: str) -> None:
+        raise ValueError(f"File not found: filepath={path}.\nNot a .keras zip file.")
+
+    monkeypatch.setattr(evaluation, "load_keras_model", damaged)
+    before = tree(ground)
+    assert evaluate.run(["--run", str(ground / "run")]) == 2  # as a run without run.json
+    assert one_error_line(capsys) == (
+        f"error: --run {ground}/run: model.keras cannot be loaded (File not found: "
+        f"filepath={ground}/run/model.keras. Not a .keras zip file.)"
+    )
+    assert tree(ground) == before
