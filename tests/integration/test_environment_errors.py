@@ -145,7 +145,7 @@ def test_download_destination_under_a_file(tmp_path, capsys) -> None:
 
 def test_training_output_that_cannot_be_created(manifest, tmp_path, capsys) -> None:
     argv = [
-        *("--store", str(tmp_path / "store"), "--view", VIEW),
+        *("--store", str(tmp_path), "--view", VIEW),  # the store is checked first: it exists
         *("--labels", str(manifest), "--out", "/proc/mlsp-run"),
     ]
     assert train.run(argv) == 1
@@ -159,6 +159,16 @@ REMOTE: dict[str, tuple[Callable[[Sequence[str] | None], int], list[str], str]] 
     "manifest-out": (manifest_cli.run, ["--images", "{tmp}", "--out", "{url}"], "--out"),
     "recalibrate-labels": (recalibrate.run, ["--labels", "{url}", "--apply", "{tmp}"], "--labels"),
     "evaluate-run": (evaluate.run, ["--run", "{url}"], "--run"),
+    "train-store": (
+        train.run,
+        ["--store", "{url}", "--view", "v", "--labels", "{tmp}/l.parquet", "--out", "{tmp}/o"],
+        "--store",
+    ),
+    "train-labels": (
+        train.run,
+        ["--store", "{tmp}", "--view", "v", "--labels", "{url}", "--out", "{tmp}/o"],
+        "--labels",
+    ),
     "predict-images": (
         predict.run,
         ["--run", "{tmp}", "--images", "{url}", "--out", "{tmp}/p"],

@@ -11,7 +11,7 @@ import pytest
 
 from features.store import compaction, convert, query, verify
 from features.training import evaluation
-from jobs import evaluate, predict, recalibrate
+from jobs import evaluate, predict, recalibrate, train
 from pipelines import labels, manifest, sample
 from tests.helpers.cli_errors import one_error_line, tree
 from tests.unit.test_store import SMALL_WIDE, new_view
@@ -190,6 +190,12 @@ CASES: dict[str, tuple[Run, list[str], int, str]] = {
         ["--run", "{g}/run", "--out", "/proc/mlsp-eval"],
         1,
         f"--out /proc/mlsp-eval: cannot create the folder {NO_ENTRY}",
+    ),
+    "train-missing-store": (
+        train.run,
+        ["--store", "{g}/nope", "--view", "wide", "--labels", "{g}/AVA.txt", "--out", "{g}/o"],
+        1,
+        "--store {g}/nope: no such folder",
     ),
     "predict-missing-run": (
         predict.run,
