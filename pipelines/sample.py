@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
 from features import preflight
-from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    local_path,
+    positive_int,
+)
 from pipelines.sample_datasets import write_extra_datasets
 from pipelines.sample_images import AVA_LABEL_FILE, broken_files, generate_images, write_sample
 
@@ -23,20 +28,13 @@ __all__ = [
 ]
 
 
-def _local_folder(text: str) -> Path:
-    """argparse type of --out: a local path (Path would turn a URL into a local 's3:/...')."""
-    if "://" in text:
-        raise argparse.ArgumentTypeError(f"must be a local folder, got the URL {text!r}")
-    return Path(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the sample CLI."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.sample",
         description="Generate a small learnable AVA-format sample.",
     )
-    parser.add_argument("--out", required=True, type=_local_folder, help="output folder")
+    parser.add_argument("--out", required=True, type=local_path("--out"), help="output folder")
     parser.add_argument("--n", type=positive_int("--n"), default=24, help="number of good images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(

@@ -12,7 +12,7 @@ import pytest
 from features.store import compaction, convert, query, verify
 from features.training import evaluation
 from jobs import evaluate, predict, recalibrate, train
-from pipelines import labels, manifest, sample
+from pipelines import demo, labels, manifest, sample
 from tests.helpers.cli_errors import one_error_line, tree
 from tests.unit.test_store import SMALL_WIDE, new_view
 
@@ -112,6 +112,12 @@ CASES: dict[str, tuple[Run, list[str], int, str]] = {
         ["--out", "/proc/mlsp-sample", "--n", "1"],
         1,
         f"--out /proc/mlsp-sample: cannot create the folder {NO_ENTRY}",
+    ),
+    "demo-out-uncreatable": (
+        demo.run,
+        ["--out", "/proc/mlsp-demo"],
+        1,
+        f"--out /proc/mlsp-demo: cannot create the folder {NO_ENTRY}",
     ),
     "recalibrate-missing-labels": (
         recalibrate.run,
@@ -301,7 +307,8 @@ def test_sample_refuses_a_url(tmp_path, monkeypatch, capsys) -> None:
         sample.run(["--out", "s3://b/s"])
     assert exit_info.value.code == 2
     assert (
-        "argument --out: must be a local folder, got the URL 's3://b/s'" in capsys.readouterr().err
+        "argument --out: --out must be a local path, got the URL 's3://b/s'"
+        in capsys.readouterr().err
     )
     assert tree(tmp_path) == set()
 
