@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 from schemas.errors import MLSPError
@@ -58,6 +59,18 @@ def positive_int(name: str) -> Callable[[str], int]:
         if value < 1:
             raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
         return value
+
+    return parse
+
+
+def local_path(name: str) -> Callable[[str], Path]:
+    """argparse type for a local path whose error names the flag: a URL is refused, where
+    Path() would quietly turn 's3://b/x' into the local folder 's3:/b/x'."""
+
+    def parse(text: str) -> Path:
+        if "://" in text:
+            raise argparse.ArgumentTypeError(f"{name} must be a local path, got the URL {text!r}")
+        return Path(text)
 
     return parse
 

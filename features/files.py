@@ -147,6 +147,18 @@ def read_parquet(path: str) -> pa.Table:
     return pq.read_table(io.BytesIO(read_bytes(path)))
 
 
+def read_parquet_as(path: str, flag: str, error: Callable[[str], Exception]) -> pa.Table:
+    """read_parquet for a user's file: bytes that are not Parquet raise error(one line).
+
+    Raises:
+        Exception: error("FLAG PATH: not a Parquet file (...)"), instead of pyarrow's ArrowInvalid.
+    """
+    try:
+        return read_parquet(path)
+    except pa.ArrowInvalid as cause:
+        raise error(f"{flag} {path}: not a Parquet file ({cause})") from None
+
+
 def remove_tree(path: str) -> None:
     """Delete a directory tree if it exists."""
     if not exists(path):

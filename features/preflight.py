@@ -32,18 +32,29 @@ def check_input_file(path: str, flag: str) -> None:
     Raises:
         PreflightError: it is missing, a directory, unreadable, or its store cannot be reached.
     """
-    with _explained(path, flag, "read"):
-        if files.is_local(path):
-            local = files.native(path)
-            if os.path.isdir(local):
-                raise PreflightError(f"{flag} {path}: is a directory, not a file")
-            if not os.path.exists(local):
-                raise PreflightError(f"{flag} {path}: no such file")
-            if not os.access(local, os.R_OK):
-                raise PreflightError(f"{flag} {path}: permission denied (not readable)")
-            return
-        if not files.exists(path):
-            raise PreflightError(f"{flag} {path}: no such object (check the bucket and the path)")
+    _check_input(path, flag, folder=False)
+
+
+def check_input_folder(path: str, flag: str) -> None:
+    """An input folder (a store to read, images) exists and is a folder (on an object store:
+    something exists under the prefix).
+
+    Raises:
+        PreflightError: it is missing, a file, unreadable, or its store cannot be reached.
+    """
+    _check_input(path, flag, folder=True)
+
+
+def check_reachable(path: str, flag: str) -> None:
+    """The store holding path answers with the credentials at hand (local paths: no check);
+    whether path exists is left to the caller, whose own error (and exit code) says so.
+
+    Raises:
+        PreflightError: no credentials, permission denied, or the endpoint does not answer.
+    """
+    if not files.is_local(path):
+        with _explained(path, flag, "read"):
+            files.exists(path)
 
 
 def check_writable_folder(path: str, flag: str) -> None:
@@ -54,26 +65,96 @@ def check_writable_folder(path: str, flag: str) -> None:
         PreflightError: a file is in the way, the folder cannot be created or written, no
             credentials, permission denied, or the endpoint is unreachable (one line each).
     """
-    with _explained(path, flag, "write"):
-        if files.is_local(path):
-            _check_local_folder(files.native(path), flag, path)
-        probe = files.join(path, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+    _probe_folder(path, flag, path)
+
+
+def check_output_file(path: str, flag: str) -> None:
+    """A file a run writes (a Parquet table, a model): not a folder, and its folder creatable
+    and writable (check_writable_folder's probe); the file itself is not created.
+
+    Raises:
+        PreflightError: a folder or file is in the way, the folder cannot be created or
+            written, no credentials, permission denied, or the endpoint is unreachable.
+    """
+    if files.is_local(path) and os.path.isdir(files.native(path)):
+        raise PreflightError(f"{flag} {path}: is a folder, not a file")
+    if files.is_local(path):
+        parent = os.path.dirname(files.native(path).rstrip("/")) or "."
+    else:
+        parent = path.rstrip("/").rsplit("/", 1)[0]
+    _probe_folder(parent, flag, path)
+
+
+def _check_input(path: str, flag: str, folder: bool) -> None:
+    kind, other = ("folder", "file") if folder else ("file", "folder")
+    with _explained(path, flag, "read"):
+        if not files.is_local(path):
+            if not files.exists(path):
+                raise PreflightError(
+                    f"{flag} {path}: no such {'prefix' if folder else 'object'} "
+                    "(check the bucket and the path)"
+                )
+            return
+        local = files.native(path)
+        if not os.path.exists(local):
+            raise PreflightError(f"{flag} {path}: no such {kind}")
+        if os.path.isdir(local) != folder:
+            raise PreflightError(f"{flag} {path}: is a {other}, not a {kind}")
+        if not os.access(local, os.R_OK):
+            raise PreflightError(f"{flag} {path}: permission denied (not readable)")
+
+
+def _probe_folder(folder: str, flag: str, shown: str) -> None:
+    """Prove folder writable with a probe file; errors name flag and shown (the flag's value)."""
+    with _explained(shown, flag, "write"):
+        if files.is_local(folder):
+            _probe_local(files.native(folder), flag, shown)
+            return
+        probe = files.join(folder, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
         files.atomic_write_bytes(probe, b"")
         files.remove_file(probe)
 
 
-def _check_local_folder(local: str, flag: str, shown: str) -> None:
-    existing = local
-    while existing and not os.path.exists(existing):
-        existing = os.path.dirname(existing.rstrip("/")) or ("/" if local.startswith("/") else "")
-    if existing and not os.path.isdir(existing):
+def _probe_local(local: str, flag: str, shown: str) -> None:
+    """Create local, write and delete a probe file in it, then remove the folders this check
+    created: a run that fails later leaves nothing behind, and its own writes create them again
+    (files.atomic_write_bytes makes a file's folders)."""
+    existing = _nearest_existing(local)
+    if not os.path.isdir(existing):
         raise PreflightError(f"{flag} {shown}: {existing} is a file, not a folder")
     try:
-        os.makedirs(local, exist_ok=True)
-    except OSError as error:
-        raise PreflightError(
-            f"{flag} {shown}: cannot create the folder ({error.strerror})"
-        ) from None
+        try:
+            os.makedirs(local, exist_ok=True)
+        except OSError as error:
+            folder = "" if local == files.native(shown) else f" {local}"
+            raise PreflightError(
+                f"{flag} {shown}: cannot create the folder{folder} ({error.strerror})"
+            ) from None
+        probe = os.path.join(local, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+        try:
+            files.atomic_write_bytes(probe, b"")
+        except OSError as error:  # the probe's temporary name would only confuse
+            where = "" if local == files.native(shown) else f" in {local}"
+            raise PreflightError(
+                f"{flag} {shown}: cannot write{where} ({error.strerror})"
+            ) from None
+        files.remove_file(probe)
+    finally:
+        created = os.path.abspath(local)
+        while created != existing and os.path.isdir(created):
+            try:
+                os.rmdir(created)  # only if empty: another process may write there meanwhile
+            except OSError:
+                break
+            created = os.path.dirname(created)
+
+
+def _nearest_existing(local: str) -> str:
+    """The longest prefix of local's absolute path that exists ('/' at worst)."""
+    current = os.path.abspath(local)
+    while not os.path.exists(current):
+        current = os.path.dirname(current)
+    return current
 
 
 @contextlib.contextmanager

@@ -8,16 +8,22 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from features import files
+from features import files, preflight
 from features.cli import (
     add_common_arguments,
     cli_entry_points,
     configure_logging,
     refuse_unused,
 )
-from features.store import FeatureStore
-from features.training.evaluation import Evaluation, evaluate_split, keras_predictor, load_run
-from features.training.labels import load_training_labels
+from features.store import FeatureStore, FeatureView
+from features.training.evaluation import (
+    Evaluation,
+    evaluate_split,
+    keras_predictor,
+    load_run,
+    read_run,
+)
+from features.training.labels import TrainingLabels, load_training_labels
 from features.training.metrics import AVA_THRESHOLD, METRIC_SETS
 from features.training.run_outputs import scatter_png, write_json
 from schemas.errors import ConfigError
@@ -110,22 +116,35 @@ def _threshold(parser: argparse.ArgumentParser, args: argparse.Namespace) -> flo
     return AVA_THRESHOLD if args.threshold is None else float(args.threshold)
 
 
-def _main(argv: Sequence[str] | None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    threshold = _threshold(parser, args)
-    configure_logging(args.verbose)
-    trained = load_run(args.run)
-    config = trained.config
-    store = FeatureStore(args.store or config.store)
-    view = store.view(config.view)
+def _open_inputs(args: argparse.Namespace) -> tuple[FeatureView, TrainingLabels, str]:
+    """The run's view and labels and the output folder, each checked before the head (and
+    TensorFlow) is loaded: a missing store or an unwritable --out is known in a second."""
+    preflight.check_reachable(args.run, "--run")
+    _record, config = read_run(args.run)  # a missing run.json stays an argument error (exit 2)
+    # The run's own store and labels go by the flags that override them, named in any error.
+    store = args.store or config.store
+    preflight.check_input_folder(store, "--store")
+    view = FeatureStore(store).view(config.view)
     if args.tta and len(view.spec.variants) < 2:
         raise ConfigError(
             f"--tta: view {config.view!r} stores one variant {list(view.spec.variants)}; TTA "
             "averages several (extract with --variants tta18 or train8), or drop --tta"
         )
+    preflight.check_reachable(args.labels or config.labels, "--labels")
     labels = load_training_labels(args.labels or config.labels, config.label_column)
     out = args.out or files.join(args.run, f"eval_{args.split}{'_tta' if args.tta else ''}")
+    preflight.check_writable_folder(out, "--out")
+    return view, labels, out
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    threshold = _threshold(parser, args)
+    configure_logging(args.verbose)
+    view, labels, out = _open_inputs(args)
+    trained = load_run(args.run)
+    config = trained.config
     bar = _progress()
     try:
         evaluation = evaluate_split(

@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from features import files
+from features import files, preflight
 from features.cli import (
     add_common_arguments,
     cli_entry_points,
@@ -17,7 +17,7 @@ from features.cli import (
     positive_int,
     refuse_unused,
 )
-from features.training.evaluation import load_run
+from features.training.evaluation import load_run, read_run
 from features.training.prediction import build_scoring_model, list_images, score_images
 from features.training.run_outputs import save_keras_model
 from schemas.errors import ConfigError
@@ -59,8 +59,19 @@ def _check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         )
     if args.save_model is not None and not args.save_model.endswith(".keras"):
         raise ConfigError(f"--save-model {args.save_model}: the file name must end in .keras")
-    if args.out is not None and not files.exists(args.images):
-        raise ConfigError(f"--images {args.images}: no such folder or manifest")
+    if args.out is not None:
+        preflight.check_reachable(args.images, "--images")
+        if not files.exists(args.images):
+            raise ConfigError(f"--images {args.images}: no such folder or manifest")
+
+
+def _check_environment(args: argparse.Namespace) -> None:
+    """The run and the outputs' folders, before the head and the backbone are loaded."""
+    preflight.check_reachable(args.run, "--run")
+    read_run(args.run)  # a missing run.json stays the argument error (exit 2) it was
+    for path, flag in ((args.out, "--out"), (args.save_model, "--save-model")):
+        if path is not None:
+            preflight.check_output_file(path, flag)
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -68,9 +79,10 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     _check_arguments(parser, args)
+    _check_environment(args)
+    items = list_images(args.images) if args.out is not None else []  # before the head loads
     trained = load_run(args.run)
     spec = FeatureViewSpec.from_dict(trained.record["view_spec"])
-    items = list_images(args.images) if args.out is not None else []
     started = time.perf_counter()
     model = build_scoring_model(spec, trained.model)
     if args.save_model is not None:

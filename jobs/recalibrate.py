@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from features import files
+from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.labels.calibration import (
     Calibration,
@@ -95,11 +95,11 @@ def read_labels(path: str) -> pd.DataFrame:
     """Read and check a label table.
 
     Raises:
-        LabelError: missing file or columns.
+        LabelError: missing file or columns, or not a Parquet file.
     """
     if not files.exists(path):
         raise LabelError(f"--labels {path}: no such file")
-    table = files.read_parquet(path)
+    table = files.read_parquet_as(path, "--labels", LabelError)
     if RECALIBRATED_COLUMN in table.column_names:
         table = table.drop_columns([RECALIBRATED_COLUMN])
     return conform_table(table, LABELS_SCHEMA, path).to_pandas()
@@ -109,11 +109,11 @@ def read_predictions(path: str) -> pd.DataFrame:
     """Read a predictions Parquet file (image_id, prediction).
 
     Raises:
-        LabelError: missing file.
+        LabelError: missing file, or not a Parquet file.
     """
     if not files.exists(path):
         raise LabelError(f"--predictions {path}: no such file")
-    return files.read_parquet(path).to_pandas()
+    return files.read_parquet_as(path, "--predictions", LabelError).to_pandas()
 
 
 def scatter_png(y: np.ndarray, mapped: np.ndarray, p: np.ndarray, title: str) -> bytes:
@@ -148,8 +148,6 @@ def format_fit(name: str, result: FitResult) -> str:
 
 
 def _fit(args: argparse.Namespace, labels: pd.DataFrame) -> Calibration:
-    if not args.predictions:
-        raise ConfigError("--predictions is required unless --apply is given")
     config = RecalibrationConfig(args.range[0], args.range[1], args.bootstrap, args.confidence,
                                  args.seed, args.min_rows)
     joined = join_predictions(labels, read_predictions(args.predictions), args.column)
@@ -173,6 +171,18 @@ def _load(path: str) -> Calibration:
         raise ConfigError(f"--apply {path}: not JSON ({error})") from None
 
 
+def _preflight(args: argparse.Namespace) -> None:
+    """Inputs readable and --out writable before any table is read or map fitted."""
+    if args.apply is None and not args.predictions:
+        raise ConfigError("--predictions is required unless --apply is given")
+    preflight.check_input_file(args.labels, "--labels")
+    if args.apply is None:
+        preflight.check_input_file(args.predictions, "--predictions")
+    else:  # a missing file stays the argument error (exit 2) that _load raises
+        preflight.check_reachable(args.apply, "--apply")
+    preflight.check_writable_folder(args.out, "--out")
+
+
 MODES: dict[bool, Callable[[argparse.Namespace, pd.DataFrame], Calibration]] = {
     False: _fit,
     True: lambda args, _labels: _load(args.apply),
@@ -189,6 +199,7 @@ def _main(argv: Sequence[str] | None) -> int:
             f"argument --apply: {', '.join(ignored)} only affect fitting; the saved "
             "calibration.json fixes the map, range and groups (drop them, or fit without --apply)"
         )
+    _preflight(args)
     labels = read_labels(args.labels)
     calibration = MODES[args.apply is not None](args, labels)
     table, fallback = apply_calibration(files.read_parquet(args.labels), calibration, args.column)

@@ -208,7 +208,10 @@ def _main(argv: Sequence[str] | None) -> int:
     # settings (see retain_freed_memory; set later, the page faults stay).
     retain_freed_memory()
     config = _config(args)
-    # (a missing --labels is already a ConfigError naming it, before any model is built)
+    # A missing --labels stays the ConfigError load_training_labels raises (exit 2), before any
+    # model is built; here only whether its store answers.
+    preflight.check_input_folder(args.store, "--store")
+    preflight.check_reachable(args.labels, "--labels")
     preflight.check_writable_folder(args.out, "--out")
     if files.exists(files.join(args.out, RUN_FILE)) and not args.overwrite:
         raise ConfigError(f"--out {args.out}: a run exists there (pass --overwrite to replace)")

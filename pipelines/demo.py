@@ -12,7 +12,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
+from features import preflight
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    local_path,
+    positive_int,
+)
 from features.model.weights import IMAGENET_FILE, keras_models_dir
 from pipelines import stage_argv
 
@@ -59,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.demo",
         description="Run the main job end to end on a generated sample.",
     )
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="working folder")
+    parser.add_argument(
+        "--out", type=local_path("--out"), default=Path("demo_out"), help="working folder"
+    )
     parser.add_argument("--n", type=positive_int("--n"), default=64, help="good sample images")
     parser.add_argument("--weights", help="weights id (default: imagenet if cached, else random:0)")
     parser.add_argument("--epochs-per-stage", type=positive_int("--epochs-per-stage"), default=8)
@@ -133,6 +142,7 @@ def _report(run: Path) -> None:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    preflight.check_writable_folder(str(args.out), "--out")
     weights, notice = choose_weights(args.weights)
     if notice:
         print(notice, flush=True)

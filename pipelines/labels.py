@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from features import files
+from features import files, preflight
 from features.cli import (
     add_common_arguments,
     cli_entry_points,
@@ -160,6 +160,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.verbose)
     builder = _builder(parser, args)
+    # The environment before reading any label file (AVA.txt runs to hundreds of MB).
+    preflight.check_reachable(args.raw, "--raw")
+    if args.manifest:
+        preflight.check_input_file(args.manifest, "--manifest")
+    preflight.check_output_file(args.out, "--out")
     manifest = read_manifest(args.manifest) if args.manifest else None
     config = SplitConfig(args.seed, args.test_fraction, args.val_fraction)
     result = builder(manifest, config)

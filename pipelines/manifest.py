@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from features import files
+from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
 from features.download.manifest import build_manifest, entries_from_csv, entries_from_folder
 
@@ -44,6 +44,9 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logging(args.verbose)
     if args.labels is not None and not args.labels.is_file():
         build_parser().error(f"argument --labels: no such file {args.labels}")
+    # Before hashing every image: a manifest that cannot be written is known at once.
+    preflight.check_input_folder(str(args.images), "--images")
+    preflight.check_output_file(args.out, "--out")
     entries = (
         entries_from_csv(args.images, args.labels)
         if args.labels

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from pathlib import Path
 
-from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
+from features import preflight
+from features.cli import (
+    add_common_arguments,
+    cli_entry_points,
+    configure_logging,
+    local_path,
+    positive_int,
+)
 from pipelines.sample_datasets import write_extra_datasets
 from pipelines.sample_images import AVA_LABEL_FILE, broken_files, generate_images, write_sample
 
@@ -28,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.sample",
         description="Generate a small learnable AVA-format sample.",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", required=True, type=local_path("--out"), help="output folder")
     parser.add_argument("--n", type=positive_int("--n"), default=24, help="number of good images")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
@@ -57,6 +63,7 @@ def _main(argv: Sequence[str] | None) -> int:
     configure_logging(args.verbose)
     if args.min_side > args.max_side:
         parser.error("argument --min-side: must not exceed --max-side")
+    preflight.check_writable_folder(str(args.out), "--out")
     images_dir = write_sample(
         args.out, args.n, args.seed, args.broken, args.min_side, args.max_side
     )

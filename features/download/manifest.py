@@ -131,8 +131,8 @@ def build_manifest(entries: list[ImageEntry], dataset: str, threads: int = 4) ->
     )
 
 
-def read_manifest(path: str) -> pa.Table:
-    """Read and validate a manifest Parquet file (local path or fsspec URL).
+def read_manifest(path: str, flag: str = "--manifest") -> pa.Table:
+    """Read and validate a manifest Parquet file (local path or fsspec URL); errors name flag.
 
     Raises:
         ManifestError: the file is missing or not a valid manifest.
@@ -141,9 +141,9 @@ def read_manifest(path: str) -> pa.Table:
     from schemas.tables import conform_manifest
 
     if not files.exists(path):
-        raise ManifestError(f"--manifest {path}: no such file")
+        raise ManifestError(f"{flag} {path}: no such file")
     try:
         table = files.read_parquet(path)
     except Exception as error:  # pyarrow raises ArrowInvalid/OSError for non-Parquet input
-        raise ManifestError(f"--manifest {path}: not a Parquet file ({error})") from error
+        raise ManifestError(f"{flag} {path}: not a Parquet file ({error})") from error
     return conform_manifest(table, source=path)

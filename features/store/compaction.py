@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features import files
+from features import files, preflight
 from features.cli import add_common_arguments, configure_logging, run_cli
 from features.store.lease import ViewLease
 from features.store.root import STORE_MARKER
@@ -282,8 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    preflight.check_input_folder(args.store, "--store")
     if not files.exists(files.join(args.store, STORE_MARKER)):
         raise StoreError(f"{args.store}: not a feature store (no {STORE_MARKER})")
+    # Compaction publishes snapshots and takes leases in the store: it must be writable.
+    preflight.check_writable_folder(args.store, "--store")
     names = args.view or [
         name
         for name in files.list_names(args.store)

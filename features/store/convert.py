@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from features import files
+from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, refuse_unused
 from features.store.backends import COMPRESSIONS
 from features.store.compaction import publish_snapshot
@@ -174,7 +174,9 @@ def _main(argv: Sequence[str] | None) -> int:
             f"with --layout {args.layout}",
             "the export is a folder of files, not a named view",
         )
+    preflight.check_input_folder(args.store, "--store")
     view = FeatureStore(args.store).view(args.view)
+    preflight.check_writable_folder(args.out, "--out")
     if args.layout == "ava-mlsp":
         print(f"exported {args.view} to {export_ava_mlsp(view, args.out)}")
         return 0

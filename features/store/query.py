@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features import files
+from features import files, preflight
 from features.cli import (
     add_common_arguments,
     configure_logging,
@@ -307,6 +307,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parser.parse_args(argv)
     _refuse_unused(parser, args)
     configure_logging(args.verbose)
+    preflight.check_input_folder(args.store, "--store")
     store = FeatureStore(args.store)
     if args.view is None:
         for name in store.views():

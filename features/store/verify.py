@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from features import files
+from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging
 from features.store.query import FeatureStore
 from features.store.snapshot_reader import read_piece
@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    preflight.check_input_folder(args.store, "--store")
     store = FeatureStore(args.store)
     names = args.view or store.views()
     if not names:

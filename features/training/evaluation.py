@@ -46,17 +46,38 @@ class TrainedRun:
     model: Any
 
 
+def read_run(path: str) -> tuple[dict[str, Any], TrainConfig]:
+    """A run folder's run.json and training config, without loading its model (cheap).
+
+    Raises:
+        ConfigError: not a finished run (no run.json, or one jobs.train did not write); the
+            message names --run.
+    """
+    if not files.exists(files.join(path, RUN_FILE)):
+        raise ConfigError(f"--run {path}: no {RUN_FILE} (not a finished training run)")
+    try:
+        record = read_json(files.join(path, RUN_FILE))
+        return record, TrainConfig.from_dict(record["config"])
+    except (KeyError, TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
+        raise ConfigError(
+            f"--run {path}: {RUN_FILE} is not a training run's record ({error!r})"
+        ) from None
+
+
 def load_run(path: str) -> TrainedRun:
     """Open a run folder written by jobs.train.
 
     Raises:
-        ConfigError: not a complete run (no run.json or model); the message names --run.
+        ConfigError: not a complete run (no run.json, or no readable model); the message names
+            --run.
     """
-    if not files.exists(files.join(path, RUN_FILE)):
-        raise ConfigError(f"--run {path}: no {RUN_FILE} (not a finished training run)")
-    record = read_json(files.join(path, RUN_FILE))
-    config = TrainConfig.from_dict(record["config"])
-    return TrainedRun(path, record, config, load_keras_model(files.join(path, MODEL_FILE)))
+    record, config = read_run(path)
+    try:
+        model = load_keras_model(files.join(path, MODEL_FILE))
+    except (ValueError, OSError) as error:  # what Keras raises for a damaged .keras file
+        detail = " ".join(str(error).split())
+        raise ConfigError(f"--run {path}: {MODEL_FILE} cannot be loaded ({detail})") from None
+    return TrainedRun(path, record, config, model)
 
 
 def scores_from_outputs(outputs: np.ndarray) -> np.ndarray:

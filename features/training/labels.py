@@ -63,12 +63,13 @@ def read_label_table(path: str, score_column: str = "mos") -> TrainingLabels:
     """Read a labels.parquet (optionally recalibrated) written by pipelines.labels.
 
     Raises:
-        LabelError: missing file, a table that does not match the labels schema, or no rows.
+        LabelError: missing file, not a Parquet file, a table that does not match the labels
+            schema, or no rows.
         ConfigError: score_column is not one of SCORE_COLUMNS or not in the table.
     """
     if score_column not in SCORE_COLUMNS:
         raise ConfigError(f"--label-column {score_column!r}: choose from {SCORE_COLUMNS}")
-    table = files.read_parquet(path)
+    table = files.read_parquet_as(path, "--labels", LabelError)
     if score_column not in table.column_names:
         raise ConfigError(f"--label-column {score_column!r}: not a column of {path}")
     scores = table.column(score_column).to_numpy().astype(np.float64)

@@ -98,7 +98,7 @@ def list_images(source: str) -> list[ImageItem]:
     """
     if Path(source).is_dir():
         return [ImageItem(e.image_id, str(e.path)) for e in entries_from_folder(Path(source))]
-    table = read_manifest(source)
+    table = read_manifest(source, "--images")
     return [
         ImageItem(row["image_id"], row["uri"], row["sha256"] or None)
         for row in table.select(["image_id", "uri", "sha256"]).to_pylist()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import fsspec
 import pytest
 
 from features.extraction import planning
-from jobs import train
-from pipelines import download, extract
+from features.store import compaction, convert, query, verify
+from jobs import evaluate, predict, recalibrate, train
+from pipelines import download, extract, labels
+from pipelines import manifest as manifest_cli
+from tests.helpers.cli_errors import one_error_line as _one_error_line
+from tests.helpers.cli_errors import tree
 from tests.helpers.tiny_extract import VIEW, tiny_manifest
 
 ACCESS_DENIED = (
@@ -37,9 +41,10 @@ def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(extract, "resolve_specs", refuse)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def denying_s3() -> Iterator[str]:
-    """An S3 endpoint on 127.0.0.1 that answers every request 403 AccessDenied."""
+    """An S3 endpoint on 127.0.0.1 that answers every request 403 AccessDenied (one per module:
+    shutting a server down waits out its 0.5 s poll)."""
 
     class Deny(http.server.BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -69,12 +74,6 @@ def _extract(manifest: Path | str, store: str) -> list[str]:
     ]
 
 
-def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, lines
-    return lines[0]
-
-
 def _s3_options(monkeypatch: pytest.MonkeyPatch, endpoint: str, **credentials: str) -> None:
     monkeypatch.setitem(
         fsspec.config.conf, "s3", {**credentials, "client_kwargs": {"endpoint_url": endpoint}}
@@ -100,13 +99,17 @@ def test_store_that_cannot_be_created(no_model, manifest, capsys) -> None:
     assert line.startswith("error: --store /proc/mlsp-store: cannot create the folder"), line
 
 
-def test_s3_without_credentials(no_model, manifest, monkeypatch, capsys) -> None:
+def _without_aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     _s3_options(monkeypatch, "http://127.0.0.1:9")
+
+
+def test_s3_without_credentials(no_model, manifest, monkeypatch, capsys) -> None:
+    _without_aws_credentials(monkeypatch)
     assert extract.run(_extract(manifest, "s3://no-creds/store")) == 1
     line = _one_error_line(capsys)
     assert "--store s3://no-creds/store: no AWS credentials found" in line, line
@@ -142,8 +145,72 @@ def test_download_destination_under_a_file(tmp_path, capsys) -> None:
 
 def test_training_output_that_cannot_be_created(manifest, tmp_path, capsys) -> None:
     argv = [
-        *("--store", str(tmp_path / "store"), "--view", VIEW),
+        *("--store", str(tmp_path), "--view", VIEW),  # the store is checked first: it exists
         *("--labels", str(manifest), "--out", "/proc/mlsp-run"),
     ]
     assert train.run(argv) == 1
     assert "--out /proc/mlsp-run: cannot create the folder" in _one_error_line(capsys)
+
+
+# Every other CLI, one S3 flag each ({url}: s3://b/x; {tmp}: a local folder), and that flag.
+REMOTE: dict[str, tuple[Callable[[Sequence[str] | None], int], list[str], str]] = {
+    "labels-raw": (labels.run, ["--dataset", "ava", "--raw", "{url}", "--out", "{tmp}/l"], "--raw"),
+    "labels-out": (labels.run, ["--dataset", "ava", "--raw", "{tmp}", "--out", "{url}"], "--out"),
+    "manifest-out": (manifest_cli.run, ["--images", "{tmp}", "--out", "{url}"], "--out"),
+    "recalibrate-labels": (recalibrate.run, ["--labels", "{url}", "--apply", "{tmp}"], "--labels"),
+    "evaluate-run": (evaluate.run, ["--run", "{url}"], "--run"),
+    "train-store": (
+        train.run,
+        ["--store", "{url}", "--view", "v", "--labels", "{tmp}/l.parquet", "--out", "{tmp}/o"],
+        "--store",
+    ),
+    "train-labels": (
+        train.run,
+        ["--store", "{tmp}", "--view", "v", "--labels", "{url}", "--out", "{tmp}/o"],
+        "--labels",
+    ),
+    "predict-images": (
+        predict.run,
+        ["--run", "{tmp}", "--images", "{url}", "--out", "{tmp}/p"],
+        "--images",
+    ),
+    "query-store": (query.run, ["--store", "{url}"], "--store"),
+    "verify-store": (verify.run, ["--store", "{url}"], "--store"),
+    "compact-store": (compaction.run, ["--store", "{url}"], "--store"),
+    "convert-store": (
+        convert.run,
+        ["--store", "{url}", "--view", "v", "--out", "{tmp}/c", "--to", "zarr"],
+        "--store",
+    ),
+}
+
+
+def _remote(case: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """Run a REMOTE case; returns its one error line, once shown to name the flag and the URL
+    and to have written nothing."""
+    run, argv, flag = REMOTE[case]
+    url = "s3://b/x"
+    assert run([part.format(url=url, tmp=tmp_path) for part in argv]) == 1
+    line = _one_error_line(capsys)
+    assert line.startswith(f"error: {flag} {url}: "), line
+    assert tree(tmp_path) == set()
+    return line
+
+
+@pytest.mark.parametrize("case", sorted(REMOTE))
+def test_every_cli_without_credentials(case, tmp_path, monkeypatch, capsys) -> None:
+    _without_aws_credentials(monkeypatch)
+    assert "no AWS credentials found" in _remote(case, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", sorted(REMOTE))
+def test_every_cli_with_an_unreachable_endpoint(case, tmp_path, monkeypatch, capsys) -> None:
+    _s3_options(monkeypatch, "http://127.0.0.1:9", key="k", secret="s")
+    line = _remote(case, tmp_path, capsys)
+    assert "the store does not answer" in line and "refused" in line, line
+
+
+@pytest.mark.parametrize("case", sorted(REMOTE))
+def test_every_cli_denied(case, tmp_path, monkeypatch, denying_s3, capsys) -> None:
+    _s3_options(monkeypatch, denying_s3, key="k", secret="s")
+    assert "permission denied" in _remote(case, tmp_path, capsys)
