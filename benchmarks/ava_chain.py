@@ -248,7 +248,7 @@ def run_chain(context: ChainContext) -> dict[str, dict[str, Any]]:
     )
     for name, extra in (("verify", []), ("verify --deep", ["--deep"])):
         record = run_stage(
-            context, name, ["-m", "features.store.verify", "--store", store, "--view", VIEW, *extra]
+            context, name, ["-m", "features.verify", "--store", store, "--view", VIEW, *extra]
         )
         stages[name] = _with_request_rate(record, _shards_in_view(context, 64))
     probe_out = context.folder / "query.json"
@@ -363,8 +363,8 @@ def bookkeeping(dataset: AvaDataset, folder: Path, sample: int = 2048) -> dict[s
     paths = sorted(str(path) for path in images.glob("*.jpg"))
     differences, pipeline_ms, load_ms = [], [], []
     for _ in range(3):
-        _, pipeline_rate = gpu_feed.pipeline_rate(manifest, folder, 1, 64, 3_000_000)
-        _, load_rate = gpu_feed.load_rate(paths, 1)
+        _, pipeline_rate = gpu_feed.pipeline_rate(manifest, folder, 1, 64, 3_000_000, VIEW)
+        _, load_rate = gpu_feed.load_rate(paths, 1, VIEW)
         pipeline_ms.append(1000 / pipeline_rate)
         load_ms.append(1000 / load_rate)
         differences.append(pipeline_ms[-1] - load_ms[-1])

@@ -94,9 +94,9 @@ def pillow_decode_rate(blobs: list[bytes], threads: int) -> tuple[float, float]:
     return clock.rates(len(blobs))
 
 
-def load_rate(paths: list[str], threads: int) -> tuple[float, float]:
+def load_rate(paths: list[str], threads: int, view: str = VIEW) -> tuple[float, float]:
     """Images/s of the decode stage's own work per image (read, sha256, decode, EXIF, RGB)."""
-    policy = PREDEFINED_VIEWS[VIEW].input_policy
+    policy = PREDEFINED_VIEWS[view].input_policy
     digests = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in paths]
     pairs = list(zip(paths, digests, strict=True))
     with Clock() as clock, ThreadPoolExecutor(threads) as pool:
@@ -105,10 +105,15 @@ def load_rate(paths: list[str], threads: int) -> tuple[float, float]:
 
 
 def pipeline_rate(
-    manifest: Any, root: Path, threads: int, shard_size: int, batch_pixels: int
+    manifest: Any,
+    root: Path,
+    threads: int,
+    shard_size: int,
+    batch_pixels: int,
+    view: str = VIEW,
 ) -> tuple[float, float]:
-    """Images/s of every shard through FeedOnlyExtractor into a fresh store."""
-    spec = replace(PREDEFINED_VIEWS[VIEW], package_version=package_version())
+    """Images/s of every shard through FeedOnlyExtractor into a fresh store (of `view`)."""
+    spec = replace(PREDEFINED_VIEWS[view], package_version=package_version())
     spec = spec.with_weights("stand-in:zeros", StandInModel.weights_sha256)
     store = tempfile.mkdtemp(dir=root)
     ensure_store(store)
@@ -118,7 +123,7 @@ def pipeline_rate(
             store, [spec], allocate_rows(manifest), shard_size, "zarr", leases=leases
         )
     config = ExtractionConfig(
-        store, (VIEW,), "gpu-feed", decode_threads=threads, max_batch_pixels=batch_pixels
+        store, (view,), "gpu-feed", decode_threads=threads, max_batch_pixels=batch_pixels
     )
     extractor = FeedOnlyExtractor(config)
     with Clock() as clock:

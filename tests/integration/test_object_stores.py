@@ -377,3 +377,56 @@ def test_cli_in_a_child_process_reaches_the_store_through_fsspec_environment(rem
     )
     assert shown.returncode == 0, shown.stderr
     assert image_id in shown.stdout and "1 row(s)" in shown.stdout
+
+
+def _extract_quietly(manifest: str, store: str, shard_size: int) -> int:
+    """An extraction with the default lease (its fence reads then cost nothing per shard)."""
+    return extract.run(
+        [
+            *("--manifest", manifest, "--store", store, "--view", VIEW),
+            *("--weights", RANDOM_WEIGHTS, "--shard-size", str(shard_size)),
+            *("--direct_num_workers", "1"),
+        ]
+    )
+
+
+def _counted(bucket: Any, action: Callable[[], int]) -> dict[str, int]:
+    with bucket.log.measure() as requests:
+        assert action() == 0
+    counts: dict[str, int] = {}
+    for method, _, query in requests:
+        key = "LIST" if "list-type" in query or method == "GET" and "prefix=" in query else method
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def test_requests_per_shard_written_and_verified_stay_within_budget(remote_chain) -> None:
+    """One more shard (the same rows in 2 shards, then in one shard per row, no faults) costs
+    3 PUTs and at most 5 requests in all to write (features, index part, marker; the marker read
+    back at publish), at most 2 to verify and 3 to verify --deep."""
+    bucket = remote_chain["bucket"]
+    rows = read_manifest(remote_chain["first"]).num_rows
+    sizes = {"coarse": -(-rows // 2), "fine": 1}
+    shards = {name: -(-rows // size) for name, size in sizes.items()}
+    counted: dict[str, dict[str, dict[str, int]]] = {}
+    for name, size in sizes.items():
+        store = bucket.path(f"budget-{name}")
+        counted[name] = {
+            "write": _counted(bucket, lambda: _extract_quietly(remote_chain["first"], store, size)),
+            "verify": _counted(bucket, lambda: verify.run(["--store", store])),
+            "deep": _counted(bucket, lambda: verify.run(["--store", store, "--deep"])),
+        }
+    added = shards["fine"] - shards["coarse"]
+
+    def per_shard(stage: str, method: str | None = None) -> float:
+        def total(name: str) -> int:
+            counts = counted[name][stage]
+            return counts.get(method, 0) if method else sum(counts.values())
+
+        return (total("fine") - total("coarse")) / added
+
+    LOGGER.info("requests by stage and method: %s", counted)
+    assert per_shard("write", "PUT") == 3, counted
+    assert per_shard("write") <= 5, counted
+    assert per_shard("verify") <= 2, counted
+    assert per_shard("deep") <= 3, counted
