@@ -16,7 +16,10 @@ from pipelines.sample_images import votes_for
 
 LOGGER = logging.getLogger(__name__)
 CHUNK = 4096  # images one generating process writes per task
-MIN_SIDE, MAX_SIDE = 48, 96  # varied small sizes: the chain's costs, not the model's, dominate
+# AVA's most common shapes (500x333, 333x500, 500x375, ...) scaled to a 64-pixel long side:
+# sizes vary as AVA's do (a few shapes hold most images, so the extractor batches them as it
+# would batch AVA), small enough that the chain's own costs, not the model's, dominate.
+SIZES = ((43, 64), (64, 43), (48, 64), (64, 48), (51, 64), (64, 64))
 TEST_SHARE = 0.08  # AVA's generic_test.jpgl holds about 8 % of the ids
 # Lines an AVA.txt written by a broken tool could hold; labels drops each, naming the line.
 MALFORMED_LINES = (
@@ -45,11 +48,11 @@ def ava_ids(count: int, seed: int) -> list[str]:
 
 
 def _write_chunk(task: tuple[Path, list[str], int]) -> int:
-    """Write one chunk's JPEGs (a smooth gradient plus noise, a size of its own each)."""
+    """Write one chunk's JPEGs (a smooth gradient plus noise, each of one of SIZES)."""
     folder, image_ids, seed = task
     rng = np.random.default_rng(seed)
     for image_id in image_ids:
-        height, width = (int(side) for side in rng.integers(MIN_SIDE, MAX_SIDE + 1, 2))
+        height, width = SIZES[int(rng.integers(len(SIZES)))]
         rows = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
         columns = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
         colour = rng.random(3, dtype=np.float32)[None, None, :]

@@ -395,9 +395,21 @@ def _counted(bucket: Any, action: Callable[[], int]) -> dict[str, int]:
         assert action() == 0
     counts: dict[str, int] = {}
     for method, _, query in requests:
-        key = "LIST" if "list-type" in query or method == "GET" and "prefix=" in query else method
+        listing = "list-type" in query or (method == "GET" and "prefix=" in query)
+        key = "LIST" if listing else method
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def _write_and_verify(
+    bucket: Any, manifest: str, store: str, shard_size: int
+) -> dict[str, dict[str, int]]:
+    """Requests by method of an extraction, a verify and a verify --deep of one store."""
+    return {
+        "write": _counted(bucket, lambda: _extract_quietly(manifest, store, shard_size)),
+        "verify": _counted(bucket, lambda: verify.run(["--store", store])),
+        "deep": _counted(bucket, lambda: verify.run(["--store", store, "--deep"])),
+    }
 
 
 def test_requests_per_shard_written_and_verified_stay_within_budget(remote_chain) -> None:
@@ -408,14 +420,10 @@ def test_requests_per_shard_written_and_verified_stay_within_budget(remote_chain
     rows = read_manifest(remote_chain["first"]).num_rows
     sizes = {"coarse": -(-rows // 2), "fine": 1}
     shards = {name: -(-rows // size) for name, size in sizes.items()}
-    counted: dict[str, dict[str, dict[str, int]]] = {}
-    for name, size in sizes.items():
-        store = bucket.path(f"budget-{name}")
-        counted[name] = {
-            "write": _counted(bucket, lambda: _extract_quietly(remote_chain["first"], store, size)),
-            "verify": _counted(bucket, lambda: verify.run(["--store", store])),
-            "deep": _counted(bucket, lambda: verify.run(["--store", store, "--deep"])),
-        }
+    counted = {
+        name: _write_and_verify(bucket, remote_chain["first"], bucket.path(f"budget-{name}"), size)
+        for name, size in sizes.items()
+    }
     added = shards["fine"] - shards["coarse"]
 
     def per_shard(stage: str, method: str | None = None) -> float:
