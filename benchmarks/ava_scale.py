@@ -57,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"(default {AVA_ROWS // 10},{AVA_ROWS})",
     )
     parser.add_argument(
-        "--store",
-        choices=("local", "s3"),
-        default="local",
-        help="where the feature stores live: a local folder, or moto's S3 server on 127.0.0.1 "
-        "(requests counted by method)",
+        "--s3-images",
+        type=int,
+        default=AVA_ROWS // 10,
+        help="then the same chain with the stores on moto's S3 server on 127.0.0.1 at this "
+        f"size, counting requests by method (default {AVA_ROWS // 10}; 0 skips it)",
     )
     parser.add_argument("--work", type=Path, help="working folder (default: a temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
@@ -93,7 +93,7 @@ def measure_size(
     count: int, work: Path, site: ava_chain.StoreSite, seed: int, malformed: int
 ) -> dict[str, Any]:
     """Generate a dataset of `count` images and run the chain on it; returns its record."""
-    folder = work / f"n{count}"
+    folder = work / f"{'s3-' if site.base else ''}n{count}"
     started = time.perf_counter()
     dataset = write_ava_dataset(folder / "dataset", count, seed=seed, malformed=malformed)
     generated = time.perf_counter() - started
@@ -122,14 +122,25 @@ def ratios(small: dict[str, Any], large: dict[str, Any]) -> dict[str, dict[str, 
     return result
 
 
-def check_budgets(results: dict[str, Any]) -> dict[str, Any]:
+def check_budgets(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Each budget with the measured figure and whether it holds."""
-    sizes = results["sizes"]
+    checks: dict[str, Any] = {}
+    local = runs.get("local")
+    if local is not None:
+        checks.update(_scaling_checks(local))
+    for site, record in runs.items():
+        for size in record["sizes"]:
+            checks.update(_size_checks(site, size))
+    return {name: {"measured": value, "met": met} for name, (value, met) in checks.items()}
+
+
+def _scaling_checks(record: dict[str, Any]) -> dict[str, tuple[float, bool]]:
+    sizes = record["sizes"]
     small, large = sizes[0], sizes[-1]
     scale = large["images"] / small["images"]
     allowed_time = BUDGETS["stage_ratio_per_10x"] * scale / 10
-    checks: dict[str, Any] = {}
-    for name, ratio in results["ratios"].items():
+    checks: dict[str, tuple[float, bool]] = {}
+    for name, ratio in record.get("ratios", {}).items():
         checks[f"{name}: time ratio <= {allowed_time:.2f}"] = (
             ratio["wall_s"],
             ratio["wall_s"] <= allowed_time,
@@ -138,30 +149,36 @@ def check_budgets(results: dict[str, Any]) -> dict[str, Any]:
             ratio["peak_rss_mb"],
             ratio["peak_rss_mb"] <= BUDGETS["rss_ratio"],
         )
-    if results["settings"]["store"] == "local" and large["images"] >= AVA_ROWS:
+    if large["images"] >= AVA_ROWS:
         seconds = large["chain_seconds"]
         checks["chain at 255,530 rows <= 1200 s"] = (seconds, seconds <= BUDGETS["chain_seconds"])
-    for size in sizes:
-        per_image = size["bookkeeping"]["bookkeeping_ms_per_image"]
-        checks[f"bookkeeping at {size['images']} <= 0.3 ms/image"] = (
+    return checks
+
+
+def _size_checks(site: str, size: dict[str, Any]) -> dict[str, tuple[float, bool]]:
+    where = f"{site} {size['images']:,}"
+    per_image = size["bookkeeping"]["bookkeeping_ms_per_image"]
+    checks = {
+        f"bookkeeping ({where}) <= 0.3 ms/image": (
             per_image,
             per_image <= BUDGETS["bookkeeping_ms_per_image"],
         )
-        for name, key in ava_chain.REQUEST_BUDGETS.items():
-            figure = size["stages"].get(name, {}).get("requests_per_shard")
-            if figure is not None:
-                checks[f"{name} at {size['images']}: requests/shard <= {BUDGETS[key]}"] = (
-                    figure,
-                    figure <= BUDGETS[key],
-                )
-    return {name: {"measured": value, "met": met} for name, (value, met) in checks.items()}
+    }
+    for name, key in ava_chain.REQUEST_BUDGETS.items():
+        figure = size["stages"].get(name, {}).get("requests_per_shard")
+        if figure is not None:
+            checks[f"{name} ({where}): requests/shard <= {BUDGETS[key]}"] = (
+                figure,
+                figure <= BUDGETS[key],
+            )
+    return checks
 
 
-def table(results: dict[str, Any]) -> str:
-    """The README's markdown table: one row per stage, one column group per size."""
-    sizes = results["sizes"]
+def table(record: dict[str, Any], unit: str) -> str:
+    """The README's markdown table of one site: a row per stage, a column per size."""
+    sizes = record["sizes"]
     header = "| stage | " + " | ".join(
-        f"{size['images']:,}: wall s / CPU s / RSS MB / {_unit(results)}" for size in sizes
+        f"{size['images']:,}: wall s / CPU s / RSS MB / {unit}" for size in sizes
     )
     rows = [header + " | ratio (wall, RSS) |", "| --- |" + " ---: |" * (len(sizes) + 1)]
     for name in sizes[-1]["stages"]:
@@ -169,7 +186,7 @@ def table(results: dict[str, Any]) -> str:
         for size in sizes:
             stage = size["stages"].get(name)
             cells.append("" if stage is None else _cell(stage))
-        ratio = results["ratios"].get(name)
+        ratio = record.get("ratios", {}).get(name)
         ratio_cell = "" if ratio is None else f"{ratio['wall_s']:.2f}x, {ratio['peak_rss_mb']:.2f}x"
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {ratio_cell} |")
     totals = " | ".join(f"{size['chain_seconds']:.0f} s" for size in sizes)
@@ -177,47 +194,51 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def _unit(results: dict[str, Any]) -> str:
-    return "requests" if results["settings"]["store"] == "s3" else "files"
-
-
 def _cell(stage: dict[str, Any]) -> str:
     written = stage.get("requests_text") or f"{stage.get('files_written', 0):,}"
     return f"{stage['wall_s']:.1f} / {stage['cpu_s']:.1f} / {stage['peak_rss_mb']:.0f} / {written}"
+
+
+def _run_site(kind: str, sizes: list[int], work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The chain at each size with the stores on one site; the ratios of last to first."""
+    record: dict[str, Any] = {"sizes": []}
+    with ava_chain.object_store(kind) as site:
+        for count in sizes:
+            LOGGER.info("chain at %d images (%s store)", count, kind)
+            record["sizes"].append(measure_size(count, work, site, args.seed, args.malformed_lines))
+            for leftover in work.glob(f"*n{count}/dataset/images"):
+                shutil.rmtree(leftover, ignore_errors=True)  # 255k files: keep the disk free
+    if len(sizes) > 1:
+        record["ratios"] = ratios(record["sizes"][0], record["sizes"][-1])
+    return record
 
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     sizes = _sizes(args.images, parser)
+    if args.s3_images and args.s3_images < 2048:
+        parser.error("--s3-images: at least 2048 (two 1024-row shards), or 0 to skip")
     configure_logging(args.verbose)
     work = args.work or Path(tempfile.mkdtemp(prefix="ava-scale-"))
+    settings = {k: v for k, v in vars(args).items() if k not in ("verbose", "work", "out")}
     results: dict[str, Any] = {
-        "settings": {
-            "images": sizes,
-            "store": args.store,
-            "seed": args.seed,
-            "malformed_lines": args.malformed_lines,
-        },
+        "settings": {**settings, "images": sizes, "work": str(work)},
         "machine": {"cpus": os.cpu_count(), "load_average_start": os.getloadavg()},
-        "sizes": [],
+        "runs": {},
     }
     try:
-        with ava_chain.object_store(args.store) as site:
-            for count in sizes:
-                LOGGER.info("chain at %d images (%s store)", count, args.store)
-                results["sizes"].append(
-                    measure_size(count, work, site, args.seed, args.malformed_lines)
-                )
-                shutil.rmtree(work / f"n{count}" / "dataset" / "images", ignore_errors=True)
+        results["runs"]["local"] = _run_site("local", sizes, work, args)
+        if args.s3_images:
+            results["runs"]["s3"] = _run_site("s3", [args.s3_images], work, args)
     finally:
         if not args.keep and args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     results["machine"]["load_average_end"] = os.getloadavg()
-    results["ratios"] = ratios(results["sizes"][0], results["sizes"][-1])
-    results["budgets"] = check_budgets(results)
-    files.atomic_write_text(args.out, json.dumps(results, indent=2))
-    print(table(results))
+    results["budgets"] = check_budgets(results["runs"])
+    files.atomic_write_text(args.out, json.dumps(results, indent=2, default=str))
+    for site, record in results["runs"].items():
+        print(f"\n{site} store:\n" + table(record, "requests" if site == "s3" else "files"))
     for name, check in results["budgets"].items():
         print(f"{'met   ' if check['met'] else 'MISSED'} {name}: {check['measured']}")
     return 0 if all(check["met"] for check in results["budgets"].values()) else 1
