@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from features import files, preflight
 from features.cli import add_common_arguments, configure_logging, run_cli
+from features.store.fanout import map_in_order
 from features.store.lease import ViewLease
 from features.store.root import STORE_MARKER
 from features.store.shards import CommitMarker, ShardSpec, image_ids_digest
@@ -92,12 +93,16 @@ def _new_shards(
     """Index parts and shard records of shards committed but not in the previous snapshot;
     their markers go into `markers` (the run summary reads them from there)."""
     parts, records = [], []
-    for shard in view.listed_shards():
-        if shard.index in done:
-            continue
+    new = [shard for shard in view.listed_shards() if shard.index not in done]
+    view.allocation, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
+
+    def read(shard: ShardSpec) -> tuple[CommitMarker, bytes, pa.Table]:
         marker, data = view.read_marker_with_bytes(shard)
+        return marker, data, _shard_index(view, shard, marker)
+
+    for shard, (marker, data, part) in zip(new, map_in_order(read, new), strict=True):
         markers[shard.index] = marker
-        parts.append(_shard_index(view, shard, marker))
+        parts.append(part)
         records.append(
             {
                 "shard": shard.index,

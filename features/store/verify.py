@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging
+from features.store.fanout import map_in_order
 from features.store.query import FeatureStore
 from features.store.snapshot_reader import read_piece
 from features.store.verify_sources import ShardSources
@@ -227,11 +228,20 @@ def _read_markers(
     markers: dict[int, CommitMarker] = {}
     data: dict[int, bytes] = {}
     problems: list[StoreError] = []
-    for shard in view.listed_shards():
+    view.allocation, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
+
+    def read(shard: ShardSpec) -> tuple[CommitMarker, bytes] | StoreError:
         try:
-            markers[shard.index], data[shard.index] = view.read_marker_with_bytes(shard)
+            return view.read_marker_with_bytes(shard)
         except StoreError as error:
-            problems.append(error)
+            return error
+
+    listed = view.listed_shards()
+    for shard, result in zip(listed, map_in_order(read, listed), strict=True):
+        if isinstance(result, StoreError):
+            problems.append(result)
+        else:
+            markers[shard.index], data[shard.index] = result
     return markers, data, problems
 
 
@@ -247,13 +257,21 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
     markers, marker_bytes, marker_problems = _read_markers(view)
     report.problems += [str(problem) for problem in marker_problems]
     sources = ShardSources(view)
-    uncommitted = []
-    for shard in view.shards():
-        if shard.index in markers:
-            _check_committed_shard(sources, shard, markers[shard.index], deep, report)
-            report.shards_checked += 1
-        else:
-            uncommitted.append(shard)
+    committed = [shard for shard in view.shards() if shard.index in markers]
+
+    def check(shard: ShardSpec) -> VerificationReport:
+        # Each shard reports on its own; merged in shard order below (reads run in parallel).
+        own = VerificationReport(view.name)
+        _check_committed_shard(sources, shard, markers[shard.index], deep, own)
+        return own
+
+    sources.prepare()
+    for own in map_in_order(check, committed):
+        report.problems += own.problems
+        report.notes += own.notes
+        report.rows_checked += own.rows_checked
+        report.shards_checked += 1
+    uncommitted = [shard for shard in view.shards() if shard.index not in markers]
     _check_uncommitted_shards(sources, uncommitted, report)
     _check_snapshot(view, marker_bytes, report)
     if not marker_problems:

@@ -36,6 +36,19 @@ class ShardSources:
         self._zarr_metadata: bytes | None = None
         self._listed_objects: set[str] | None = None
 
+    def prepare(self) -> None:
+        """Read what every shard's check shares once, before checks run in parallel."""
+        if self.snapshot is not None:
+            try:
+                self._snapshot_rows()
+            except StoreError:
+                # A damaged snapshot is the snapshot check's problem to report; the shards
+                # are checked against their markers' rows instead.
+                self.snapshot = None
+        if self.view.format_name == "zarr":
+            self._zarr_metadata = files.read_bytes(files.join(self.array.path, ZARR_METADATA))
+        self.array.shard_key(0)  # caches the feature rank (reads the array's metadata once)
+
     # ---- index rows ----------------------------------------------------------------------
     def index_rows(self, shard: ShardSpec, marker: CommitMarker, deep: bool) -> pa.Table | None:
         """The shard's index rows, ordered by row: unless deep, from the snapshot when it
