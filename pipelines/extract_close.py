@@ -9,9 +9,7 @@ from typing import Any
 from features import retries
 from features.extraction.planning import summarize
 from features.extraction.shard import RUNS_IN_THIS_PROCESS
-from features.store import FeatureView, ViewLease
-from features.store.compaction import Publication
-from features.store.compaction import publish as publish_snapshot_reading
+from features.store import FeatureView, Publication, ViewLease, publish_with_markers
 from schemas.errors import LeaseLostError, StoreError
 
 LOGGER = logging.getLogger(__name__)
@@ -83,7 +81,7 @@ def publish(view: FeatureView, run_id: str, outcome: str, lease: ViewLease) -> P
     """Publish the view's snapshot (readers then open O(1) files per lookup). After a failed
     run a publishing error is logged, not raised over the run's own error (returns None)."""
     try:
-        return publish_snapshot_reading(view, run_id, lease)
+        return publish_with_markers(view, run_id, lease)
     except StoreError as error:
         if outcome != "failed":
             raise

@@ -9,7 +9,12 @@ The public entry points: `FeatureStore` (reads), `ensure_store` (the root marker
 """
 
 from features.store.backends import COMPRESSIONS, FeatureArray
-from features.store.compaction import compact_view, publish_snapshot
+from features.store.compaction import (
+    Publication,
+    compact_view,
+    publish_snapshot,
+    publish_with_markers,
+)
 from features.store.convert import convert_view, export_ava_mlsp
 from features.store.formats import BACKENDS
 from features.store.lease import DEFAULT_TTL_SECONDS, LeaseFence, ViewLease
@@ -32,6 +37,7 @@ __all__ = [
     "FeatureStore",
     "FeatureView",
     "LeaseFence",
+    "Publication",
     "ScatterRequest",
     "ShardSpec",
     "VerificationReport",
@@ -44,6 +50,7 @@ __all__ = [
     "image_ids_digest",
     "key_runs",
     "publish_snapshot",
+    "publish_with_markers",
     "read_feature_rows",
     "verify_view",
     "view_status",

@@ -165,8 +165,8 @@ def _merged_pieces(
 
 
 def publish_snapshot(view: FeatureView, reason: str, lease: ViewLease | None = None) -> int:
-    """Publish a snapshot of the view's committed shards; returns its number (see publish)."""
-    return publish(view, reason, lease).snapshot
+    """Publish a snapshot of the view's committed shards; returns its number (see publish_with_markers)."""
+    return publish_with_markers(view, reason, lease).snapshot
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,9 @@ class Publication:
     new_markers: dict[int, CommitMarker]
 
 
-def publish(view: FeatureView, reason: str, lease: ViewLease | None = None) -> Publication:
+def publish_with_markers(
+    view: FeatureView, reason: str, lease: ViewLease | None = None
+) -> Publication:
     """Publish a snapshot of the view's committed shards.
 
     Incremental: the previous snapshot's pieces are reused and only markers of shards
