@@ -165,9 +165,11 @@ def _size_checks(site: str, size: dict[str, Any]) -> dict[str, tuple[float, bool
         )
     }
     for name, key in ava_chain.REQUEST_BUDGETS.items():
-        figure = size["stages"].get(name, {}).get("requests_per_shard")
+        stage = size["stages"].get(name, {})
+        figure = stage.get("requests_per_further_shard", stage.get("requests_per_shard"))
         if figure is not None:
-            checks[f"{name} ({where}): requests/shard <= {BUDGETS[key]}"] = (
+            what = "per further shard" if "requests_per_further_shard" in stage else "per shard"
+            checks[f"{name} ({where}): requests {what} <= {BUDGETS[key]}"] = (
                 figure,
                 figure <= BUDGETS[key],
             )
@@ -196,6 +198,10 @@ def table(record: dict[str, Any], unit: str) -> str:
 
 def _cell(stage: dict[str, Any]) -> str:
     written = stage.get("requests_text") or f"{stage.get('files_written', 0):,}"
+    if "requests_per_further_shard" in stage:
+        written += f" ({stage['requests_per_further_shard']} per further shard)"
+    elif "requests_per_shard" in stage:
+        written += f" ({stage['requests_per_shard']} per shard)"
     return f"{stage['wall_s']:.1f} / {stage['cpu_s']:.1f} / {stage['peak_rss_mb']:.0f} / {written}"
 
 

@@ -226,8 +226,12 @@ class ZarrFeatureArray(FeatureArray):
         import zarr
 
         try:
+            # zarr_format=3: without it zarr also probes for Zarr v2 metadata (.zarray,
+            # .zattrs: two more requests per open on an object store).
             return zarr.open_array(
-                store=files.native(self.path), mode="r+" if files.is_local(self.path) else "a"
+                store=files.native(self.path),
+                mode="r+" if files.is_local(self.path) else "a",
+                zarr_format=3,
             )
         except (FileNotFoundError, ValueError) as error:
             raise StoreError(
@@ -301,7 +305,7 @@ class ZarrFeatureArray(FeatureArray):
             # write CPU, benchmarks.gpu_feed). A shard is written whole, so an all-NaN shard
             # (every row failed) is simply stored; readers see NaN either way.
             self._write_store = WholeShardWrites.for_path(self.path)
-            array = zarr.open_array(store=self._write_store, mode="r+")
+            array = zarr.open_array(store=self._write_store, mode="r+", zarr_format=3)
             self._writer = array.with_config({"write_empty_chunks": True})
         self._writer[row_start : row_start + values.shape[0]] = values
 

@@ -114,7 +114,7 @@ class ShardSources:
                 key: cpu.Buffer.from_bytes(data),
             }
         )
-        array = zarr.open_array(store=store, mode="r")
+        array = zarr.open_array(store=store, mode="r", zarr_format=3)
         return np.asarray(array[shard.row_start : shard.row_stop])
 
     def _shape(self) -> tuple[int, ...]:
