@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -29,6 +30,15 @@ DOWNLOAD_FIELDS = {"label_list": "--list", "split_files": "--split-file", "sha25
 RESERVED_OPTIONS = frozenset(
     {"manifest", "store", "view", "weights", "runner", "variants"}
     | {"shard-size", "max-side", "compression"}
+)
+# Path params a task would otherwise resolve against its working directory.
+LOCAL_OR_URL_PATHS = (
+    "data_root",
+    "store_root",
+    "runs_root",
+    "label_list",
+    "reference_run",
+    "reference_predictions",
 )
 _OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 T = TypeVar("T")
@@ -286,6 +296,10 @@ class PipelineConfig:
             "data_root",
             "must be a local (or mounted) folder: pipelines.download writes local files",
         )
+        for name in LOCAL_OR_URL_PATHS:  # tasks run in whatever folder the executor starts them
+            path = getattr(self, name)
+            ok = not path or "://" in path or os.path.isabs(path)
+            _require(ok, name, f"{path!r} is relative: give an absolute path or a URL")
         needs_list = self.dataset in DOWNLOAD_DATASET_FLAGS["--list"]
         _require(
             bool(self.label_list) or not needs_list, "label_list", f"needed for {self.dataset}"

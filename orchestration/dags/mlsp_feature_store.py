@@ -19,8 +19,18 @@ from orchestration.config import VIEWS
 from orchestration.params import param_specs
 
 DAG_ID = "mlsp_feature_store"
-EXTRACT_PY_FILE = str(Path(__file__).resolve().parents[1] / "extract_entry.py")
 BEAM_PYTHON = os.environ.get("MLSP_BEAM_PYTHON", sys.executable)
+
+
+def _extract_py_file() -> str:
+    """extract_entry.py of the importable package: this file may be a copy in any dags folder."""
+    spec = importlib.util.find_spec("orchestration.extract_entry")
+    if spec is None or spec.origin is None:
+        raise ImportError("orchestration.extract_entry not found: install this package")
+    return spec.origin
+
+
+EXTRACT_PY_FILE = _extract_py_file()
 NETWORK_RETRIES: dict[str, Any] = {
     "retries": 3,
     "retry_delay": timedelta(seconds=30),

@@ -19,6 +19,7 @@ import pytest
 
 from benchmarks.fault_server import FaultServer, Route
 from orchestration.config import VIEWS
+from tests.helpers import airflow_db
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "orchestration" / "dags"
@@ -98,31 +99,23 @@ def _result(completed: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A temp AIRFLOW_HOME whose SQLite metadata DB `airflow db migrate` created."""
+def airflow_env(
+    tmp_path_factory: pytest.TempPathFactory, airflow_db_template: Path
+) -> dict[str, str]:
+    """A temp AIRFLOW_HOME holding a copy of the session's migrated SQLite metadata DB."""
     home = tmp_path_factory.mktemp("airflow_home")
-    env = {
+    database = airflow_db.copy_db(airflow_db_template, home)
+    return {
         **os.environ,
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{database}",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "TQDM_DISABLE": "1",
         "NO_PROXY": "127.0.0.1,localhost",
     }
-    migrate = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert migrate.returncode == 0, migrate.stderr[-4000:]
-    assert (home / "airflow.db").is_file()
-    return env
 
 
 @pytest.fixture(scope="module")

@@ -67,6 +67,9 @@ def test_round_trip_through_dict() -> None:
         ({"dataset": "folder", "split_files": ["/t.jpgl"]}, "split_files"),
         ({"sha256": "ab" * 32}, "sha256"),
         ({"data_root": "gs://bucket/data"}, "data_root"),
+        ({"data_root": "data/ava"}, "data_root"),
+        ({"store_root": "store"}, "store_root"),
+        ({"label_list": "AVA.txt"}, "label_list"),
         ({"views": []}, "views"),
         ({"views": ["narrow", "narrow"]}, "views"),
         ({"views": ["tiny"]}, "views"),
@@ -90,7 +93,7 @@ def test_round_trip_through_dict() -> None:
         ({"evaluate_split": "holdout"}, "evaluate_split"),
         ({"unknown_param": 1}, "params"),
         (
-            {"dataset": "folder", "label_list": "x.csv", "reference_run": "/r"},
+            {"dataset": "folder", "label_list": "/x.csv", "reference_run": "/r"},
             "recalibration_range",
         ),
         ({"reference_run": "/r", "recalibration_range": [5, 1]}, "recalibration_range"),
