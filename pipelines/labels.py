@@ -20,9 +20,11 @@ from features.cli import (
     refuse_unused,
 )
 from features.download.manifest import read_manifest
+from features.labels.ava_text import DEFAULT_MAX_MALFORMED_SHARE
 from features.labels.builders import LABEL_BUILDERS, LabelResult, build_ava
 from features.labels.engines import AUTO, DEFAULT_MEMORY_BUDGET, LABEL_ENGINES, EngineOptions
 from features.labels.parsing import LabelReport, SplitConfig
+from schemas.labels import DropReason
 
 LOGGER = logging.getLogger(__name__)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -59,7 +61,7 @@ def byte_size(name: str) -> Callable[[str], int]:
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    """--engine and --memory-budget (how AVA.txt is read)."""
+    """--engine, --memory-budget and --max-malformed-share (how AVA.txt is read)."""
     parser.add_argument(
         "--engine",
         choices=(AUTO, *sorted(LABEL_ENGINES)),
@@ -72,6 +74,16 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         type=byte_size("--memory-budget"),
         default=None,
         help="input size above which --engine auto uses dask (default 1GiB; ava only)",
+    )
+    parser.add_argument(
+        "--max-malformed-share",
+        type=fraction("--max-malformed-share"),
+        default=None,
+        help="malformed AVA.txt lines (wrong field count, non-numeric or negative count) are "
+        "dropped with a warning naming file and line, and the run goes on, while they are at "
+        "most this share of its lines; above it (or if every line is) the file is probably "
+        "not an AVA.txt: exit 1, nothing written. In [0, 1); 0 = fail on any "
+        f"(default {DEFAULT_MAX_MALFORMED_SHARE:g}; ava only)",
     )
 
 
@@ -118,6 +130,10 @@ def format_report(report: LabelReport, out: str, splits: Counter[str], version: 
     if not report.dropped:
         lines.append("  dropped: none")
     for reason, count in sorted(report.dropped.items()):
+        if reason == DropReason.MALFORMED_LINE:  # 'file:line: what is wrong', one a line
+            lines.append(f"  dropped {reason:<20} {count:>8}  e.g.")
+            lines += [f"    {example}" for example in report.examples[reason]]
+            continue
         examples = ", ".join(report.examples[reason])
         lines.append(f"  dropped {reason:<20} {count:>8}  e.g. {examples}")
     lines += [f"  note: {note}" for note in report.notes]
@@ -141,12 +157,18 @@ def _builder(
             )
         raw: Path | str = local if files.is_local(args.raw) else args.raw
         budget = args.memory_budget or DEFAULT_MEMORY_BUDGET
-        return functools.partial(build_ava, raw, options=EngineOptions(args.engine, budget))
+        share = args.max_malformed_share
+        return functools.partial(
+            build_ava,
+            raw,
+            options=EngineOptions(args.engine, budget),
+            max_malformed_share=DEFAULT_MAX_MALFORMED_SHARE if share is None else share,
+        )
     refuse_unused(
         parser,
-        {"--memory-budget": args.memory_budget},
+        {"--memory-budget": args.memory_budget, "--max-malformed-share": args.max_malformed_share},
         f"with --dataset {args.dataset}",
-        "only --dataset ava reads AVA.txt with a choice of engine",
+        "only --dataset ava reads AVA.txt (with a choice of engine, dropping malformed lines)",
     )
     if not files.is_local(args.raw):
         parser.error(f"argument --raw: URLs are only supported with --dataset ava: {args.raw}")

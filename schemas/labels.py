@@ -87,6 +87,7 @@ class DropReason(StrEnum):
     UNDECODABLE_IMAGE = "undecodable_image"
     DUPLICATE_ID = "duplicate_id"
     NOT_IN_SPLIT_LISTS = "not_in_split_lists"
+    MALFORMED_LINE = "malformed_line"  # examples are 'file:line: what is wrong', not ids
 
 
 def label_version(inputs: dict[str, str], parameters: dict[str, Any]) -> str:

@@ -17,6 +17,7 @@ from features.download.fetch import FetchConfig, fetch, scheme_of
 from features.download.items import DownloadItem
 from features.download.manifest import scan_images
 from features.download.secrets import redact_url
+from features.labels.ava_text import drop_malformed
 from features.labels.parsing import parse_ava_text, parse_split_list
 from features.labels.scut import read_official_split
 from schemas.errors import DownloadError
@@ -143,12 +144,21 @@ def ava_items(request: SourceRequest) -> list[DownloadItem]:
 
     Raises:
         DownloadError: no --list given.
+        LabelError: more than 1 % of the --list lines malformed (probably not an AVA.txt).
     """
     if not request.list_uri:
         raise DownloadError("--list: AVA needs the official AVA.txt")
-    text = read_input(request.list_uri, request.config, "--list").decode("utf-8")
-    save_raw(request, "AVA.txt", text.encode())
-    ids = list(dict.fromkeys(parse_ava_text(text, redact_url(request.list_uri))["image_id"]))
+    data = read_input(request.list_uri, request.config, "--list")
+    save_raw(request, "AVA.txt", data)
+    source = redact_url(request.list_uri)
+    # Malformed lines are skipped with a warning naming file and line, and a file mostly
+    # malformed fails before any fetch, as in pipelines.labels (same default share): such a
+    # line can never become a label row (labels drops it), so fetching its image is wasted,
+    # while failing a long download for a handful of lines would lose more than it protects.
+    rows, _ = drop_malformed(
+        parse_ava_text(data.decode("utf-8", errors="surrogateescape"), source), source, flag=None
+    )
+    ids = list(dict.fromkeys(rows["image_id"]))
     splits: dict[str, str] = {}
     for uri in request.split_files:
         data = read_input(uri, request.config, "--split-file")

@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from features import files
 from features.labels import scut
+from features.labels.ava_text import DEFAULT_MAX_MALFORMED_SHARE
 from features.labels.engines import LABEL_ENGINES, EngineOptions, choose_engine
 from features.labels.parsing import (
     LabelReport,
@@ -83,14 +84,17 @@ def _ava_lists(raw: str, digests: dict[str, str]) -> dict[str, frozenset[str]]:
     return lists
 
 
-def _read_ava(raw: str, options: EngineOptions, report: LabelReport) -> tuple[str, pd.DataFrame]:
+def _read_ava(
+    raw: str, options: EngineOptions, report: LabelReport, max_malformed_share: float
+) -> tuple[str, pd.DataFrame]:
     """(URL of AVA.txt under raw, its label columns) read with the chosen engine."""
     ava_url = locate(raw, AVA_FILE)
     if ava_url is None or not _is_file(ava_url):
         raise LabelError(f"--raw {raw}: no {AVA_FILE} found")
     engine = choose_engine(ava_url, options)
     LOGGER.info("%s: %s engine", ava_url, engine)
-    return ava_url, finish_ava(LABEL_ENGINES[engine](ava_url, ava_url, options.blocksize), report)
+    scored = LABEL_ENGINES[engine](ava_url, ava_url, options.blocksize)
+    return ava_url, finish_ava(scored, report, ava_url, max_malformed_share)
 
 
 def _drop_unlisted(
@@ -109,23 +113,29 @@ def build_ava(
     manifest: pa.Table | None,
     config: SplitConfig,
     options: EngineOptions | None = None,
+    max_malformed_share: float = DEFAULT_MAX_MALFORMED_SHARE,
 ) -> LabelResult:
     """AVA labels: MOS/std/n_votes/distribution, tags, challenge, official or seeded splits.
+
+    Malformed lines of AVA.txt are dropped (reason malformed_line, logged as warnings) while
+    they are at most max_malformed_share of its non-blank lines; beyond that the file is
+    probably not an AVA.txt and nothing is written.
 
     Args:
         raw_dir: folder (local path or fsspec URL) holding AVA.txt and the optional split lists.
         manifest: the image manifest; ids missing from it are dropped (None = no check).
         config: seed and fractions of the hash splits.
         options: pandas or dask engine for AVA.txt (None = auto); the table is the same.
+        max_malformed_share: largest tolerated share of malformed lines, in [0, 1).
 
     Returns:
         The label table and the report of kept and dropped rows.
 
     Raises:
-        LabelError: AVA.txt missing or malformed.
+        LabelError: AVA.txt missing, or more than max_malformed_share of its lines malformed.
     """
     report, raw = LabelReport(), str(raw_dir)
-    ava_url, frame = _read_ava(raw, options or EngineOptions(), report)
+    ava_url, frame = _read_ava(raw, options or EngineOptions(), report, max_malformed_share)
     digests = {AVA_FILE: sha256_file(ava_url)}
     lists = _ava_lists(raw, digests)
     frame = drop_by_manifest(_drop_unlisted(frame, lists, report), manifest, report)

@@ -40,25 +40,29 @@ class EngineOptions:
 def read_ava_pandas(url: str, source: str, blocksize: int = DEFAULT_BLOCKSIZE) -> pd.DataFrame:
     """Scored AVA rows read whole into memory with pandas (blocksize is unused).
 
-    Raises:
-        LabelError: a malformed line (naming source and line number).
+    Malformed lines are rows with a `problem` message (see parse_ava_text).
     """
-    return score_ava(parse_ava_text(files.read_bytes(url).decode("utf-8"), source))
+    return score_ava(parse_ava_text(_decode(files.read_bytes(url)), source))
+
+
+def _decode(data: bytes) -> str:
+    """UTF-8 text; bytes that are not UTF-8 are kept as escapes and make their line malformed."""
+    return data.decode("utf-8", errors="surrogateescape")
 
 
 def _line_count(block: bytes) -> int:
-    return len(block.decode("utf-8").splitlines())
+    return len(_decode(block).splitlines())
 
 
 def _parse_block(block: bytes, source: str, first_line: int) -> pd.DataFrame:
-    return parse_ava_text(block.decode("utf-8"), source, first_line)
+    return parse_ava_text(_decode(block), source, first_line)
 
 
 def read_ava_dask(url: str, source: str, blocksize: int = DEFAULT_BLOCKSIZE) -> pd.DataFrame:
     """Scored AVA rows parsed and scored per partition with a dask dataframe.
 
     A first pass counts the lines of each block (blocks end at a newline), so every partition
-    knows the number of its first line and errors name the same line as the pandas engine.
+    knows the number of its first line and malformed lines name the same line as with pandas.
 
     Args:
         url: local path or fsspec URL of AVA.txt.
@@ -67,9 +71,6 @@ def read_ava_dask(url: str, source: str, blocksize: int = DEFAULT_BLOCKSIZE) -> 
 
     Returns:
         The same frame as read_ava_pandas (index 0..n-1).
-
-    Raises:
-        LabelError: a malformed line (naming source and line number).
     """
     import dask
     import dask.dataframe as dd

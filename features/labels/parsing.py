@@ -16,15 +16,19 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from features.labels.ava_text import (
+    DEFAULT_MAX_MALFORMED_SHARE,
+    TAG_COLUMNS,
+    VOTE_COLUMNS,
+    drop_malformed,
+    parse_ava_text,
+)
 from schemas.config_fields import reject_unknown_fields
 from schemas.errors import ConfigError, LabelError
 from schemas.labels import AVA_BINS, LABELS_SCHEMA, DropReason, label_version
 
 LOGGER = logging.getLogger(__name__)
-AVA_FIELDS = 2 + AVA_BINS + 3
-VOTE_COLUMNS = tuple(f"vote_{i}" for i in range(1, AVA_BINS + 1))
 SHARE_COLUMNS = tuple(f"p_{i}" for i in range(1, AVA_BINS + 1))
-TAG_COLUMNS = ("semantic_tag_1", "semantic_tag_2", "challenge_id")
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,12 @@ class LabelReport:
     notes: list[str] = field(default_factory=list)
 
     def drop(self, reason: DropReason, image_ids: Iterable[str]) -> None:
-        """Count dropped ids under a reason, keeping up to five examples."""
+        """Count dropped ids under a reason, keeping up to five examples.
+
+        Args:
+            reason: why they were dropped.
+            image_ids: the dropped ids; for malformed lines, 'file:line: what is wrong'.
+        """
         image_ids = list(image_ids)
         if image_ids:
             self.dropped[reason.value] += len(image_ids)
@@ -128,55 +137,6 @@ def assign_splits(
     return splits
 
 
-def parse_ava_text(text: str, source: str, first_line: int = 1) -> pd.DataFrame:
-    """Parse AVA.txt lines (index, id, 10 vote counts, 2 tags, challenge) into a frame.
-
-    Args:
-        text: file contents, or a block of whole lines of it.
-        source: file name used in error messages.
-        first_line: line number of the first line of text (blocks of a larger file).
-
-    Returns:
-        Frame with image_id, votes (an N x 10 int64 block as columns vote_1..vote_10),
-        semantic_tag_1, semantic_tag_2, challenge_id, and line (1-based line number).
-
-    Raises:
-        LabelError: a line with the wrong field count, a non-numeric or a negative count.
-    """
-    rows: list[list[int]] = []
-    ids: list[str] = []
-    lines: list[int] = []
-    for number, line in enumerate(text.splitlines(), start=first_line):
-        fields = line.split()
-        if not fields:
-            continue
-        rows.append(_ava_values(fields, line, source, number))
-        ids.append(fields[1])
-        lines.append(number)
-    block = np.asarray(rows, dtype=np.int64).reshape(len(rows), AVA_BINS + 3)
-    frame = pd.DataFrame(block[:, :AVA_BINS], columns=list(VOTE_COLUMNS))
-    frame.insert(0, "image_id", ids)
-    for offset, name in enumerate(TAG_COLUMNS):
-        frame[name] = block[:, AVA_BINS + offset]
-    frame["line"] = np.asarray(lines, dtype=np.int64)
-    return frame
-
-
-def _ava_values(fields: list[str], line: str, source: str, number: int) -> list[int]:
-    """The 13 counts and tags of one AVA line, checked; errors name source and line number."""
-    if len(fields) != AVA_FIELDS:
-        raise LabelError(f"{source}:{number}: expected {AVA_FIELDS} fields, got {len(fields)}")
-    try:
-        values = [int(value) for value in fields[2:]]
-    except ValueError:
-        raise LabelError(
-            f"{source}:{number}: non-numeric count or tag in {line.strip()!r}"
-        ) from None
-    if min(values) < 0:
-        raise LabelError(f"{source}:{number}: negative count or tag in {line.strip()!r}")
-    return values
-
-
 def ava_scores(votes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """MOS = sum(i * n_i) / sum(n_i), population std, vote counts and normalised distributions.
 
@@ -228,7 +188,8 @@ def drop_by_manifest(
 
 
 def score_ava(raw: pd.DataFrame) -> pd.DataFrame:
-    """Parsed AVA rows -> image_id, mos, std, n_votes, p_1..p_10 (float32), tags, challenge, line.
+    """Parsed AVA rows -> image_id, mos, std, n_votes, p_1..p_10 (float32), tags, challenge,
+    line and problem (malformed lines are kept, with NaN scores, for finish_ava to drop).
 
     Row-wise only, so it can run on any block of rows (the dask engine maps it over partitions).
     """
@@ -240,13 +201,34 @@ def score_ava(raw: pd.DataFrame) -> pd.DataFrame:
         "n_votes": totals,
     }
     columns.update(zip(SHARE_COLUMNS, distribution.astype(np.float32).T, strict=True))
-    columns.update({name: raw[name].to_numpy() for name in (*TAG_COLUMNS, "line")})
+    columns.update({name: raw[name].to_numpy() for name in (*TAG_COLUMNS, "line", "problem")})
     return pd.DataFrame(columns, index=raw.index)
 
 
-def finish_ava(scored: pd.DataFrame, report: LabelReport) -> pd.DataFrame:
-    """Scored AVA rows of a whole file -> label columns, dropping duplicate ids and zero votes."""
-    scored = drop_duplicates(scored.reset_index(drop=True), report)
+def finish_ava(
+    scored: pd.DataFrame,
+    report: LabelReport,
+    source: str,
+    max_malformed_share: float = DEFAULT_MAX_MALFORMED_SHARE,
+) -> pd.DataFrame:
+    """Scored AVA rows of a whole file -> label columns, dropping malformed lines, duplicate
+    ids and zero votes (in that order: a malformed line's id is no duplicate).
+
+    Args:
+        scored: score_ava's rows of the whole file, in line order.
+        report: receives the drops.
+        source: file name used in errors.
+        max_malformed_share: largest tolerated share of malformed lines (see drop_malformed).
+
+    Returns:
+        Label columns of the kept rows.
+
+    Raises:
+        LabelError: too many malformed lines (probably not an AVA.txt).
+    """
+    scored, problems = drop_malformed(scored.reset_index(drop=True), source, max_malformed_share)
+    report.drop(DropReason.MALFORMED_LINE, problems)
+    scored = drop_duplicates(scored, report)
     zero = scored["n_votes"].to_numpy() == 0
     report.drop(DropReason.ZERO_VOTES, scored.loc[zero, "image_id"])
     kept = scored.loc[~zero]
@@ -262,9 +244,18 @@ def finish_ava(scored: pd.DataFrame, report: LabelReport) -> pd.DataFrame:
     )
 
 
-def ava_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:
-    """AVA.txt contents -> label columns (before manifest checks and splits)."""
-    return finish_ava(score_ava(parse_ava_text(text, source)), report)
+def ava_frame(
+    text: str,
+    source: str,
+    report: LabelReport,
+    max_malformed_share: float = DEFAULT_MAX_MALFORMED_SHARE,
+) -> pd.DataFrame:
+    """AVA.txt contents -> label columns (before manifest checks and splits).
+
+    Raises:
+        LabelError: too many malformed lines (probably not an AVA.txt).
+    """
+    return finish_ava(score_ava(parse_ava_text(text, source)), report, source, max_malformed_share)
 
 
 def folder_frame(text: str, source: str, report: LabelReport) -> pd.DataFrame:

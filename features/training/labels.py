@@ -94,13 +94,14 @@ def read_ava_text(path: str, score_column: str = "mos", seed: int = 0) -> Traini
     Uses the same split rule as pipelines.labels (10 % test, 10 % of the rest val).
 
     Raises:
-        LabelError: a malformed file.
+        LabelError: more than 1 % of its lines malformed (fewer are dropped with a warning).
         ConfigError: score_column is not 'mos' (raw files carry no recalibrated scores).
     """
     if score_column != "mos":
         raise ConfigError(f"--label-column {score_column!r}: an AVA.txt only has 'mos'")
     data = files.read_bytes(path)
-    frame: pd.DataFrame = ava_frame(data.decode("utf-8"), path, LabelReport())
+    text = data.decode("utf-8", errors="surrogateescape")  # bad bytes: a malformed line
+    frame: pd.DataFrame = ava_frame(text, path, LabelReport())
     config = SplitConfig(seed=seed)
     splits = assign_splits(frame["image_id"], config)
     LOGGER.warning("labels read from raw %s (no label table); splits drawn by hash", path)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from unittest.mock import patch
 
+import pandas as pd
 import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from features.labels import ava_text
 from features.labels.builders import build_ava
 from features.labels.parsing import (
     LabelReport,
@@ -58,11 +61,55 @@ def test_mos_std_and_distribution_match_hand_values() -> None:
         ("1 11 0 0 0 0 2 0 2 0 0 0 3 7\n", "AVA.txt:1: expected 15 fields, got 14"),
         ("\n1 11 0 0 0 0 x 0 2 0 0 0 3 7 100\n", "AVA.txt:2: non-numeric"),
         ("1 11 0 0 0 0 -2 0 2 0 0 0 3 7 100\n", "AVA.txt:1: negative"),
+        ("1 11 0 0 0 0 2 0 2 0 0 0 3 7 99999999999999999999\n", "AVA.txt:1: count or tag too"),
+        ("1 1\udcff 0 0 0 0 2 0 2 0 0 0 3 7 100\n", "AVA.txt:1: bytes that are not UTF-8"),
     ],
 )
-def test_malformed_lines_name_file_and_line(text: str, message: str) -> None:
-    with pytest.raises(LabelError, match=message):
-        parse_ava_text(text, "AVA.txt")
+def test_malformed_lines_become_rows_naming_file_and_line(text: str, message: str) -> None:
+    frame = parse_ava_text(text, "AVA.txt")
+    assert len(frame) == 1 and frame["problem"][0].startswith(message)
+    with pytest.raises(LabelError, match=f"1 of 1 lines are malformed.*{message}"):
+        ava_frame(text, "AVA.txt", LabelReport())
+
+
+def test_a_few_malformed_lines_are_dropped_with_reasons(caplog: pytest.LogCaptureFixture) -> None:
+    good = [f"{i} {100 + i} 0 0 0 0 2 0 2 0 0 0 3 7 100" for i in range(1, 201)]
+    lines = [*good[:9], "10 110 1 1", *good[10:49], "50 150 0 x 0 0 2 0 2 0 0 0 3 7 1", *good[50:]]
+    report = LabelReport()
+    frame = ava_frame("\n".join(lines) + "\n", "AVA.txt", report)
+    assert len(frame) == 198 and "110" not in set(frame["image_id"])
+    assert report.dropped == {"malformed_line": 2}
+    assert report.examples["malformed_line"] == [
+        "AVA.txt:10: expected 15 fields, got 4",
+        "AVA.txt:50: non-numeric count or tag in '50 150 0 x 0 0 2 0 2 0 0 0 3 7 1'",
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("AVA.txt:10: expected 15 fields" in message for message in warnings)
+    with pytest.raises(LabelError, match=r"2 of 200 lines .* line\(s\) 10, 50; AVA.txt:10"):
+        ava_frame("\n".join(lines), "AVA.txt", LabelReport(), max_malformed_share=0.005)
+
+
+def _tokens() -> st.SearchStrategy[str]:
+    plain = st.sampled_from(["0", "7", "12", "007", "123456789012345678"])
+    odd = st.sampled_from(["+5", "1_0", "-1", "-0", "x", "1.0", ":", "/", "1234567890123456789",
+                           "99999999999999999999"])  # ASCII: non-ASCII text skips the fast path
+    return plain | odd
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(_tokens(), min_size=12, max_size=14) | st.just([]), max_size=12),
+       st.sampled_from([" ", "\t", "  ", " \r ", "\x0b"]),
+       st.sampled_from(["\n", "\n", "\r\n", "\r"]), st.integers(1, 50))
+def test_fast_path_parses_exactly_like_the_per_line_path(
+    rows: list[list[str]], sep: str, end: str, first_line: int
+) -> None:
+    """Odd tokens, separators and line ends: the vectorised path agrees with the reference."""
+    lines = [sep.join([str(n), f"id{n}", *row]) if row else "" for n, row in enumerate(rows)]
+    text = end.join(lines)
+    fast = parse_ava_text(text, "AVA.txt", first_line)
+    with patch.object(ava_text, "_parse_fast", return_value=None):
+        slow = parse_ava_text(text, "AVA.txt", first_line)
+    pd.testing.assert_frame_equal(fast, slow)
 
 
 def test_build_ava_uses_official_test_list_and_drops_with_reasons(tmp_path: Path) -> None:

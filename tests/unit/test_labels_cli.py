@@ -29,16 +29,57 @@ def test_ava_sample_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "labels: 8 rows" in capsys.readouterr().out
 
 
-def test_malformed_file_is_exit_1_with_line(tmp_path: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "AVA.txt").write_text("1 5 1 1 1 1 1 1 1 1 1 1 0 0 1\n2 6 1 1\n")
-    code = run(["--dataset", "ava", "--raw", str(tmp_path), "--out", str(tmp_path / "l.parquet")])
+def _ava_lines(count: int) -> list[str]:
+    return [f"{i} {100 + i} 1 1 1 1 1 1 1 1 1 1 0 0 1" for i in range(1, count + 1)]
+
+
+def test_a_few_malformed_lines_are_dropped_and_summarised(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _ava_lines(300)
+    lines[122], lines[249] = "123 223 1 1", "250 350 1 1 1 1 1 1 1 1 1 z 0 0 1"
+    (tmp_path / "AVA.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "l.parquet"
+    assert run(["--dataset", "ava", "--raw", str(tmp_path), "--out", str(out)]) == 0
+    assert pq.read_table(out).num_rows == 298
+    captured = capsys.readouterr()
+    summary = captured.out
+    assert "labels: 298 rows" in summary
+    assert "dropped malformed_line" in summary
+    assert f"    {tmp_path / 'AVA.txt'}:123: expected 15 fields, got 4" in summary.splitlines()
+    assert f"{tmp_path / 'AVA.txt'}:250: non-numeric" in summary
+    warned = [line for line in captured.err.splitlines() if " WARNING " in line]
+    assert [line.split("AVA.txt:")[1][:4] for line in warned] == ["123:", "250:"]
+
+
+@pytest.mark.parametrize(
+    ("lines", "flags", "count"),
+    [
+        (["1 5 1 1 1 1 1 1 1 1 1 1 0 0 1", "2 6 1 1"], [], "1 of 2"),  # 50 % malformed
+        (["a,b", "1,2"], ["--max-malformed-share", "0.9"], "2 of 2"),  # every line: wrong file
+        ([*_ava_lines(99), "100 9 1"], ["--max-malformed-share", "0"], "1 of 100"),
+    ],
+)
+def test_too_many_malformed_lines_exit_1_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], lines: list[str], flags: list[str],
+    count: str
+) -> None:
+    (tmp_path / "AVA.txt").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "l.parquet"
+    code = run(["--dataset", "ava", "--raw", str(tmp_path), "--out", str(out), *flags])
     assert code == 1
-    assert "AVA.txt:2: expected 15 fields, got 4" in capsys.readouterr().err
-    assert not (tmp_path / "l.parquet").exists()
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1
+    assert f"AVA.txt: {count} lines are malformed (over --max-malformed-share" in errors[0]
+    assert "first at line(s) " in errors[0]
+    assert not out.exists()
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--val-fraction", "1.2"), ("--test-fraction", "x")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--val-fraction", "1.2"), ("--test-fraction", "x"), ("--max-malformed-share", "1"),
+     ("--max-malformed-share", "-0.1"), ("--max-malformed-share", "1%")],
+)
 def test_bad_arguments_exit_2_naming_the_flag(tmp_path: Path, flag: str, value: str,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

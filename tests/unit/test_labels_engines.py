@@ -1,4 +1,4 @@
-"""AVA label engines: pandas and dask give identical tables, drops and line-numbered errors."""
+"""AVA label engines: pandas and dask give identical tables, drops and line-numbered problems."""
 
 from __future__ import annotations
 
@@ -68,25 +68,32 @@ def ava_texts(draw: st.DrawFn) -> str:
     return end.join(lines) + (end if draw(st.booleans()) else "")
 
 
-def _outcome(engine: str, url: str, blocksize: int) -> tuple[Any, ...]:
+def _outcome(engine: str, url: str, blocksize: int, share: float) -> tuple[Any, ...]:
     report = LabelReport()
     try:
-        frame = finish_ava(LABEL_ENGINES[engine](url, "AVA.txt", blocksize), report)
+        frame = finish_ava(LABEL_ENGINES[engine](url, "AVA.txt", blocksize), report, "AVA.txt",
+                           share)
     except LabelError as error:
         return ("error", str(error))
     table = finalize_labels(frame, "ava", dict.fromkeys(frame["image_id"], "train"), "lv-x")
     return ("ok", table.to_pydict(), report)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(ava_texts(), st.integers(8, 400))
 def test_engines_agree_on_generated_files(text: str, blocksize: int) -> None:
+    """Same table and drops (a malformed line named by the same line number), or same error.
+
+    A share of 0.5 keeps most files with a malformed line going (the threshold is checked
+    once on the whole file, after either engine; test_malformed_lines_deep_in_file... checks it).
+    """
+    share = 0.5
     url = f"memory:///labels-prop-{next(ROOTS)}/AVA.txt"
     with fsspec.open(url, "wb") as handle:
         handle.write(text.encode())
     try:
-        expected = _outcome("pandas", url, blocksize)
-        assert _outcome("dask", url, blocksize) == expected
+        expected = _outcome("pandas", url, blocksize, share)
+        assert _outcome("dask", url, blocksize, share) == expected
     finally:
         MEMORY.rm(url[len("memory://") :])
 
@@ -96,23 +103,24 @@ def _good_lines(count: int) -> list[str]:
 
 
 @pytest.mark.parametrize("engine", sorted(LABEL_ENGINES))
-@pytest.mark.parametrize(
-    ("bad", "message"),
-    [
-        ("37 9 1 1", "AVA.txt:37: expected 15 fields, got 4"),
-        ("37 9 1 1 1 1 1 1 1 1 1 y 0 0 5", "AVA.txt:37: non-numeric"),
-        ("37 9 1 1 1 1 1 1 1 1 1 -1 0 0 5", "AVA.txt:37: negative"),
-    ],
-)
-def test_malformed_line_deep_in_file_names_it(
-    engine: str, bad: str, message: str, tmp_path: Path
-) -> None:
-    lines = _good_lines(40)
-    lines[36] = bad
+def test_malformed_lines_deep_in_file_are_dropped_naming_them(engine: str, tmp_path: Path) -> None:
+    lines = _good_lines(240)
+    lines[36] = "37 9 1 1"
+    lines[99] = "100 9 1 1 1 1 1 1 1 1 1 y 0 0 5"
+    lines[199] = "200 9 1 1 1 1 1 1 1 1 1 -1 0 0 5"
     (tmp_path / "AVA.txt").write_text("\n".join(lines) + "\n")
-    options = EngineOptions(engine=engine, blocksize=64)
-    with pytest.raises(LabelError, match=message):
-        build_ava(tmp_path, None, SplitConfig(), options)
+    options = EngineOptions(engine=engine, blocksize=1024)  # 8 blocks with dask
+    result = build_ava(tmp_path, None, SplitConfig(), options, max_malformed_share=0.02)
+    source = str(tmp_path / "AVA.txt")
+    assert result.report.dropped["malformed_line"] == 3
+    assert [example.split(": ", 1)[0] for example in result.report.examples["malformed_line"]] == [
+        f"{source}:37", f"{source}:100", f"{source}:200"
+    ]
+    assert "expected 15 fields, got 4" in result.report.examples["malformed_line"][0]
+    assert "negative" in result.report.examples["malformed_line"][2]
+    assert result.table.num_rows == result.report.kept
+    with pytest.raises(LabelError, match=r"3 of 240 lines .*line\(s\) 37, 100, 200;"):
+        build_ava(tmp_path, None, SplitConfig(), options, max_malformed_share=0.01)
 
 
 def _write(url: str, text: str) -> None:

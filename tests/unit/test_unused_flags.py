@@ -53,6 +53,12 @@ REFUSED: dict[str, tuple[CliRun, list[str], str, str]] = {
         "--memory-budget",
         "--engine pandas",
     ),
+    "labels --max-malformed-share with folder": (
+        labels.run,
+        ["--dataset", "folder", *LABELS, "--max-malformed-share", "0.1"],
+        "--max-malformed-share",
+        "--dataset folder",
+    ),
     "labels --engine pandas with folder": (
         labels.run,
         ["--dataset", "folder", *LABELS, "--engine", "pandas"],
