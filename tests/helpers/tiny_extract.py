@@ -74,7 +74,11 @@ def extract_argv(manifest: Path, store: Path) -> list[str]:
 
 
 def _json_without_run_fields(path: Path) -> Any:
-    return {k: v for k, v in json.loads(path.read_bytes()).items() if k not in RUN_FIELDS}
+    data = {k: v for k, v in json.loads(path.read_bytes()).items() if k not in RUN_FIELDS}
+    if isinstance(data.get("index_rows"), dict):  # a marker's index rows hold timings too
+        rows = data["index_rows"]
+        data["index_rows"] = {k: v for k, v in rows.items() if k not in TIMING_COLUMNS}
+    return data
 
 
 def store_fingerprint(store: Path) -> dict[str, Any]:

@@ -102,7 +102,9 @@ def test_each_lost_answer_is_settled_by_reading_back(
     if lost == "lease renewal":  # renewals every second: make the run last a few of them
         real = ShardExtractor.process
         monkeypatch.setattr(
-            ShardExtractor, "process", lambda self, shard: (time.sleep(1.5), real(self, shard))[1]
+            ShardExtractor,
+            "process",
+            lambda self, shard, *views: (time.sleep(1.5), real(self, shard, *views))[1],
         )
     proxy.drop_answer_once(_conditional_write(suffix, kind))
     dropped_before = len(proxy.dropped)
