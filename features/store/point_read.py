@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -25,6 +26,11 @@ from features.store.shard_reader import (
 )
 
 _PARALLEL_ABOVE = 8  # shards touched before reading them in the decode pool
+# Shards read at once on an object store: each read waits on round trips, not on a core
+# (with one thread per core, 1k ids cost 4.7x tensorstore's time on moto S3:
+# benchmarks.reader_choice).
+_REMOTE_READS = 32
+_REMOTE_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (owner pid, pool)
 # A local shard object up to this size is read whole, one read instead of index + chunk.
 _WHOLE_READ_BYTES = 256 * 1024
 # (offset from the start, or negative from the end; size) -> the bytes
@@ -73,20 +79,30 @@ def read_sparse_rows(array_path: str, fmt: ShardFormat, rows: np.ndarray) -> np.
     """
     out = np.empty((len(rows), *fmt.shape[1:]), fmt.dtype)
     tasks = [(shard, picked) for shard, picked in key_runs(rows // fmt.shard_rows)]
-    if len(tasks) < _PARALLEL_ABOVE:
+    local = files.is_local(array_path)
+    if len(tasks) < (_PARALLEL_ABOVE if local else 2):
         for shard, picked in tasks:
             _read_shard_rows(array_path, fmt, shard, rows[picked], out[picked])
         return out
     # Reads and Blosc release the GIL: shards in parallel (each writes its own slice of out),
     # one batch of shards per thread (a future per shard costs more than a small shard's read).
-    batches = np.array_split(np.arange(len(tasks)), min(len(tasks), decode_threads()))
+    threads, pool = (decode_threads(), decode_pool()) if local else (_REMOTE_READS, _remote_pool())
+    batches = np.array_split(np.arange(len(tasks)), min(len(tasks), threads))
     futures = [
-        decode_pool().submit(_read_batch, array_path, fmt, [tasks[i] for i in batch], rows, out)
+        pool.submit(_read_batch, array_path, fmt, [tasks[i] for i in batch], rows, out)
         for batch in batches
     ]
     for future in futures:
         future.result()
     return out
+
+
+def _remote_pool() -> ThreadPoolExecutor:
+    """The process's pool of object-store shard reads (_REMOTE_READS threads)."""
+    global _REMOTE_POOL
+    if _REMOTE_POOL is None or _REMOTE_POOL[0] != os.getpid():
+        _REMOTE_POOL = (os.getpid(), ThreadPoolExecutor(_REMOTE_READS, "shard-remote-read"))
+    return _REMOTE_POOL[1]
 
 
 def _read_batch(
