@@ -185,9 +185,9 @@ def format_report(results: Sequence[dict[str, Any]], legs: Sequence[str]) -> str
     for result in results:
         key = (result["storage"], result["view"], result["op"])
         cases.setdefault(key, {})[result["leg"]] = result
-    header = " | ".join(f"{leg} cold / warm ms" for leg in legs)
+    header = " | ".join(f"{leg} cold / warm ms (warm CPU)" for leg in legs)
     lines = [
-        f"| storage | view | operation | {header} | hand / best library cold, warm |"
+        f"| storage | view | operation | {header} | hand / best library: cold, warm, warm CPU |"
         + (" requests per leg |" if any("requests" in r for r in results) else ""),
         "| --- | --- | --- | "
         + " | ".join("---:" for _ in legs)
@@ -196,10 +196,11 @@ def format_report(results: Sequence[dict[str, Any]], legs: Sequence[str]) -> str
     ]
     for (storage, view, op), by_leg in cases.items():
         cells = [
-            f"{_cell(by_leg.get(leg), 'cold_ms')} / {_cell(by_leg.get(leg), 'warm_ms')}"
+            f"{_cell(by_leg.get(leg), 'cold_ms')} / {_cell(by_leg.get(leg), 'warm_ms')} "
+            f"({_cell(by_leg.get(leg), 'warm_cpu_ms')})"
             for leg in legs
         ]
-        ratios = f"{_ratio(by_leg, 'cold_ms')}, {_ratio(by_leg, 'warm_ms')}"
+        ratios = ", ".join(_ratio(by_leg, key) for key in ("cold_ms", "warm_ms", "warm_cpu_ms"))
         line = f"| {storage} | {view} | {op} | {' | '.join(cells)} | {ratios} |"
         if any("requests" in r for r in results):
             line += " " + "; ".join(_requests(by_leg.get(leg)) for leg in legs) + " |"

@@ -235,12 +235,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     run = operation(reader, args.op, rows, args.range_rows, args.block_rows)
     digest = run()
     cold = time.perf_counter() - started
-    warm = []
+    warm, cpu = [], []
     for _ in range(args.repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if run() != digest:
             raise AssertionError(f"{args.leg} {args.op}: a repeat read different bytes")
         warm.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - cpu_started)
     return {
         "leg": args.leg,
         "op": args.op,
@@ -249,6 +250,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "cold_ms": cold * 1000,
         "warm_ms": statistics.median(warm) * 1000 if warm else None,
+        # CPU of all the process's threads: on a loaded machine a leg with more threads takes
+        # a larger share of the cores, so its wall time alone flatters it.
+        "warm_cpu_ms": statistics.median(cpu) * 1000 if cpu else None,
         "page_cache_dropped": dropped,
         "digest": digest,
     }

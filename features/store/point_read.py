@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from features import files
+from features.store import shard_reader
 from features.store.row_scatter import key_runs
 from features.store.shard_reader import (
     MISSING,
@@ -38,6 +39,16 @@ _WHOLE_READ_BYTES = 256 * 1024
 RangeReader = Callable[[int, int], bytes | memoryview]
 
 
+def _sliced(whole: memoryview) -> RangeReader:
+    """A RangeReader over an object already read whole."""
+
+    def sliced(offset: int, nbytes: int) -> memoryview:
+        start = offset if offset >= 0 else max(0, len(whole) + offset)
+        return whole[start : start + nbytes]
+
+    return sliced
+
+
 def _local_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
     try:
         descriptor = os.open(files.native(path), os.O_RDONLY)
@@ -49,12 +60,7 @@ def _local_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
             whole = memoryview(os.pread(descriptor, size, 0))
         finally:
             os.close(descriptor)
-
-        def sliced(offset: int, nbytes: int) -> memoryview:
-            start = offset if offset >= 0 else max(0, len(whole) + offset)
-            return whole[start : start + nbytes]
-
-        return sliced, lambda: None
+        return _sliced(whole), lambda: None
 
     def read(offset: int, nbytes: int) -> bytes:
         return os.pread(descriptor, nbytes, offset if offset >= 0 else size + offset)
@@ -62,7 +68,12 @@ def _local_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
     return read, lambda: os.close(descriptor)
 
 
-def _remote_reader(path: str) -> tuple[RangeReader, Callable[[], None]] | None:
+def _remote_reader(path: str, whole: bool) -> tuple[RangeReader, Callable[[], None]] | None:
+    """Ranged GETs; or, when the rows need at least half of the shard's chunks, one GET of the
+    whole object (1k ids in 32 shards: 162 GETs on S3 where tensorstore made 33)."""
+    if whole:
+        data = shard_reader.read_object(path)
+        return None if data is None else (_sliced(memoryview(data)), lambda: None)
     fs, inner = files.filesystem(path)
 
     def read(offset: int, nbytes: int) -> bytes:
@@ -137,7 +148,12 @@ def _read_shard_rows(
     array_path: str, fmt: ShardFormat, shard: int, rows: np.ndarray, out: np.ndarray
 ) -> None:
     where = files.join(array_path, fmt.shard_key(shard))
-    opened = _local_reader(where) if files.is_local(where) else _remote_reader(where)
+    local = rows - shard * fmt.shard_rows
+    if files.is_local(where):
+        opened = _local_reader(where)
+    else:
+        chunks_needed = len(np.unique(local // fmt.chunk_rows))
+        opened = _remote_reader(where, 2 * chunks_needed >= max(2, fmt.chunks_per_shard))
     if opened is None:
         out[:] = fmt.fill_value
         return
@@ -150,7 +166,6 @@ def _read_shard_rows(
             return
         index = parse_index(memoryview(raw), fmt, where)
         chunk = np.empty((fmt.chunk_rows, *fmt.shape[1:]), fmt.dtype)
-        local = rows - shard * fmt.shard_rows
         chunks = [(int(local[0]) // fmt.chunk_rows, slice(0, 1))] if len(local) == 1 else None
         for number, picked in chunks or key_runs(local // fmt.chunk_rows):
             offset, nbytes = (int(value) for value in index[number])
