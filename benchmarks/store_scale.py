@@ -1,12 +1,16 @@
 """Benchmark: read cost of a committed view at 10k, 100k and 1M rows (files, requests, time).
 
-Builds synthetic narrow views (shards of 64 rows, constant features so the array stays
-small), publishes a snapshot, then commits the last two shards after it (so lookups also
-exercise shards committed since the snapshot). Measures, cold (a fresh process) and warm (the
-same process again, median of 5): a 1-id lookup, a 1k-id lookup (random ids) and index(); the
-files opened under the store for a 1-id lookup (an audit hook sees every Python-level open:
-our Parquet, JSON and shard reads all go through one); and the requests an object store
-would get (a memory:// copy of the view whose filesystem counts HEAD/LIST/GET calls).
+Two shapes. The real narrow view (irnv2_mlsp_narrow: 16,928 float16 values per row, lz4,
+shards of 64 rows, ReLU-like seeded features that compress like activations, about 2 MB
+shard objects) at 10k and 100k rows; and, for 1M rows, a metadata-only view (one 320-value
+tap, constant features, few-KB shards) that measures the index and snapshot side at a
+size whose features would not fit this machine's disk budget. A snapshot covers all but the
+last two shards, committed after it (so lookups also exercise shards committed since).
+Measured: a 1-id lookup, a 1k-id lookup (random ids) and index(), cold (a fresh process,
+libraries imported, the store's files dropped from the page cache where posix_fadvise
+allows) and warm (the same process again, median of --repeats); the files opened under the
+store for a 1-id lookup (an audit hook sees every Python-level open); and the requests an
+object store would get (a memory:// copy of the view whose filesystem counts HEAD/LIST/GET).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import itertools
 import json
 import logging
+import math
 import os
 import statistics
 import subprocess
@@ -22,25 +27,36 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from benchmarks.read_audit import RequestCounter, count_opens
+from benchmarks.reader_legs import drop_page_cache
 from features import files
 from features.cli import add_common_arguments, configure_logging, run_cli
 from features.extraction.planning import allocate_rows
 from features.store import FeatureStore, ensure_store, publish_snapshot
 from features.store.view import FeatureView
 from schemas.tables import MANIFEST_SCHEMA
-from schemas.view_spec import FeatureViewSpec
+from schemas.view_spec import NARROW_VIEW, PREDEFINED_VIEWS, FeatureViewSpec
 
 LOGGER = logging.getLogger(__name__)
 VIEW = "scale"
-SPEC = FeatureViewSpec(name=VIEW, taps=("mixed_5b",), weights_id="random:1")  # 320 fp16 / row
+NARROW = replace(PREDEFINED_VIEWS[NARROW_VIEW], name=VIEW)  # 16,928 fp16 per row, the real one
+# The metadata-only shape: 320 fp16 per row, constant features (index and snapshot cost at 1M).
+METADATA = FeatureViewSpec(name=VIEW, taps=("mixed_5b",), weights_id="random:1")
 SHARD_ROWS = 64
-BLOCK_ROWS = 64 * 1024  # features are written in blocks this big, then committed shard by shard
-BUDGETS = {"files_1id": 12, "lookup_1k_ms_1m": 300.0, "index_ms_1m": 1000.0, "ratio": 1.5}
+BLOCK_BYTES = 128 * 2**20  # features are written in blocks about this big, then committed
+BUDGETS = {
+    "files_1id": 12,
+    "lookup_1id_ms": 20.0,
+    "lookup_1k_ms": 500.0,
+    "index_ms_1m": 1000.0,
+    "ratio": 1.5,
+}
 
 
 def _image_id(row: int) -> str:
@@ -83,15 +99,31 @@ def _index(view: FeatureView, start: int, stop: int) -> pa.Table:
     )
 
 
-def build_view(root: str, n: int) -> dict[str, float]:
+def relu_like_block(rng: np.random.Generator, rows: int, shape: tuple[int, ...]) -> np.ndarray:
+    """[rows, 1, *shape] non-negative float16, about 40 % zeros, like pooled ReLU activations
+    (benchmarks.train_input.relu_like, drawn in float32 to keep 100k rows quick)."""
+    values = rng.standard_normal((rows, 1, *shape), dtype=np.float32)
+    values += 0.3
+    np.maximum(values, 0.0, out=values)
+    return values.astype(np.float16)
+
+
+def build_view(root: str, n: int, metadata_only: bool) -> dict[str, float]:
     """A committed view of n rows; a snapshot covers all but the last two shards."""
     started = time.perf_counter()
     ensure_store(root)
     view = FeatureView(root, VIEW)
-    view.ensure(SPEC, allocate_rows(_manifest(n)), SHARD_ROWS, "zarr", "lz4")
-    for start in range(0, n, BLOCK_ROWS):
-        stop = min(n, start + BLOCK_ROWS)
-        block = np.zeros((stop - start, 1, *SPEC.feature_shape), np.float16)
+    spec = METADATA if metadata_only else NARROW
+    view.ensure(spec, allocate_rows(_manifest(n)), SHARD_ROWS, "zarr", "lz4")
+    row_bytes = 2 * math.prod(spec.feature_shape)
+    block_rows = max(SHARD_ROWS, BLOCK_BYTES // row_bytes // SHARD_ROWS * SHARD_ROWS)
+    rng = np.random.default_rng(0)
+    for start in range(0, n, block_rows):
+        stop = min(n, start + block_rows)
+        if metadata_only:
+            block = np.zeros((stop - start, 1, *spec.feature_shape), np.float16)
+        else:
+            block = relu_like_block(rng, stop - start, spec.feature_shape)
         block[:, 0, 0] = np.arange(start, stop) % 2048  # the row, so lookups can be checked
         view.array.write_shard(start, block)
     shards = view.shards()
@@ -134,23 +166,9 @@ def _check(name: str, result: Any, n: int) -> None:
         raise AssertionError(f"{name}: features do not match their rows")
 
 
-def count_opens(root: str, operation: Callable[[], Any]) -> int:
-    """Files opened under root while operation runs (audit hook on every Python open)."""
-    opened: list[str] = []
-    active = [True]
-
-    def hook(event: str, args: tuple[Any, ...]) -> None:
-        if active[0] and event == "open" and isinstance(args[0], str) and args[0].startswith(root):
-            opened.append(args[0])
-
-    sys.addaudithook(hook)
-    operation()
-    active[0] = False  # audit hooks cannot be removed
-    return len(opened)
-
-
-def measure(root: str, n: int, name: str, repeats: int) -> dict[str, float]:
-    """Cold (first call in this process) and warm (median of repeats) time of one operation.
+def measure(root: str, n: int, name: str, repeats: int) -> dict[str, Any]:
+    """Cold (first call in this process, the store's files dropped from the page cache) and
+    warm (median of repeats) time of one operation.
 
     Libraries are imported before the cold call (pyarrow imports pandas lazily on first use, 0.5 s
     here): a cold read is a new process's first read, not its import time.
@@ -161,65 +179,23 @@ def measure(root: str, n: int, name: str, repeats: int) -> dict[str, float]:
     import zarr  # noqa: F401
 
     operation = _operations(root, n)[name]
+    dropped = drop_page_cache(root)
     started = time.perf_counter()
     result = operation()
     cold = time.perf_counter() - started
     _check(name, result, n)
-    warm = []
+    warm, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         operation()
         warm.append(time.perf_counter() - started)
-    return {"cold_ms": cold * 1000, "warm_ms": statistics.median(warm) * 1000}
-
-
-class RequestCounter:
-    """Counts what an object store would bill: HEAD (info), LIST (ls) and GET (reads)."""
-
-    def __init__(self) -> None:
-        self.counts = {"HEAD": 0, "LIST": 0, "GET": 0}
-        self._inside = 0
-
-    def install(self) -> None:
-        """Wrap fsspec's MemoryFileSystem (process-wide)."""
-        from fsspec.implementations.memory import MemoryFileSystem
-
-        def counted(kind: str, method: Callable[..., Any]) -> Callable[..., Any]:
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                if not self._inside:
-                    self.counts[kind] += 1
-                self._inside += 1
-                try:
-                    return method(*args, **kwargs)
-                finally:
-                    self._inside -= 1
-
-            return wrapper
-
-        fs_class: Any = MemoryFileSystem
-        fs_class.info = counted("HEAD", MemoryFileSystem.info)
-        fs_class.ls = counted("LIST", MemoryFileSystem.ls)
-        fs_class.cat_file = counted("GET", MemoryFileSystem.cat_file)
-        real_open = MemoryFileSystem._open
-
-        def opened(fs: Any, path: str, mode: str = "rb", **kwargs: Any) -> Any:
-            handle = real_open(fs, path, mode, **kwargs)
-            if "r" in mode and not self._inside:
-                read = handle.read
-
-                def counted_read(*args: Any) -> Any:  # each read of an open object: a GET
-                    self.counts["GET"] += 1
-                    return read(*args)
-
-                handle.read = counted_read
-            return handle
-
-        fs_class._open = opened
-
-    def reset(self) -> dict[str, int]:
-        """Counts so far, then zero."""
-        counts, self.counts = dict(self.counts), {key: 0 for key in self.counts}
-        return counts
+        cpu.append(time.process_time() - cpu_started)
+    return {
+        "cold_ms": cold * 1000,
+        "warm_ms": statistics.median(warm) * 1000,
+        "warm_cpu_ms": statistics.median(cpu) * 1000,  # all threads: wall on a loaded machine
+        "page_cache_dropped": dropped,
+    }
 
 
 def object_store_requests(root: str, n: int) -> dict[str, dict[str, int]]:
@@ -274,16 +250,21 @@ def _in_fresh_process(root: str, n: int, what: str, repeats: int) -> dict[str, A
     return dict(json.loads(output.strip().splitlines()[-1]))
 
 
-def bench_size(base: str, n: int, repeats: int, keep: bool) -> dict[str, Any]:
+def bench_size(
+    base: str, n: int, repeats: int, keep: bool, metadata_only: bool = False
+) -> dict[str, Any]:
     """Build one view (or reuse one a --keep run left) and measure it; one row of the report."""
-    root = os.path.join(base, f"n{n}")
+    shape = "metadata-only" if metadata_only else "narrow"
+    root = os.path.join(base, f"n{n}-{shape}")
+    row: dict[str, Any] = {"rows": n, "shape": shape}
     if os.path.exists(os.path.join(root, VIEW, "_latest_snapshot.json")):
-        row: dict[str, Any] = {"rows": n, "shards": -(-n // SHARD_ROWS), "reused": True}
+        row |= {"shards": -(-n // SHARD_ROWS), "reused": True}
     else:
-        row = {"rows": n, **build_view(root, n)}
+        row |= build_view(root, n, metadata_only)
         LOGGER.info(
             "built %d rows in %.1f s, snapshot %.1f s", n, row["build_s"], row["snapshot_s"]
         )
+    row["store_mb"] = _store_bytes(root) / 1e6
     for what in ("files", "lookup_1id", "lookup_1id_after_snapshot", "lookup_1k", "index"):
         row.update(_in_fresh_process(root, n, what, repeats))
     row.update(_in_fresh_process(root, n, "requests", 1))
@@ -292,41 +273,75 @@ def bench_size(base: str, n: int, repeats: int, keep: bool) -> dict[str, Any]:
     return row
 
 
+def _store_bytes(root: str) -> int:
+    return sum(
+        os.path.getsize(os.path.join(folder, name))
+        for folder, _, names in os.walk(root)
+        for name in names
+    )
+
+
 def format_report(rows: Sequence[dict[str, Any]]) -> str:
     """Markdown table plus the ratios and budget verdicts."""
     lines = [
-        "| rows | shards | files, 1 id (after snapshot) | 1 id cold / warm ms | 1 id after "
-        "snapshot ms | 1k ids cold / warm ms | index() cold / warm ms | requests 1 id / 1k ids |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| view | rows | store MB | files, 1 id (after snapshot) | 1 id cold / warm ms | 1 id "
+        "after snapshot ms | 1k ids cold / warm ms (warm CPU) | index() cold / warm ms | "
+        "requests 1 id / 1k ids |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
-        requests = row["requests"]
-        total = {name: sum(counts.values()) for name, counts in requests.items()}
+        total = {name: sum(counts.values()) for name, counts in row["requests"].items()}
         lines.append(
-            f"| {row['rows']:,} | {row['shards']:,} | {row['files_1id']} "
+            f"| {row['shape']} | {row['rows']:,} | {row['store_mb']:,.0f} | {row['files_1id']} "
             f"({row['files_1id_after_snapshot']}) | {row['lookup_1id']['cold_ms']:.0f} / "
             f"{row['lookup_1id']['warm_ms']:.1f} | "
             f"{row['lookup_1id_after_snapshot']['warm_ms']:.1f} | "
-            f"{row['lookup_1k']['cold_ms']:.0f} / {row['lookup_1k']['warm_ms']:.0f} | "
+            f"{row['lookup_1k']['cold_ms']:.0f} / {row['lookup_1k']['warm_ms']:.0f} "
+            f"({row['lookup_1k']['warm_cpu_ms']:.0f}) | "
             f"{row['index']['cold_ms']:.0f} / {row['index']['warm_ms']:.0f} | "
             f"{total['lookup_1id']} / {total['lookup_1k']} |"
         )
     lines.append("")
     for small, large in itertools.pairwise(rows):
+        if small["shape"] != large["shape"]:
+            continue
         ratios = {
             name: large[name]["warm_ms"] / small[name]["warm_ms"]
             for name in ("lookup_1id", "lookup_1k", "index")
         }
         shown = ", ".join(f"{name} {value:.2f}x" for name, value in ratios.items())
         lines.append(f"{large['rows']:,} vs {small['rows']:,} rows (warm): {shown}")
+    lines += [_verdict(row) for row in rows if row["shape"] == "narrow"]
+    dropped = all(row[name]["page_cache_dropped"] for row in rows for name in _TIMED)
+    lines.append(f"page cache dropped before each cold call: {'yes' if dropped else 'no'}")
     return "\n".join(lines)
+
+
+_TIMED = ("lookup_1id", "lookup_1id_after_snapshot", "lookup_1k", "index")
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    """Warm 1-id and 1k-id lookups of a narrow row against their budgets."""
+    one, many = row["lookup_1id"]["warm_ms"], row["lookup_1k"]["warm_ms"]
+    ok = one <= BUDGETS["lookup_1id_ms"] and many <= BUDGETS["lookup_1k_ms"]
+    return (
+        f"{row['rows']:,} narrow rows: 1 id {one:.1f} ms, {row['lookup_1id']['warm_cpu_ms']:.1f} ms "
+        f"CPU (budget {BUDGETS['lookup_1id_ms']:.0f}), "
+        f"1k ids {many:.0f} ms, {row['lookup_1k']['warm_cpu_ms']:.0f} ms CPU (budget "
+        f"{BUDGETS['lookup_1k_ms']:.0f}): {'met' if ok else 'MISSED'} in wall time"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Argument parser of the benchmark."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.store_scale", description=__doc__)
     parser.add_argument(
-        "--sizes", default="10000,100000,1000000", help="row counts, comma-separated"
+        "--sizes", default="10000,100000", help="row counts of the narrow view, comma-separated"
+    )
+    parser.add_argument(
+        "--metadata-sizes",
+        default="1000000",
+        help="row counts of the metadata-only view (320 constant values per row), or ''",
     )
     parser.add_argument("--repeats", type=int, default=5, help="warm repetitions (median)")
     parser.add_argument("--root", help="where to build the views (default: a temp dir)")
@@ -347,8 +362,9 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.child:
         return _child(args)
     base = args.root or tempfile.mkdtemp(prefix="store-scale-")
-    sizes = [int(size) for size in args.sizes.split(",")]
-    rows = [bench_size(base, size, args.repeats, args.keep) for size in sizes]
+    sizes = [(int(size), False) for size in args.sizes.split(",") if size]
+    sizes += [(int(size), True) for size in args.metadata_sizes.split(",") if size]
+    rows = [bench_size(base, size, args.repeats, args.keep, meta) for size, meta in sizes]
     report = format_report(rows)
     print(report)
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

@@ -214,6 +214,53 @@ def decode_chunk(source: memoryview, dest: np.ndarray, blosc: bool, where: str) 
     numcodecs_blosc.decompress(source, flat)
 
 
+def _blosc_getitem() -> Callable[..., int] | None:
+    """c-blosc's blosc_getitem from numcodecs' extension (None where it is not exported)."""
+    global _GETITEM
+    if _GETITEM is None:
+        import ctypes
+
+        from numcodecs import blosc as numcodecs_blosc
+
+        function = getattr(ctypes.CDLL(numcodecs_blosc.__file__), "blosc_getitem", None)
+        if function is not None:
+            function.restype = ctypes.c_int
+            function.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+        _GETITEM = (function,)
+    return _GETITEM[0]
+
+
+_GETITEM: tuple[Callable[..., int] | None] | None = None
+
+
+def decode_items(
+    source: bytes | memoryview, dest: np.ndarray, first: int, chunk_nbytes: int, where: str
+) -> bool:
+    """Decode items [first, first + dest.size) of a Blosc chunk into dest (C-contiguous),
+    decompressing only the Blosc blocks that hold them (c-blosc's own blosc_getitem, so the
+    bytes are those a full decode gives). A point lookup needs one row of a 16-row chunk:
+    this decodes one 256 KiB block of three, not the whole chunk.
+
+    Returns:
+        False when blosc_getitem is not available (the caller decodes the whole chunk).
+
+    Raises:
+        StoreError: the chunk's header disagrees with its size, or c-blosc reports an error.
+    """
+    getitem = _blosc_getitem()
+    if getitem is None:
+        return False
+    header = memoryview(source)[:_BLOSC_HEADER]
+    decoded = int.from_bytes(header[4:8], "little") if len(header) == _BLOSC_HEADER else -1
+    stored = int.from_bytes(header[12:16], "little") if decoded >= 0 else -1
+    if decoded != chunk_nbytes or stored != len(source):  # c-blosc trusts its header
+        raise StoreError(f"{where}: Blosc chunk header does not match its {len(source)} bytes")
+    stored_bytes = np.frombuffer(source, np.uint8)  # its address, for as long as the call runs
+    if getitem(stored_bytes.ctypes.data, first, dest.size, dest.ctypes.data) != dest.nbytes:
+        raise StoreError(f"{where}: Blosc could not decode items {first}:{first + dest.size}")
+    return True
+
+
 def read_object(path: str) -> bytes | None:
     """Whole object at a path or URL; None if it does not exist."""
     try:

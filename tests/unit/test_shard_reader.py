@@ -161,3 +161,46 @@ def test_backend_read_range_matches_zarr(tmp_path) -> None:
     for start, stop in [(0, 70), (0, 32), (64, 70), (5, 6), (30, 66), (40, 64)]:
         got = backend.read_range(start, stop)
         np.testing.assert_array_equal(bits(got), bits(expected[start:stop]))
+
+
+@pytest.mark.parametrize("compressor", ["blosc", "lz4"])
+def test_sparse_rows_decoding_only_their_blosc_blocks_match_zarr(
+    tmp_path, monkeypatch, compressor
+) -> None:
+    from features.store import point_read, shard_reader
+    from features.store.point_read import read_sparse_rows
+
+    partial: list[int] = []
+
+    def counted(source, dest, first, *args):  # type: ignore[no-untyped-def]
+        partial.append(first)
+        return shard_reader.decode_items(source, dest, first, *args)
+
+    monkeypatch.setattr(point_read, "decode_items", counted)
+
+    path = str(tmp_path / "a.zarr")
+    # 16-row chunks of 20 KB rows: Blosc splits each chunk into several blocks.
+    array = make_array(path, (64, 1, 10000), 32, 16, compressor)
+    values = np.random.default_rng(0).standard_normal((64, 1, 10000)).astype(np.float16)
+    array[0:32] = np.maximum(values[0:32], 0)  # rows 32-63 never written: NaN
+    fmt = ShardScanner.open(path).format  # type: ignore[union-attr]
+    assert shard_reader._blosc_getitem() is not None
+    for rows in ([5], [0, 1, 2, 3], [6, 13, 15], [15, 16, 31], [2, 40], [0, 3, 4, 5, 9, 12]):
+        picked = np.asarray(rows)
+        got = read_sparse_rows(path, fmt, picked)
+        np.testing.assert_array_equal(bits(got), bits(np.asarray(array.oindex[picked])))
+    assert 5 * 10000 in partial and 13 * 10000 in partial  # single rows: their blocks only
+
+
+def test_partial_blosc_decode_rejects_a_chunk_whose_header_lies(tmp_path) -> None:
+    from features.store.shard_reader import decode_items
+
+    path = str(tmp_path / "a.zarr")
+    array = make_array(path, (16, 1, 10000), 16, 16)
+    array[:] = np.ones((16, 1, 10000), np.float16)
+    data = (tmp_path / "a.zarr" / "c" / "0" / "0" / "0").read_bytes()
+    dest = np.empty(10000, np.float16)
+    with pytest.raises(StoreError, match="header"):
+        decode_items(data[:100], dest, 0, 16 * 10000 * 2, "a")
+    with pytest.raises(StoreError, match="header"):
+        decode_items(data, dest, 0, 10000 * 2, "a")
