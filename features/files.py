@@ -195,10 +195,20 @@ def _protocol(path: str) -> str:
 def _write_temporary(target: str, data: bytes) -> str:
     """Write data completely (fsynced) to a new temp file next to target; returns its path."""
     directory = os.path.dirname(target) or "."
-    os.makedirs(directory, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(target)}.", suffix=f".{uuid.uuid4().hex[:8]}.tmp", dir=directory
-    )
+    for attempt in range(3):
+        # A concurrent run's preflight removes the empty folders it created itself
+        # (features.preflight): a folder made here may vanish before the temp file lands.
+        try:
+            os.makedirs(directory, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(
+                prefix=f".{os.path.basename(target)}.",
+                suffix=f".{uuid.uuid4().hex[:8]}.tmp",
+                dir=directory,
+            )
+            break
+        except (FileNotFoundError, FileExistsError):
+            if attempt == 2 or (os.path.exists(directory) and not os.path.isdir(directory)):
+                raise
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

@@ -130,15 +130,13 @@ def _probe_local(local: str, flag: str, shown: str) -> None:
             raise PreflightError(
                 f"{flag} {shown}: cannot create the folder{folder} ({error.strerror})"
             ) from None
-        probe = os.path.join(local, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
         try:
-            files.atomic_write_bytes(probe, b"")
+            _write_probe(local)
         except OSError as error:  # the probe's temporary name would only confuse
             where = "" if local == files.native(shown) else f" in {local}"
             raise PreflightError(
                 f"{flag} {shown}: cannot write{where} ({error.strerror})"
             ) from None
-        files.remove_file(probe)
     finally:
         created = os.path.abspath(local)
         while created != existing and os.path.isdir(created):
@@ -147,6 +145,14 @@ def _probe_local(local: str, flag: str, shown: str) -> None:
             except OSError:
                 break
             created = os.path.dirname(created)
+
+
+def _write_probe(local: str) -> None:
+    """Write and delete a probe file in local (files' local writes make the folder again if a
+    concurrent run's check removed it meanwhile)."""
+    probe = os.path.join(local, f"{PROBE_PREFIX}{uuid.uuid4().hex}")
+    files.atomic_write_bytes(probe, b"")
+    files.remove_file(probe)
 
 
 def _nearest_existing(local: str) -> str:
