@@ -32,8 +32,13 @@ unit: $(VENV)/.installed-test
 integration: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests/integration
 
+# Two pytest workers, a test file each (--dist loadfile keeps a file's module fixtures, such as
+# its object-store servers, in one worker): tests that wait on servers, schedulers, leases
+# and child processes overlap with those that compute. TF_FORCE_GPU_ALLOW_GROWTH lets the
+# workers share a GPU host's device instead of the first grabbing all of its memory.
+TEST_WORKERS ?= 2
 test: lint $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	TF_FORCE_GPU_ALLOW_GROWTH=true $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 tests
 
 bench: $(VENV)/.installed-base
 	$(PY) -m benchmarks.extract_throughput
