@@ -132,12 +132,18 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_parquet(path: str, table: pa.Table) -> int:
-    """Serialise a table to Parquet in memory and publish it atomically; returns its size."""
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table as the bytes of a zstd Parquet file (how the store writes its small tables)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
-    atomic_write_bytes(path, buffer.getvalue())
-    return len(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def atomic_write_parquet(path: str, table: pa.Table) -> int:
+    """Serialise a table to Parquet in memory and publish it atomically; returns its size."""
+    data = parquet_bytes(table)
+    atomic_write_bytes(path, data)
+    return len(data)
 
 
 def read_parquet(path: str) -> pa.Table:

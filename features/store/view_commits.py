@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import io
 import json
 import uuid
 from collections import Counter
@@ -12,7 +11,6 @@ from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from features import files
 from features.store.backends import FeatureArray
@@ -218,6 +216,4 @@ def _index_part_bytes(index: pa.Table, marker: CommitMarker) -> bytes:
     table = index.cast(FEATURE_INDEX_SCHEMA)
     writer = {"lease_token": marker.lease_token, "run_id": marker.run_id, "nonce": uuid.uuid4().hex}
     table = table.replace_schema_metadata({b"mlsp_writer": json.dumps(writer).encode()})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    return buffer.getvalue()
+    return files.parquet_bytes(table)

@@ -351,7 +351,11 @@ def test_one_id_lookup_requests_do_not_grow_with_shards(remote_chain) -> None:
         for store, requests in seen.items()
     )
     assert max(counts.values()) <= MAX_LOOKUP_REQUESTS, listing
-    assert counts[fine] <= counts[remote_chain["store"]], listing
+    # Distinct requests: aiohttp re-sends an idempotent GET once, uncounted by the client, when
+    # a kept-alive connection turns out closed (ARCHITECTURE, "Object stores"), which the
+    # server logs twice. What must not grow with the shard count is what a lookup asks for.
+    distinct = {store: len(set(requests)) for store, requests in seen.items()}
+    assert distinct[fine] <= distinct[remote_chain["store"]], listing
 
 
 def test_cli_in_a_child_process_reaches_the_store_through_fsspec_environment(remote_chain) -> None:
@@ -390,11 +394,15 @@ def _extract_quietly(manifest: str, store: str, shard_size: int) -> int:
     )
 
 
-def _counted(bucket: Any, action: Callable[[], int]) -> dict[str, int]:
+def _counted(bucket: Any, action: Callable[[], int], distinct: bool = False) -> dict[str, int]:
+    """Requests the server saw during action(), by kind; distinct: each (method, path, query)
+    once, for a reader that asks for every object once (aiohttp re-sends an idempotent GET,
+    uncounted by the client, when a kept-alive connection turns out closed: the server then
+    logs it twice, more often on a loaded machine)."""
     with bucket.log.measure() as requests:
         assert action() == 0
     counts: dict[str, int] = {}
-    for method, _, query in requests:
+    for method, _, query in set(requests) if distinct else requests:
         listing = "list-type" in query or (method == "GET" and "prefix=" in query)
         # GCS uploads are POSTs (fake-gcs-server, as the JSON API): a write either way.
         key = "LIST" if listing else "WRITE" if method in ("PUT", "POST") else method
@@ -408,8 +416,8 @@ def _write_and_verify(
     """Requests by method of an extraction, a verify and a verify --deep of one store."""
     return {
         "write": _counted(bucket, lambda: _extract_quietly(manifest, store, shard_size)),
-        "verify": _counted(bucket, lambda: verify.run(["--store", store])),
-        "deep": _counted(bucket, lambda: verify.run(["--store", store, "--deep"])),
+        "verify": _counted(bucket, lambda: verify.run(["--store", store]), distinct=True),
+        "deep": _counted(bucket, lambda: verify.run(["--store", store, "--deep"]), distinct=True),
     }
 
 
