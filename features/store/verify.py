@@ -176,9 +176,10 @@ def _check_arrow_copy(
 
 
 def _check_snapshot(
-    view: FeatureView, markers: Mapping[int, bytes], report: VerificationReport
+    sources: ShardSources, markers: Mapping[int, bytes], report: VerificationReport
 ) -> None:
     """The latest snapshot: readable, its pieces present, its shards' markers unchanged."""
+    view = sources.view
     try:
         read = view.snapshot_read()
     except StoreError as error:
@@ -191,7 +192,7 @@ def _check_snapshot(
     try:
         shards = read_piece(files.join(view.path, snapshot.shards), "shards piece of snapshot")
         read_piece(files.join(view.path, snapshot.plan), "plan piece of snapshot")
-        indexed = read_piece(files.join(view.path, snapshot.index), "index piece of snapshot")
+        indexed = sources.index_piece(snapshot.index)
     except StoreError as error:
         report.problems.append(str(error))
         return
@@ -273,7 +274,7 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
         report.shards_checked += 1
     uncommitted = [shard for shard in view.shards() if shard.index not in markers]
     _check_uncommitted_shards(sources, uncommitted, report)
-    _check_snapshot(view, marker_bytes, report)
+    _check_snapshot(sources, marker_bytes, report)
     if not marker_problems:
         committed_rows = {
             row

@@ -33,6 +33,7 @@ class ShardSources:
         self.array = view.array  # one backend for every shard (opened once)
         self.snapshot: Snapshot | None = read_pointer(view.path)
         self._snapshot_index: pa.Table | None = None
+        self._pieces: dict[str, pa.Table] = {}  # index pieces read, by path in the view
         self._zarr_metadata: bytes | None = None
         self._listed_objects: set[str] | None = None
 
@@ -74,10 +75,21 @@ class ShardSources:
     def _snapshot_rows(self) -> pa.Table:
         if self._snapshot_index is None:
             assert self.snapshot is not None
-            path = files.join(self.view.path, self.snapshot.index)
-            index = read_piece(path, "index piece of the snapshot").drop_columns(["removed"])
+            index = self.index_piece(self.snapshot.index).drop_columns(["removed"])
             self._snapshot_index = index.take(pc.sort_indices(index.column("row")))
         return self._snapshot_index
+
+    def index_piece(self, relative: str) -> pa.Table:
+        """A snapshot's index piece as stored, read once per verification (the shards' rows
+        and the snapshot check both need it).
+
+        Raises:
+            StoreError: the piece is missing or unreadable (the message names it).
+        """
+        if relative not in self._pieces:
+            path = files.join(self.view.path, relative)
+            self._pieces[relative] = read_piece(path, "index piece of snapshot")
+        return self._pieces[relative]
 
     # ---- features ------------------------------------------------------------------------
     def features(self, shard: ShardSpec, deep: bool) -> tuple[np.ndarray, str | None]:
