@@ -108,7 +108,7 @@ def read_bytes(path: str) -> bytes:
     return bytes(read(fs, inner) if read is not None else fs.cat_file(inner))
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: bytes | memoryview | pa.Buffer) -> None:
     """Write a whole file so readers see either the old file or the new one, never a part.
 
     Local files go to a temp file in the same directory, are fsynced, then renamed over the
@@ -117,7 +117,8 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """
     if not is_local(path):
         fs, inner = filesystem(path)
-        fs.pipe_file(inner, data)
+        # Object-store clients sign and retry bytes; a buffer view is copied once here.
+        fs.pipe_file(inner, data if isinstance(data, bytes) else bytes(data))
         return
     temporary = _write_temporary(_local(path), data)
     try:
@@ -146,11 +147,11 @@ def atomic_write_parquet(path: str, table: pa.Table) -> int:
     return len(data)
 
 
-def read_parquet(path: str) -> pa.Table:
-    """Read one Parquet file from a path or URL."""
+def read_parquet(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet file (all columns, or the named ones) from a path or URL."""
     if is_local(path):
-        return pq.read_table(_local(path))
-    return pq.read_table(io.BytesIO(read_bytes(path)))
+        return pq.read_table(_local(path), columns=columns)
+    return pq.read_table(io.BytesIO(read_bytes(path)), columns=columns)
 
 
 def read_parquet_as(path: str, flag: str, error: Callable[[str], Exception]) -> pa.Table:
@@ -198,7 +199,7 @@ def _protocol(path: str) -> str:
     return path.split("://", 1)[0]
 
 
-def _write_temporary(target: str, data: bytes) -> str:
+def _write_temporary(target: str, data: bytes | memoryview | pa.Buffer) -> str:
     """Write data completely (fsynced) to a new temp file next to target; returns its path."""
     directory = os.path.dirname(target) or "."
     for attempt in range(3):

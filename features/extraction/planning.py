@@ -234,13 +234,16 @@ def summarize(
     this_run = [marker for marker in markers.values() if marker.run_id == run_id]
     processed_rows = sum(marker.row_stop - marker.row_start for marker in this_run)
     index = view.committed_index()
-    statuses = Counter(index.column("status").to_pylist())
+    statuses = {
+        str(item["values"]): int(item["counts"])
+        for item in pc.value_counts(index.column("status")).to_pylist()
+    }
     failed = index.filter(pc.not_equal(index.column("status"), RowStatus.OK.value))
     return {
         "run_id": run_id,
         "runner": runner,
         "views": [v.name for v in views],
-        "rows_total": view.allocation.num_rows,
+        "rows_total": view.allocation_keys.num_rows,
         "rows_committed": index.num_rows,
         "shards_total": len(view.shards()),
         "shards_committed_this_run": len(this_run),

@@ -10,7 +10,7 @@ import logging
 import sys
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -70,8 +70,9 @@ def _write_piece(path: str, table: pa.Table) -> int:
         row_group_size=ROW_GROUP_ROWS,
         write_statistics=["image_id"],
     )
-    files.atomic_write_bytes(path, buffer.getvalue())
-    return len(buffer.getvalue())
+    data = buffer.getbuffer()  # a view of the bytes written, not a copy
+    files.atomic_write_bytes(path, data)
+    return len(data)
 
 
 def _write_arrow_piece(path: str, table: pa.Table) -> int:
@@ -82,9 +83,9 @@ def _write_arrow_piece(path: str, table: pa.Table) -> int:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=ROW_GROUP_ROWS)
-    data = sink.getvalue().to_pybytes()
+    data = sink.getvalue()  # an Arrow buffer: written through the buffer protocol, not copied
     files.atomic_write_bytes(path, data)
-    return len(data)
+    return data.size
 
 
 def _new_shards(
@@ -94,14 +95,15 @@ def _new_shards(
     their markers go into `markers` (the run summary reads them from there)."""
     parts, records = [], []
     new = [shard for shard in view.listed_shards() if shard.index not in done]
-    view.allocation, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
+    view.allocation_keys, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
 
     def read(shard: ShardSpec) -> tuple[CommitMarker, bytes, pa.Table]:
         marker, data = view.read_marker_with_bytes(shard)
         return marker, data, _shard_index(view, shard, marker)
 
     for shard, (marker, data, part) in zip(new, map_in_order(read, new), strict=True):
-        markers[shard.index] = marker
+        # Kept without its rows (they are in `parts`): a view's rows are not held twice.
+        markers[shard.index] = replace(marker, index_rows=None)
         parts.append(part)
         records.append(
             {
@@ -131,7 +133,7 @@ def _shard_index(view: FeatureView, shard: ShardSpec, marker: CommitMarker) -> p
 
 def _plan(view: FeatureView, committed: set[int]) -> pa.Table:
     """image_id, row of allocated rows whose shard is not committed, sorted by image_id."""
-    allocation = view.allocation.select(["image_id", "row"]).cast(PLAN_SCHEMA)
+    allocation = view.allocation_keys.select(["image_id", "row"]).cast(PLAN_SCHEMA)
     shard_of_row = allocation.column("row").to_numpy() // view.shard_rows
     pending = ~np.isin(shard_of_row, np.fromiter(committed, dtype=np.int64, count=len(committed)))
     plan = allocation.filter(pa.array(pending))

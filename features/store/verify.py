@@ -92,7 +92,7 @@ def _check_committed_shard(
         return
     if deep:
         _check_checksum(view, shard, marker, checksum or "", report)
-    _check_values(where, shard, statuses, stored.astype(np.float32), report)
+    _check_values(where, shard, statuses, stored, report)  # fp16 checked as stored: no copy
 
 
 def _check_values(
@@ -176,7 +176,7 @@ def _check_arrow_copy(
 
 
 def _check_snapshot(
-    sources: ShardSources, markers: Mapping[int, bytes], report: VerificationReport
+    sources: ShardSources, marker_digests: Mapping[int, str], report: VerificationReport
 ) -> None:
     """The latest snapshot: readable, its pieces present, its shards' markers unchanged."""
     view = sources.view
@@ -209,41 +209,55 @@ def _check_snapshot(
     for shard in view.shards():
         if not snapshot.is_committed(shard.index):
             continue
-        if shard.index not in markers:
+        if shard.index not in marker_digests:
             report.problems.append(
                 f"snapshot {snapshot.snapshot} commits shard {shard.index} but "
                 f"{view.marker_path(shard)} is missing or invalid"
             )
             continue
-        if hashlib.sha256(markers[shard.index]).hexdigest() != recorded.get(shard.index):
+        if marker_digests[shard.index] != recorded.get(shard.index):
             report.problems.append(
                 f"{view.marker_path(shard)}: differs from the digest snapshot "
                 f"{snapshot.snapshot} recorded"
             )
 
 
-def _read_markers(
-    view: FeatureView,
-) -> tuple[dict[int, CommitMarker], dict[int, bytes], list[StoreError]]:
-    """Valid markers and their bytes by shard (one listing, one GET each), and the problems."""
-    markers: dict[int, CommitMarker] = {}
-    data: dict[int, bytes] = {}
-    problems: list[StoreError] = []
-    view.allocation, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
+def _check_listed_shard(
+    sources: ShardSources, shard: ShardSpec, deep: bool
+) -> tuple[VerificationReport, str | None]:
+    """Read one listed shard's marker (one GET) and check the shard against it.
 
-    def read(shard: ShardSpec) -> tuple[CommitMarker, bytes] | StoreError:
-        try:
-            return view.read_marker_with_bytes(shard)
-        except StoreError as error:
-            return error
+    Returns:
+        The shard's own report, and its marker's sha256 (None when the marker is invalid).
+        Only the digest outlives the check, so a view's markers (each with its index rows)
+        are never all held at once.
+    """
+    own = VerificationReport(sources.view.name)
+    try:
+        marker, data = sources.view.read_marker_with_bytes(shard)
+    except StoreError as error:
+        own.problems.append(str(error))
+        return own, None
+    _check_committed_shard(sources, shard, marker, deep, own)
+    return own, hashlib.sha256(data).hexdigest()
 
-    listed = view.listed_shards()
-    for shard, result in zip(listed, map_in_order(read, listed), strict=True):
-        if isinstance(result, StoreError):
-            problems.append(result)
-        else:
-            markers[shard.index], data[shard.index] = result
-    return markers, data, problems
+
+def _check_visible_rows(
+    view: FeatureView, committed: list[ShardSpec], report: VerificationReport
+) -> None:
+    """Readers see rows of committed shards only (a mask of the view's rows, not a set)."""
+    allowed = np.zeros(int(view.meta["rows"]), dtype=bool)
+    for shard in committed:
+        allowed[shard.row_start : shard.row_stop] = True
+    try:
+        visible = view.committed_index().column("row").to_numpy()
+    except StoreError as error:  # what readers would hit (a missing piece): a problem
+        report.problems.append(str(error))
+        return
+    inside = (visible >= 0) & (visible < len(allowed))
+    outside = int((~inside).sum()) + int((~allowed[visible[inside]]).sum())
+    if outside:
+        report.problems.append(f"readers see {outside} row(s) outside committed shards")
 
 
 def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
@@ -252,45 +266,33 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
     Args:
         view: the view.
         deep: also recompute every committed shard's features checksum (reads all bytes).
+
+    Returns:
+        The report: problems (verification failed) and notes.
     """
     report = VerificationReport(view.name)
     _check_layout(view, report)
-    markers, marker_bytes, marker_problems = _read_markers(view)
-    report.problems += [str(problem) for problem in marker_problems]
+    view.allocation_keys, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
     sources = ShardSources(view)
-    committed = [shard for shard in view.shards() if shard.index in markers]
-
-    def check(shard: ShardSpec) -> VerificationReport:
-        # Each shard reports on its own; merged in shard order below (reads run in parallel).
-        own = VerificationReport(view.name)
-        _check_committed_shard(sources, shard, markers[shard.index], deep, own)
-        return own
-
     sources.prepare()
-    for own in map_in_order(check, committed):
+    listed = view.listed_shards()
+    checks = map_in_order(lambda shard: _check_listed_shard(sources, shard, deep), listed)
+    digests: dict[int, str] = {}
+    for shard, (own, digest) in zip(listed, checks, strict=True):
+        # Each shard reports on its own; merged in shard order (reads run in parallel).
         report.problems += own.problems
         report.notes += own.notes
-        report.rows_checked += own.rows_checked
-        report.shards_checked += 1
-    uncommitted = [shard for shard in view.shards() if shard.index not in markers]
+        if digest is not None:
+            digests[shard.index] = digest
+            report.rows_checked += own.rows_checked
+            report.shards_checked += 1
+    uncommitted = [shard for shard in view.shards() if shard.index not in digests]
     _check_uncommitted_shards(sources, uncommitted, report)
-    _check_snapshot(sources, marker_bytes, report)
-    if not marker_problems:
-        committed_rows = {
-            row
-            for s in view.shards()
-            if s.index in markers
-            for row in range(s.row_start, s.row_stop)
-        }
-        try:
-            visible = set(view.committed_index().column("row").to_pylist())
-        except StoreError as error:  # what readers would hit (a missing piece): a problem
-            report.problems.append(str(error))
-            visible = set()
-        if not visible <= committed_rows:
-            report.problems.append(
-                f"readers see {len(visible - committed_rows)} row(s) outside committed shards"
-            )
+    _check_snapshot(sources, digests, report)
+    sources.release()  # the snapshot's rows; the readers' own copy is read next
+    if len(digests) == len(listed):  # an invalid marker would fail the readers' read too
+        committed = [shard for shard in view.shards() if shard.index in digests]
+        _check_visible_rows(view, committed, report)
     if files.exists(files.join(view.path, "lease.json")):
         report.notes.append("a writer lease is present: a run may be writing right now")
     return report

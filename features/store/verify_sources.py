@@ -7,7 +7,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from features import files
 from features.store.snapshot import Snapshot, read_pointer
@@ -33,6 +32,7 @@ class ShardSources:
         self.array = view.array  # one backend for every shard (opened once)
         self.snapshot: Snapshot | None = read_pointer(view.path)
         self._snapshot_index: pa.Table | None = None
+        self._snapshot_row_numbers: np.ndarray | None = None
         self._pieces: dict[str, pa.Table] = {}  # index pieces read, by path in the view
         self._zarr_metadata: bytes | None = None
         self._listed_objects: set[str] | None = None
@@ -61,8 +61,10 @@ class ShardSources:
         """
         if not deep and self.snapshot is not None and self.snapshot.is_committed(shard.index):
             index = self._snapshot_rows()
-            rows = index.column("row").to_numpy()
-            start, stop = np.searchsorted(rows, [shard.row_start, shard.row_stop])
+            assert self._snapshot_row_numbers is not None
+            start, stop = np.searchsorted(
+                self._snapshot_row_numbers, [shard.row_start, shard.row_stop]
+            )
             return index.slice(int(start), int(stop - start))
         carried = None if deep else marker.index_table()
         if carried is not None:
@@ -76,8 +78,18 @@ class ShardSources:
         if self._snapshot_index is None:
             assert self.snapshot is not None
             index = self.index_piece(self.snapshot.index).drop_columns(["removed"])
-            self._snapshot_index = index.take(pc.sort_indices(index.column("row")))
+            rows = index.column("row").to_numpy()
+            if len(rows) > 1 and bool((np.diff(rows) < 0).any()):
+                # Pieces are written in row order; a copy sorted by row only when one is not.
+                order = np.argsort(rows, kind="stable")
+                index, rows = index.take(pa.array(order)), rows[order]
+            self._snapshot_index, self._snapshot_row_numbers = index, rows
         return self._snapshot_index
+
+    def release(self) -> None:
+        """Drop the snapshot's index rows (the checks that share them are done)."""
+        self._snapshot_index = self._snapshot_row_numbers = None
+        self._pieces.clear()
 
     def index_piece(self, relative: str) -> pa.Table:
         """A snapshot's index piece as stored, read once per verification (the shards' rows

@@ -55,6 +55,8 @@ class FeatureView(ViewCommits, ViewReads):
         self._meta: dict[str, Any] | None = None
         self._spec: FeatureViewSpec | None = None
         self._allocation: pa.Table | None = None
+        self._allocation_keys: pa.Table | None = None
+        self._allocation_rows: np.ndarray | None = None
         self._shard_writer: FeatureArray | None = None
         # Set by a lease holder's writers: every shard write and marker is checked against it.
         self.fence: LeaseFence | None = None
@@ -129,8 +131,12 @@ class FeatureView(ViewCommits, ViewReads):
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         }
         files.atomic_write_text(self._file("view.json"), json.dumps(meta, indent=2))
-        self._meta, self._spec, self._allocation = meta, spec, allocation
-        self._shard_writer = None  # a writer opened before belongs to the old array
+        self.reset_cache()
+        self._meta, self._spec, self._allocation = (
+            meta,
+            spec,
+            allocation,
+        )  # a writer opened before belongs to the old array
         LOGGER.info(
             "created view %s: %d rows, shards of %d, %s (%s)",
             self.path,
@@ -237,6 +243,23 @@ class FeatureView(ViewCommits, ViewReads):
         return self._allocation
 
     @property
+    def allocation_keys(self) -> pa.Table:
+        """The allocation's row and image_id columns: all that planning and checks per shard
+        need, so they do not hold every row's uri and sha256 (about 150 bytes a row)."""
+        if self._allocation is not None:
+            return self._allocation.select(["row", "image_id"])
+        if self._allocation_keys is None:
+            path = self._file("rows.parquet")
+            self._allocation_keys = files.read_parquet(path, columns=["row", "image_id"])
+        return self._allocation_keys
+
+    def _rows(self) -> np.ndarray:
+        # Cached: a chunked column's to_numpy() copies, and every shard's lookup needs it.
+        if self._allocation_rows is None:
+            self._allocation_rows = self.allocation_keys.column("row").to_numpy()
+        return self._allocation_rows
+
+    @property
     def shard_rows(self) -> int:
         """Rows per shard."""
         return int(self.meta["shard_rows"])
@@ -273,7 +296,7 @@ class FeatureView(ViewCommits, ViewReads):
         Shard k covers the allocated rows in [k * shard_rows, (k + 1) * shard_rows); appended
         segments start on a shard boundary, so each shard's rows are contiguous from its start.
         """
-        rows, size = self.allocation.column("row").to_numpy(), self.shard_rows
+        rows, size = self._rows(), self.shard_rows
         indexes, counts = np.unique(rows // size, return_counts=True)
         return [
             ShardSpec(int(index), int(index) * size, int(index) * size + int(count))
@@ -282,13 +305,13 @@ class FeatureView(ViewCommits, ViewReads):
 
     def shard_allocation(self, shard: ShardSpec) -> pa.Table:
         """Allocation rows (row, image_id, uri, sha256, …) of one shard, in row order."""
-        rows = self.allocation.column("row").to_numpy()
-        start = int(np.searchsorted(rows, shard.row_start))
+        start = int(np.searchsorted(self._rows(), shard.row_start))
         return self.allocation.slice(start, shard.rows)
 
     def shard_image_ids(self, shard: ShardSpec) -> list[str]:
         """Image ids of a shard's rows, in row order."""
-        column = self.shard_allocation(shard).column("image_id")
+        start = int(np.searchsorted(self._rows(), shard.row_start))
+        column = self.allocation_keys.column("image_id").slice(start, shard.rows)
         return [str(value) for value in column.to_pylist()]
 
     def removed_image_ids(self) -> set[str]:
@@ -301,6 +324,7 @@ class FeatureView(ViewCommits, ViewReads):
     def reset_cache(self) -> None:
         """Forget cached metadata (after the view was changed on disk)."""
         self._meta = self._spec = self._allocation = None
+        self._allocation_keys = self._allocation_rows = None
         self._shard_writer = None
 
     # ---- reading -----------------------------------------------------------------------
