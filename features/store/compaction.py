@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from features import files, preflight
 from features.cli import add_common_arguments, configure_logging, run_cli
-from features.store.fanout import map_in_order
+from features.store.fanout import iterate_in_order
 from features.store.lease import ViewLease
 from features.store.root import STORE_MARKER
 from features.store.shards import CommitMarker, ShardSpec, image_ids_digest
@@ -45,6 +45,8 @@ from schemas.tables import FEATURE_INDEX_SCHEMA
 LOGGER = logging.getLogger(__name__)
 # Rows per Parquet row group of the index and plan pieces: a point lookup decodes one group.
 ROW_GROUP_ROWS = 8192
+# Shards' index rows merged into one table while a snapshot reads its new markers.
+PARTS_PER_TABLE = 256
 SHARDS_SCHEMA = pa.schema(
     [
         pa.field("shard", pa.int64()),
@@ -80,31 +82,45 @@ def _write_arrow_piece(path: str, table: pa.Table) -> int:
     ROW_GROUP_ROWS. Memory-mapped it is read without decoding anything, so a lookup of many
     ids spread over the index (which would decode every Parquet row group) only probes the
     image_id column and takes the matched rows. Returns its size in bytes."""
-    sink = pa.BufferOutputStream()
+    # Sized first, then written into a buffer of exactly that size: a growing output stream
+    # would double its capacity up to twice the piece (tens of MB at AVA's 255k rows).
+    counter = pa.MockOutputStream()
+    _write_arrow_file(counter, table)
+    data = pa.allocate_buffer(counter.size())
+    _write_arrow_file(pa.FixedSizeBufferWriter(data), table)
+    files.atomic_write_bytes(path, data)  # through the buffer protocol, not copied
+    return data.size
+
+
+def _write_arrow_file(sink: pa.NativeFile, table: pa.Table) -> None:
     with pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=ROW_GROUP_ROWS)
-    data = sink.getvalue()  # an Arrow buffer: written through the buffer protocol, not copied
-    files.atomic_write_bytes(path, data)
-    return data.size
 
 
 def _new_shards(
     view: FeatureView, done: set[int], markers: dict[int, CommitMarker]
 ) -> tuple[list[pa.Table], list[dict[str, object]]]:
-    """Index parts and shard records of shards committed but not in the previous snapshot;
-    their markers go into `markers` (the run summary reads them from there)."""
-    parts, records = [], []
+    """Index rows and shard records of shards committed but not in the previous snapshot;
+    their markers (without their rows) go into `markers` (the run summary reads them there).
+
+    The rows come back as a few tables of up to PARTS_PER_TABLE shards each: 4,000 tables of
+    64 rows would cost more in per-table objects than their rows."""
+    tables: list[pa.Table] = []
+    waiting: list[pa.Table] = []
+    records = []
     new = [shard for shard in view.listed_shards() if shard.index not in done]
     view.allocation_keys, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
 
     def read(shard: ShardSpec) -> tuple[CommitMarker, bytes, pa.Table]:
         marker, data = view.read_marker_with_bytes(shard)
-        return marker, data, _shard_index(view, shard, marker)
+        return marker, data, _shard_index(view, shard, marker).cast(FEATURE_INDEX_SCHEMA)
 
-    for shard, (marker, data, part) in zip(new, map_in_order(read, new), strict=True):
-        # Kept without its rows (they are in `parts`): a view's rows are not held twice.
-        markers[shard.index] = replace(marker, index_rows=None)
-        parts.append(part)
+    for shard, (marker, data, part) in zip(new, iterate_in_order(read, new), strict=True):
+        markers[shard.index] = replace(marker, index_rows=None)  # its rows are in `tables`
+        waiting.append(part)
+        if len(waiting) == PARTS_PER_TABLE:
+            tables.append(pa.concat_tables(waiting).combine_chunks())
+            waiting = []
         records.append(
             {
                 "shard": shard.index,
@@ -115,7 +131,9 @@ def _new_shards(
                 "features_sha256": marker.features_sha256,
             }
         )
-    return parts, records
+    if waiting:
+        tables.append(pa.concat_tables(waiting).combine_chunks())
+    return tables, records
 
 
 def _shard_index(view: FeatureView, shard: ShardSpec, marker: CommitMarker) -> pa.Table:

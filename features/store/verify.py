@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging
-from features.store.fanout import map_in_order
+from features.store.fanout import iterate_in_order
 from features.store.query import FeatureStore
 from features.store.snapshot_reader import read_piece
 from features.store.verify_sources import ShardSources
@@ -276,7 +276,7 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
     sources = ShardSources(view)
     sources.prepare()
     listed = view.listed_shards()
-    checks = map_in_order(lambda shard: _check_listed_shard(sources, shard, deep), listed)
+    checks = iterate_in_order(lambda shard: _check_listed_shard(sources, shard, deep), listed)
     digests: dict[int, str] = {}
     for shard, (own, digest) in zip(listed, checks, strict=True):
         # Each shard reports on its own; merged in shard order (reads run in parallel).
