@@ -54,6 +54,7 @@ def labels_argv(config: PipelineConfig) -> list[str]:
         seed=settings.seed,
         test_fraction=float(settings.test_fraction),
         val_fraction=float(settings.val_fraction),
+        max_malformed_share=settings.max_malformed_share,
     )
 
 

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
+from orchestration.settings import (
+    DownloadSettings,
+    HeadSettings,
+    LabelSettings,
+    Settings,
+    build_settings,
+    is_int,
+    is_number,
+    require,
+)
 from pipelines.runners import RUNNERS
 from pipelines.stage_argv import DOWNLOAD_DATASET_FLAGS
-from schemas.errors import ConfigError
 from schemas.view_spec import PREDEFINED_VIEWS
 
 DATASETS = ("ava", "scut-fbp5500", "folder")
@@ -19,7 +27,6 @@ DATASETS = ("ava", "scut-fbp5500", "folder")
 VIEWS: dict[str, str] = {"narrow": "irnv2_mlsp_narrow", "wide": "irnv2_mlsp_wide"}
 VIEWS.update({name: name for name in PREDEFINED_VIEWS if name not in VIEWS.values()})
 DEFAULT_VIEWS = ("narrow", "wide")
-HEAD_TARGETS = ("mos", "distribution")
 # Score scale of each dataset's labels: the clipping range of a recalibrated label.
 SCORE_RANGES: dict[str, tuple[float, float]] = {"ava": (1.0, 10.0), "scut-fbp5500": (1.0, 5.0)}
 # Metric set of `jobs.evaluate` for each dataset.
@@ -41,21 +48,6 @@ LOCAL_OR_URL_PATHS = (
     "reference_predictions",
 )
 _OPTION_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-T = TypeVar("T")
-S = TypeVar("S", bound="_Settings")
-
-
-def _require(condition: bool, name: str, message: str) -> None:
-    if not condition:
-        raise ConfigError(f"{name}: {message}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 def join(base: str, *parts: str) -> str:
@@ -63,129 +55,14 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *(part.strip("/") for part in parts)])
 
 
-def _build(cls: Callable[..., T], data: Mapping[str, Any] | None, name: str) -> T:
-    """cls(**data) that names unknown keys instead of raising TypeError."""
-    data = dict(data or {})
-    known = {field.name for field in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - known)
-    _require(not unknown, name, f"unknown key(s) {unknown}; known: {sorted(known)}")
-    return cls(**data)
-
-
-class _Settings:
-    """to_dict/from_dict of the nested settings dataclasses."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict of the fields (tuples as lists)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self)}  # type: ignore[arg-type]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
-
-    @classmethod
-    def from_dict(cls: type[S], data: Mapping[str, Any] | None, name: str = "settings") -> S:
-        """Build from a dict; unknown keys and bad values raise ConfigError naming them."""
-        return _build(cls, data, name)
-
-
-@dataclass(frozen=True)
-class DownloadSettings(_Settings):
-    """How `pipelines.download` fetches, and how many failed items the DAG tolerates."""
-
-    workers: int = 16
-    retries: int = 3
-    timeout: float = 20.0
-    backoff: float = 0.5
-    max_failed_fraction: float = 0.05
-
-    def __post_init__(self) -> None:
-        _require(_is_int(self.workers) and self.workers >= 1, "download.workers", "must be >= 1")
-        _require(_is_int(self.retries) and self.retries >= 0, "download.retries", "must be >= 0")
-        for name in ("timeout", "backoff"):
-            value = getattr(self, name)
-            _require(_is_number(value) and value > 0, f"download.{name}", "must be > 0")
-        fraction = self.max_failed_fraction
-        _require(
-            _is_number(fraction) and 0 <= fraction <= 1,
-            "download.max_failed_fraction",
-            "must be in [0, 1]",
-        )
-
-
-@dataclass(frozen=True)
-class LabelSettings(_Settings):
-    """Split parameters of `pipelines.labels` (used when no official split exists)."""
-
-    seed: int = 0
-    test_fraction: float = 0.1
-    val_fraction: float = 0.1
-
-    def __post_init__(self) -> None:
-        _require(_is_int(self.seed), "labels.seed", "must be an integer")
-        for name in ("test_fraction", "val_fraction"):
-            value = getattr(self, name)
-            _require(_is_number(value) and 0 <= value < 1, f"labels.{name}", "must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class HeadSettings(_Settings):
-    """Training settings shared by the heads (each view trains the head of the same name)."""
-
-    epochs_per_stage: int = 20
-    patience: int = 5
-    batch_size: int | None = None
-    learning_rates: tuple[float, ...] = ()
-    target: str = "mos"
-    label_noise: float = 0.0
-    seed: int = 0
-    retrain: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "learning_rates", tuple(self.learning_rates or ()))
-        for name in ("epochs_per_stage", "patience"):
-            value = getattr(self, name)
-            _require(_is_int(value) and value >= 1, f"head.{name}", "must be an integer >= 1")
-        batch = self.batch_size
-        _require(
-            batch is None or (_is_int(batch) and batch >= 1), "head.batch_size", "must be >= 1"
-        )
-        _require(
-            all(_is_number(rate) and rate > 0 for rate in self.learning_rates),
-            "head.learning_rates",
-            "must be positive numbers",
-        )
-        _require(self.target in HEAD_TARGETS, "head.target", f"choose one of {HEAD_TARGETS}")
-        noise = self.label_noise
-        _require(_is_number(noise) and noise >= 0, "head.label_noise", "must be >= 0")
-        _require(_is_int(self.seed), "head.seed", "must be an integer")
-        _require(isinstance(self.retrain, bool), "head.retrain", "must be true or false")
-
-    def argv(self) -> list[str]:
-        """Flags of `jobs.train` for these settings.
-
-        Returns:
-            The argv fragment (without --store/--view/--labels/--head/--out).
-        """
-        argv = [
-            *("--epochs-per-stage", str(self.epochs_per_stage)),
-            *("--patience", str(self.patience)),
-            *("--target", self.target),
-            *("--label-noise", repr(float(self.label_noise))),
-            *("--seed", str(self.seed)),
-        ]
-        if self.batch_size is not None:
-            argv += ["--batch-size", str(self.batch_size)]
-        if self.learning_rates:
-            argv += ["--learning-rates", ",".join(repr(float(r)) for r in self.learning_rates)]
-        return argv
-
-
 def _check_weights(weights: str) -> None:
-    _require(isinstance(weights, str) and weights != "", "weights", "must be a non-empty string")
+    require(isinstance(weights, str) and weights != "", "weights", "must be a non-empty string")
     if weights.startswith("random:"):
-        _require(re.fullmatch(r"random:\d+", weights) is not None, "weights", "use 'random:SEED'")
+        require(re.fullmatch(r"random:\d+", weights) is not None, "weights", "use 'random:SEED'")
 
 
 def _check_variants(variants: str) -> None:
-    _require(isinstance(variants, str) and variants != "", "variants", "must be a non-empty string")
+    require(isinstance(variants, str) and variants != "", "variants", "must be a non-empty string")
     from features.extraction.variants import parse_variants
 
     parse_variants(variants)  # raises ConfigError naming the bad variant
@@ -197,26 +74,26 @@ def _check_compression(compression: Any) -> None:
     from features.store import COMPRESSIONS  # lazy: DAG parsing imports no pyarrow
 
     known = isinstance(compression, str) and compression in COMPRESSIONS
-    _require(known, "compression", f"null or one of {sorted(COMPRESSIONS)}")
+    require(known, "compression", f"null or one of {sorted(COMPRESSIONS)}")
 
 
 def _check_runner_options(options: Mapping[str, Any]) -> None:
     for key, value in options.items():
-        _require(
+        require(
             isinstance(key, str) and _OPTION_NAME.match(key) is not None,
             "runner_options",
             f"bad option name {key!r}",
         )
-        _require(key not in RESERVED_OPTIONS, "runner_options", f"{key!r} is set by the DAG")
+        require(key not in RESERVED_OPTIONS, "runner_options", f"{key!r} is set by the DAG")
         scalar = (str, int, float, bool)
         ok = isinstance(value, scalar) or (
             isinstance(value, list) and all(isinstance(v, scalar) for v in value)
         )
-        _require(ok, "runner_options", f"{key!r} must be a scalar or a list of scalars")
+        require(ok, "runner_options", f"{key!r} must be a scalar or a list of scalars")
 
 
 def _optional_positive(value: Any, name: str) -> None:
-    _require(value is None or (_is_int(value) and value >= 1), name, "must be null or >= 1")
+    require(value is None or (is_int(value) and value >= 1), name, "must be null or >= 1")
 
 
 @dataclass(frozen=True)
@@ -266,9 +143,9 @@ class PipelineConfig:
     max_side: int | None = None
     compression: str | None = None
     fail_on_errors: bool = False
-    download: DownloadSettings = DownloadSettings()
-    labels: LabelSettings = LabelSettings()
-    head: HeadSettings = HeadSettings()
+    download: DownloadSettings = field(default_factory=DownloadSettings)
+    labels: LabelSettings = field(default_factory=LabelSettings)
+    head: HeadSettings = field(default_factory=HeadSettings)
     evaluate_split: str = "test"
     reference_run: str = ""
     reference_predictions: str = ""
@@ -288,10 +165,10 @@ class PipelineConfig:
         self._validate_run()
 
     def _validate_data(self) -> None:
-        _require(self.dataset in DATASETS, "dataset", f"choose one of {DATASETS}")
-        _require(isinstance(self.source, str) and bool(self.source), "source", "is required")
-        _require(bool(self.data_root), "data_root", "is required")
-        _require(
+        require(self.dataset in DATASETS, "dataset", f"choose one of {DATASETS}")
+        require(isinstance(self.source, str) and bool(self.source), "source", "is required")
+        require(bool(self.data_root), "data_root", "is required")
+        require(
             "://" not in self.data_root,
             "data_root",
             "must be a local (or mounted) folder: pipelines.download writes local files",
@@ -299,37 +176,38 @@ class PipelineConfig:
         for name in LOCAL_OR_URL_PATHS:  # tasks run in whatever folder the executor starts them
             path = getattr(self, name)
             ok = not path or "://" in path or os.path.isabs(path)
-            _require(ok, name, f"{path!r} is relative: give an absolute path or a URL")
+            require(ok, name, f"{path!r} is relative: give an absolute path or a URL")
         needs_list = self.dataset in DOWNLOAD_DATASET_FLAGS["--list"]
-        _require(
-            bool(self.label_list) or not needs_list, "label_list", f"needed for {self.dataset}"
-        )
+        require(bool(self.label_list) or not needs_list, "label_list", f"needed for {self.dataset}")
         for name, flag in DOWNLOAD_FIELDS.items():  # never passed to a download that ignores it
             only = " or ".join(sorted(readers := DOWNLOAD_DATASET_FLAGS[flag]))
             ok = not getattr(self, name) or self.dataset in readers
-            _require(ok, name, f"not used for {self.dataset} (only {only}); leave it empty")
-        _require(
+            require(ok, name, f"not used for {self.dataset} (only {only}); leave it empty")
+        require(
+            self.labels.max_malformed_share is None or self.dataset == "ava",
+            "labels.max_malformed_share",
+            f"not used for {self.dataset} (only ava reads AVA.txt); leave it unset",
+        )
+        require(
             self.evaluate_split in ("train", "val", "test"), "evaluate_split", "train, val or test"
         )
 
     def _validate_run(self) -> None:
-        _require(len(self.views) > 0, "views", f"choose at least one of {sorted(VIEWS)}")
-        _require(len(set(self.views)) == len(self.views), "views", "views repeat")
+        require(len(self.views) > 0, "views", f"choose at least one of {sorted(VIEWS)}")
+        require(len(set(self.views)) == len(self.views), "views", "views repeat")
         _check_variants(self.variants)
         _check_weights(self.weights)
-        _require(self.runner in RUNNERS, "runner", f"choose one of {sorted(RUNNERS)}")
+        require(self.runner in RUNNERS, "runner", f"choose one of {sorted(RUNNERS)}")
         _check_runner_options(self.runner_options or {})
         _optional_positive(self.shard_size, "shard_size")
         _optional_positive(self.max_side, "max_side")
         _check_compression(self.compression)
-        _require(isinstance(self.fail_on_errors, bool), "fail_on_errors", "must be true or false")
+        require(isinstance(self.fail_on_errors, bool), "fail_on_errors", "must be true or false")
         if self.recalibrate:
             lo_hi = self.score_range
-            _require(lo_hi is not None, "recalibration_range", f"needed for {self.dataset}")
+            require(lo_hi is not None, "recalibration_range", f"needed for {self.dataset}")
             lo, hi = lo_hi  # type: ignore[misc]
-            _require(
-                _is_number(lo) and _is_number(hi) and lo < hi, "recalibration_range", "[lo, hi]"
-            )
+            require(is_number(lo) and is_number(hi) and lo < hi, "recalibration_range", "[lo, hi]")
 
     @property
     def recalibrate(self) -> bool:
@@ -376,7 +254,7 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (nested settings as dicts); from_dict() inverts it."""
-        data = {field.name: getattr(self, field.name) for field in fields(self)}
+        data = {item.name: getattr(self, item.name) for item in fields(self)}
         for name in ("download", "labels", "head"):
             data[name] = data[name].to_dict()
         data["split_files"] = list(self.split_files)
@@ -403,14 +281,14 @@ class PipelineConfig:
         for name, settings_cls in NESTED_SETTINGS.items():
             value = data.get(name)
             if not isinstance(value, settings_cls):
-                _require(value is None or isinstance(value, Mapping), name, "must be an object")
+                require(value is None or isinstance(value, Mapping), name, "must be an object")
                 data[name] = settings_cls.from_dict(value, name)
         for name in ("dataset", "source", "data_root"):
-            _require(name in data, name, "is required")
-        return _build(cls, data, "params")
+            require(name in data, name, "is required")
+        return build_settings(cls, data, "params")
 
 
-NESTED_SETTINGS: dict[str, type[_Settings]] = {
+NESTED_SETTINGS: dict[str, type[Settings]] = {
     "download": DownloadSettings,
     "labels": LabelSettings,
     "head": HeadSettings,
@@ -430,5 +308,5 @@ def short_view(view: str) -> str:
         ConfigError: an unknown view.
     """
     short = {full: name for name, full in VIEWS.items()}.get(view, view)
-    _require(short in VIEWS, "views", f"unknown view {view!r}; choose from {sorted(VIEWS)}")
+    require(short in VIEWS, "views", f"unknown view {view!r}; choose from {sorted(VIEWS)}")
     return short

@@ -6,7 +6,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from orchestration.config import DATASETS, DEFAULT_VIEWS, HEAD_TARGETS, NESTED_SETTINGS, VIEWS
+from orchestration.config import DATASETS, DEFAULT_VIEWS, NESTED_SETTINGS, VIEWS
+from orchestration.settings import HEAD_TARGETS
 from pipelines.runners import RUNNERS
 
 DATA_ROOT_ENV = "MLSP_DATA_ROOT"
@@ -29,6 +30,8 @@ _NESTED_SCHEMAS: dict[str, dict[str, Any]] = {
         "seed": {"type": "integer"},
         "test_fraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
         "val_fraction": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        # null: the labels CLI's default (0.01); AVA only.
+        "max_malformed_share": {"type": ["number", "null"], "minimum": 0, "exclusiveMaximum": 1},
     },
     "head": {
         "epochs_per_stage": {"type": "integer", "minimum": 1},

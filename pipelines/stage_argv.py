@@ -65,6 +65,7 @@ def labels_argv(
     seed: int | None = None,
     test_fraction: float | None = None,
     val_fraction: float | None = None,
+    max_malformed_share: float | None = None,
 ) -> list[str]:
     """Argv of `pipelines.labels` (raw label files and the download's manifest).
 
@@ -73,7 +74,12 @@ def labels_argv(
     """
     argv = ["--dataset", dataset, "--raw", raw, "--manifest", manifest, "--out", out]
     return argv + _optional(
-        {"--seed": seed, "--test-fraction": test_fraction, "--val-fraction": val_fraction}
+        {
+            "--seed": seed,
+            "--test-fraction": test_fraction,
+            "--val-fraction": val_fraction,
+            "--max-malformed-share": max_malformed_share,
+        }
     )
 
 

@@ -90,6 +90,11 @@ def test_round_trip_through_dict() -> None:
         ({"head": {"epochs": 3}}, "head"),
         ({"download": {"max_failed_fraction": 2}}, "download.max_failed_fraction"),
         ({"labels": {"test_fraction": 1.0}}, "labels.test_fraction"),
+        ({"labels": {"max_malformed_share": 1.0}}, "labels.max_malformed_share"),
+        (
+            {"dataset": "scut-fbp5500", "label_list": "", "labels": {"max_malformed_share": 0.1}},
+            "labels.max_malformed_share",
+        ),
         ({"evaluate_split": "holdout"}, "evaluate_split"),
         ({"unknown_param": 1}, "params"),
         (
@@ -138,6 +143,9 @@ def test_argv_is_accepted_by_the_real_clis() -> None:
     assert str(args.dest) == config.data_root and math.isclose(args.timeout, 20.0)
     args = _parses(labels.build_parser(), argvs.labels_argv(config))
     assert args.out == config.labels_path and str(args.raw) == "/data/ava/raw"
+    assert args.max_malformed_share is None  # unset: the CLI's own default applies
+    tolerant = make(labels={"max_malformed_share": 0.25})
+    assert _parses(labels.build_parser(), argvs.labels_argv(tolerant)).max_malformed_share == 0.25
     if tasks.module_available("jobs.evaluate"):
         from jobs import evaluate
 
