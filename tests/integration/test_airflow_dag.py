@@ -17,9 +17,10 @@ import airflow
 import airflow.providers.apache.beam  # noqa: F401
 import pytest
 
-from benchmarks.fault_server import FaultServer, Route
+from benchmarks.fault_server import FaultServer
 from orchestration.config import VIEWS
 from tests.helpers import airflow_db
+from tests.helpers.served_sample import served_sample as sample_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "orchestration" / "dags"
@@ -162,15 +163,8 @@ def test_parsing_is_fast_and_imports_no_tensorflow(parsed: dict[str, Any]) -> No
 @pytest.fixture(scope="module")
 def served_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultServer, Path]]:
     """12 small generated JPEGs served by a 127.0.0.1 HTTP server (one transient 500)."""
-    from pipelines.sample import write_sample
-
-    sample = tmp_path_factory.mktemp("dag_sample")
-    write_sample(sample, n=12, seed=11, broken=False, min_side=80, max_side=160)
-    with FaultServer() as server:
-        for index, image in enumerate(sorted((sample / "images").iterdir())):
-            faults = ["500"] if index == 0 else []
-            server.routes[image.name] = Route(image.read_bytes(), faults=faults)
-        yield server, sample
+    with sample_server(tmp_path_factory.mktemp("dag_sample"), first_image_failures=1) as served:
+        yield served
 
 
 def _dag_test(env: dict[str, str], conf: dict[str, Any]) -> dict[str, Any]:

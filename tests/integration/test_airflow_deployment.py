@@ -22,9 +22,10 @@ from typing import Any
 import psutil  # an Airflow dependency
 import pytest
 
-from benchmarks.fault_server import FaultServer, Route
+from benchmarks.fault_server import FaultServer
 from orchestration.config import VIEWS
 from tests.helpers import airflow_db
+from tests.helpers.served_sample import served_sample as sample_server
 
 ROOT = Path(__file__).resolve().parents[2]
 DAGS = ROOT / "orchestration" / "dags"
@@ -252,15 +253,10 @@ def _ready(deployment: Deployment) -> None:
 @pytest.fixture(scope="module")
 def served_sample(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FaultServer, Path]]:
     """The DAG test's 12 generated JPEGs over HTTP; the first fails twice (500) then serves."""
-    from pipelines.sample import write_sample
-
-    sample = tmp_path_factory.mktemp("deployment_sample")
-    write_sample(sample, n=12, seed=11, broken=False, min_side=80, max_side=160)
-    with FaultServer() as server:
-        for index, image in enumerate(sorted((sample / "images").iterdir())):
-            faults = ["500", "500"] if index == 0 else []
-            server.routes[image.name] = Route(image.read_bytes(), faults=faults)
-        yield server, sample
+    with sample_server(
+        tmp_path_factory.mktemp("deployment_sample"), first_image_failures=2
+    ) as served:
+        yield served
 
 
 def _conf(server: FaultServer, sample: Path, data: Path) -> dict[str, Any]:
