@@ -194,8 +194,17 @@ def _committed_markers(context: ChainContext, shard_rows: int) -> Callable[[], i
         return lambda: len(os.listdir(commits)) if commits.is_dir() else 0
     log = context.site.log
     prefix = f"/{context.folder.name}/store{shard_rows}/{VIEW}/commits/shard-"
-    start = len(log.entries)
-    return lambda: sum(1 for m, p, _ in log.entries[start:] if m == "PUT" and prefix in p)
+    seen = {"cursor": len(log.entries), "markers": 0}
+
+    def count() -> int:
+        # Only the entries since the last poll: the log grows by thousands of requests.
+        end = len(log.entries)
+        fresh = log.entries[seen["cursor"] : end]
+        seen["markers"] += sum(1 for m, p, _ in fresh if m == "PUT" and prefix in p)
+        seen["cursor"] = end
+        return seen["markers"]
+
+    return count
 
 
 def _shards_in_view(context: ChainContext, shard_rows: int) -> int:
