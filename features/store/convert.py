@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import uuid
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,10 +16,13 @@ from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, refuse_unused
 from features.store.backends import COMPRESSIONS
 from features.store.compaction import publish_snapshot
+from features.store.fence import LeaseFence
 from features.store.formats import BACKENDS
+from features.store.lease import ViewLease
 from features.store.root import ensure_store
 from features.store.view import FeatureView
 from schemas.errors import ConfigError
+from schemas.view_spec import FeatureViewSpec
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +53,8 @@ def convert_view(
 
     Raises:
         ConfigError: the target view exists, or an unknown compression.
+        StoreError: another writer holds the target view's lease.
+        LeaseLostError: the lease was lost while copying (nothing after that is committed).
     """
     spec = (
         source.spec
@@ -57,8 +63,29 @@ def convert_view(
     )
     ensure_store(target_store)
     target = FeatureView(target_store, spec.name)
-    if target.exists():
-        raise ConfigError(f"--out {target_store}: view {spec.name!r} already exists there")
+    # Only the lease holder writes a view: a second convert (or an extraction) into the same
+    # view waits for nothing and fails with one line naming the holder.
+    lease = ViewLease(target.path, f"convert-{uuid.uuid4().hex[:8]}")
+    lease.acquire()
+    try:
+        if target.exists():
+            raise ConfigError(f"--out {target_store}: view {spec.name!r} already exists there")
+        target.fence = LeaseFence.from_dict(lease.fence_settings())
+        _copy_committed(source, target, spec, format_name, compression, lease)
+    finally:
+        lease.release()
+    return target
+
+
+def _copy_committed(
+    source: FeatureView,
+    target: FeatureView,
+    spec: FeatureViewSpec,
+    format_name: str,
+    compression: str | None,
+    lease: ViewLease,
+) -> None:
+    """Create the target view and write every committed shard of source into it, fenced."""
     if compression is None and source.compression in COMPRESSIONS:  # "lzf" (HDF5): default
         compression = source.compression
     target.create(spec, source.allocation, source.shard_rows, format_name, compression)
@@ -73,7 +100,7 @@ def convert_view(
         index = files.read_parquet(source.index_part_path(shard))
         target.write_shard(shard, values, index, markers[shard.index])
     target.finalize()
-    publish_snapshot(target, f"convert from {source.path}")
+    publish_snapshot(target, f"convert from {source.path}", lease)
     for run in source.run_history():
         files.atomic_write_text(
             files.join(target.path, "runs", f"{run['run_id']}.json"), json.dumps(run, indent=2)
@@ -86,7 +113,6 @@ def convert_view(
         compression,
         target.path,
     )
-    return target
 
 
 def ava_mlsp_file_name(feature_shape: Sequence[int]) -> str:

@@ -78,3 +78,23 @@ def test_ava_mlsp_export_layout(tmp_path) -> None:
         rows = {name: int(name[3:7]) for name in names}
         for name, row in rows.items():
             np.testing.assert_array_equal(handle["orig"][name][...], values[row, 0])
+
+
+def test_conversion_writes_under_the_target_views_lease(tmp_path) -> None:
+    from features.store.lease import ViewLease
+    from features.store.view import FeatureView
+    from schemas.errors import StoreError
+
+    view, _ = _filled(tmp_path, "zarr")
+    target_path = FeatureView(str(tmp_path / "dst"), view.name).path
+    other = ViewLease(target_path, "another-writer")
+    other.acquire()
+    try:
+        with pytest.raises(StoreError, match="another-writer"):
+            convert.convert_view(view, str(tmp_path / "dst"), "hdf5")
+        assert not FeatureView(str(tmp_path / "dst"), view.name).exists()  # nothing written
+    finally:
+        other.release()
+    converted = convert.convert_view(view, str(tmp_path / "dst"), "hdf5")
+    assert verify.verify_view(converted).ok
+    assert not (tmp_path / "dst" / view.name / "lease.json").exists()  # released when done
