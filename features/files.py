@@ -199,23 +199,29 @@ def _protocol(path: str) -> str:
     return path.split("://", 1)[0]
 
 
-def _write_temporary(target: str, data: bytes | memoryview | pa.Buffer) -> str:
-    """Write data completely (fsynced) to a new temp file next to target; returns its path."""
+def create_temporary(target: str) -> tuple[int, str]:
+    """Create an empty temp file next to target (making its folder); returns (fd, its path)."""
     directory = os.path.dirname(target) or "."
-    for attempt in range(3):
+    attempt = 0
+    while True:
         # A concurrent run's preflight removes the empty folders it created itself
         # (features.preflight): a folder made here may vanish before the temp file lands.
         try:
             os.makedirs(directory, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(
+            return tempfile.mkstemp(
                 prefix=f".{os.path.basename(target)}.",
                 suffix=f".{uuid.uuid4().hex[:8]}.tmp",
                 dir=directory,
             )
-            break
         except (FileNotFoundError, FileExistsError):
-            if attempt == 2 or (os.path.exists(directory) and not os.path.isdir(directory)):
+            attempt += 1
+            if attempt == 3 or (os.path.exists(directory) and not os.path.isdir(directory)):
                 raise
+
+
+def _write_temporary(target: str, data: bytes | memoryview | pa.Buffer) -> str:
+    """Write data completely (fsynced) to a new temp file next to target; returns its path."""
+    handle, temporary = create_temporary(target)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)

@@ -33,7 +33,8 @@ from features.download.items import (
     shards_of,
     status_table,
 )
-from features.download.manifest import ImageEntry, build_manifest
+from features.download.manifest import write_manifest as write_manifest_file
+from features.download.manifest_entries import ManifestEntries
 from features.download.secrets import redact_url
 from features.download.sources import SOURCES, SourceRequest
 from pipelines.runners import RUNNERS
@@ -169,11 +170,10 @@ def write_manifest(dest: Path, dataset: str, items: Sequence[DownloadItem],
                    records: Sequence[dict[str, Any]]) -> int:
     """Manifest (skeleton schema) of every item whose file is on disk and verified."""
     good = {row["image_id"] for row in records if row["status"] in SUCCESS_STATUSES}
-    entries = [ImageEntry(item.image_id, dest / IMAGES_DIR / item.filename, item.split)
-               for item in items if item.image_id in good]
-    table = build_manifest(entries, dataset)
-    files.atomic_write_parquet(str(dest / MANIFEST_FILE), table)
-    return table.num_rows
+    # Compact entries, written a chunk at a time: a dataset's worth of rows never sits in memory.
+    entries = ManifestEntries.from_rows((item.image_id, str(dest / IMAGES_DIR / item.filename),
+                                         item.split) for item in items if item.image_id in good)
+    return write_manifest_file(entries, dataset, str(dest / MANIFEST_FILE)).rows
 
 
 def failed_count(records: Sequence[dict[str, Any]]) -> int:

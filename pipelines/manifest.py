@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from features import files, preflight
+from features import preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging, positive_int
-from features.download.manifest import build_manifest, entries_from_csv, entries_from_folder
+from features.download.manifest import write_manifest
+from features.download.manifest_entries import csv_entries, folder_entries
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,18 +47,15 @@ def _main(argv: Sequence[str] | None) -> int:
     # Before hashing every image: a manifest that cannot be written is known at once.
     preflight.check_input_folder(str(args.images), "--images")
     preflight.check_output_file(args.out, "--out")
-    entries = (
-        entries_from_csv(args.images, args.labels)
-        if args.labels
-        else entries_from_folder(args.images)
+    entries = csv_entries(args.images, args.labels) if args.labels else folder_entries(args.images)
+    # Described and written a chunk at a time: the counts are gathered as the batches pass.
+    summary = write_manifest(
+        entries, args.dataset or args.images.resolve().name, args.out, args.threads
     )
-    table = build_manifest(entries, args.dataset or args.images.resolve().name, args.threads)
-    files.atomic_write_parquet(args.out, table)
-    unreadable = table.column("width").null_count
-    splits = Counter(table.column("split").to_pylist())
     print(
-        f"manifest: {table.num_rows} images, {sum(table.column('bytes').to_pylist()) / 1e6:.1f} MB,"
-        f" {unreadable} with unreadable headers, splits {dict(splits)} -> {args.out}"
+        f"manifest: {summary.rows} images, {summary.total_bytes / 1e6:.1f} MB,"
+        f" {summary.unreadable} with unreadable headers, splits {dict(summary.splits)}"
+        f" -> {args.out}"
     )
     return 0
 

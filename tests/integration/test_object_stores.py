@@ -24,13 +24,20 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import fault_proxy
 from benchmarks import object_store_servers as object_stores
 from benchmarks.fault_proxy import NO_FAULTS, FaultMix, FaultProxy
 from features import compact, files, verify
-from features.download.manifest import read_manifest
+from features.download.manifest import (
+    build_manifest,
+    entries_from_folder,
+    read_manifest,
+    write_manifest,
+)
+from features.download.manifest_entries import folder_entries
 from features.store import FeatureStore, FeatureView
 from features.store.lease import ViewLease
 from jobs import train
@@ -61,6 +68,23 @@ def test_exclusive_create_has_one_winner_among_racing_writers(bucket) -> None:
         won = _race(6, lambda i, path=path: files.create_exclusive(path, b"writer %d" % i))
         assert sum(won) == 1, won
         assert files.read_bytes(path) == b"writer %d" % won.index(True)
+
+
+def test_streamed_manifest_is_uploaded_whole(bucket, sample_dir, monkeypatch) -> None:
+    images = sample_dir / "images"
+    out = bucket.path("manifests/m.parquet")
+    summary = write_manifest(folder_entries(images), "sample", out, chunk_rows=5)
+    expected = build_manifest(entries_from_folder(images), "sample")
+    assert read_manifest(out).equals(expected) and summary.rows == expected.num_rows
+    written = files.read_bytes(out)
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", _refused_batch)
+    with pytest.raises(OSError, match="disk full"):
+        write_manifest(folder_entries(images), "other", out, chunk_rows=5)
+    assert files.read_bytes(out) == written  # nothing was uploaded over the old object
+
+
+def _refused_batch(*args: Any, **kwargs: Any) -> None:
+    raise OSError("disk full")
 
 
 def test_compare_and_swap_replaces_only_the_expected_bytes(bucket) -> None:
