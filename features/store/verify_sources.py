@@ -90,6 +90,9 @@ class ShardSources:
         """Drop the snapshot's index rows (the checks that share them are done)."""
         self._snapshot_index = self._snapshot_row_numbers = None
         self._pieces.clear()
+        # Arrow's allocator keeps freed pages for reuse; the readers' copy read next would
+        # otherwise come on top of them.
+        pa.default_memory_pool().release_unused()
 
     def index_piece(self, relative: str) -> pa.Table:
         """A snapshot's index piece as stored, read once per verification (the shards' rows
