@@ -9,8 +9,8 @@ import logging
 import os
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 import pyarrow as pa
@@ -21,6 +21,7 @@ from features import object_stores, retrying_filesystems
 LOGGER = logging.getLogger(__name__)
 # Sidecar lock of the compare-and-swap primitives; never deleted, so every writer locks one inode.
 CAS_LOCK_NAME = ".cas.lock"
+StreamWriter = Callable[[BinaryIO], object]  # writes a whole file's bytes to a binary stream
 
 
 def join(base: str, *parts: str) -> str:
@@ -108,14 +109,18 @@ def read_bytes(path: str) -> bytes:
     return bytes(read(fs, inner) if read is not None else fs.cat_file(inner))
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data: bytes | StreamWriter) -> None:
     """Write a whole file so readers see either the old file or the new one, never a part.
 
-    Local files go to a temp file in the same directory, are fsynced, then renamed over the
-    target. Object stores (gs://, s3://, memory://) publish an object only when its upload
-    completes, which gives the same guarantee.
+    Local files go to a temp file in the same directory (data: the bytes, or a function that
+    writes them there), are fsynced, then renamed over the target. Object stores (gs://, s3://,
+    memory://) publish an object only when its upload completes (the same guarantee).
     """
     if not is_local(path):
+        if callable(data):
+            buffer = io.BytesIO()
+            data(buffer)
+            data = buffer.getvalue()
         fs, inner = filesystem(path)
         fs.pipe_file(inner, data)
         return
@@ -144,6 +149,20 @@ def atomic_write_parquet(path: str, table: pa.Table) -> int:
     data = parquet_bytes(table)
     atomic_write_bytes(path, data)
     return len(data)
+
+
+def atomic_write_parquet_batches(
+    path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]
+) -> None:
+    """atomic_write_parquet for a table given as batches (one row group each), never whole in
+    memory: a local file is written as they come; nothing is published if one fails."""
+
+    def write(stream: BinaryIO) -> None:
+        with pq.ParquetWriter(stream, schema, compression="zstd") as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+
+    atomic_write_bytes(path, write)
 
 
 def read_parquet(path: str) -> pa.Table:
@@ -198,8 +217,8 @@ def _protocol(path: str) -> str:
     return path.split("://", 1)[0]
 
 
-def _write_temporary(target: str, data: bytes) -> str:
-    """Write data completely (fsynced) to a new temp file next to target; returns its path."""
+def _write_temporary(target: str, data: bytes | StreamWriter) -> str:
+    """Write data (or what it writes) fsynced to a new temp file next to target; its path."""
     directory = os.path.dirname(target) or "."
     for attempt in range(3):
         # A concurrent run's preflight removes the empty folders it created itself
@@ -217,7 +236,7 @@ def _write_temporary(target: str, data: bytes) -> str:
                 raise
     try:
         with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
+            _ = data(stream) if callable(data) else stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
     except BaseException:
