@@ -113,7 +113,8 @@ def atomic_write_bytes(path: str, data: bytes | memoryview | pa.Buffer) -> None:
 
     Local files go to a temp file in the same directory, are fsynced, then renamed over the
     target. Object stores (gs://, s3://, memory://) publish an object only when its upload
-    completes, which gives the same guarantee.
+    completes, which gives the same guarantee. (Files written batch by batch:
+    features.parquet_writes.)
     """
     if not is_local(path):
         fs, inner = filesystem(path)

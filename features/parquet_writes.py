@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,3 +53,17 @@ def atomic_parquet_writer(path: str, schema: pa.Schema) -> Iterator[pq.ParquetWr
         # After a rename there is nothing left to remove; after a failure, the partial file.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+
+
+def atomic_write_parquet_batches(
+    path: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]
+) -> None:
+    """Publish batches (one row group each) as one Parquet file at path, never whole in memory:
+    see atomic_parquet_writer; nothing is published if a batch or the write fails.
+
+    Raises:
+        Exception: whatever producing a batch, the write or the upload raises.
+    """
+    with atomic_parquet_writer(path, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)

@@ -19,15 +19,18 @@ from features.cli import (
     configure_logging,
     refuse_unused,
 )
-from features.download.manifest import read_manifest
+from features.labels.ava_labels import AvaLabels
 from features.labels.ava_text import DEFAULT_MAX_MALFORMED_SHARE
-from features.labels.builders import LABEL_BUILDERS, LabelResult, build_ava
+from features.labels.builders import LABEL_BUILDERS, LabelResult, read_ava_labels
 from features.labels.engines import AUTO, DEFAULT_MEMORY_BUDGET, LABEL_ENGINES, EngineOptions
+from features.labels.manifest_columns import read_manifest_columns
 from features.labels.parsing import LabelReport, SplitConfig
-from schemas.labels import DropReason
+from features.parquet_writes import atomic_write_parquet_batches
+from schemas.labels import LABELS_SCHEMA, DropReason
 
 LOGGER = logging.getLogger(__name__)
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+MANIFEST_COLUMNS = ("image_id", "width")  # all drop_by_manifest and the AVA drops look at
 
 
 def fraction(name: str) -> Callable[[str], float]:
@@ -142,7 +145,7 @@ def format_report(report: LabelReport, out: str, splits: Counter[str], version: 
 
 def _builder(
     parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> Callable[[pa.Table | None, SplitConfig], LabelResult]:
+) -> Callable[[pa.Table | None, SplitConfig], LabelResult | AvaLabels]:
     """The dataset's builder bound to --raw (and to the engine options for AVA); bad flags exit 2."""
     local = Path(files.native(args.raw))
     if files.is_local(args.raw) and not local.is_dir():
@@ -159,7 +162,7 @@ def _builder(
         budget = args.memory_budget or DEFAULT_MEMORY_BUDGET
         share = args.max_malformed_share
         return functools.partial(
-            build_ava,
+            read_ava_labels,
             raw,
             options=EngineOptions(args.engine, budget),
             max_malformed_share=DEFAULT_MAX_MALFORMED_SHARE if share is None else share,
@@ -177,6 +180,17 @@ def _builder(
     return functools.partial(LABEL_BUILDERS[args.dataset], local)
 
 
+def _write(out: str, labels: LabelResult | AvaLabels) -> tuple[Counter[str], str]:
+    """Write the label table to out; (rows per split, its label_version or '-' when empty)."""
+    if isinstance(labels, AvaLabels):  # batch by batch: never the whole table in memory
+        atomic_write_parquet_batches(out, LABELS_SCHEMA, labels.batches())
+        return labels.split_counts(), labels.version if labels.num_rows else "-"
+    files.atomic_write_parquet(out, labels.table)
+    table = labels.table
+    version = table.column("label_version")[0].as_py() if table.num_rows else "-"
+    return Counter(table.column("split").to_pylist()), version
+
+
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -187,16 +201,11 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.manifest:
         preflight.check_input_file(args.manifest, "--manifest")
     preflight.check_output_file(args.out, "--out")
-    manifest = read_manifest(args.manifest) if args.manifest else None
+    manifest = read_manifest_columns(args.manifest, MANIFEST_COLUMNS) if args.manifest else None
     config = SplitConfig(args.seed, args.test_fraction, args.val_fraction)
-    result = builder(manifest, config)
-    files.atomic_write_parquet(args.out, result.table)
-    version = result.table.column("label_version")[0].as_py() if result.table.num_rows else "-"
-    print(
-        format_report(
-            result.report, args.out, Counter(result.table.column("split").to_pylist()), version
-        )
-    )
+    labels = builder(manifest, config)
+    splits, version = _write(args.out, labels)
+    print(format_report(labels.report, args.out, splits, version))
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ VOTE_COLUMNS = tuple(f"vote_{i}" for i in range(1, AVA_BINS + 1))
 TAG_COLUMNS = ("semantic_tag_1", "semantic_tag_2", "challenge_id")
 DEFAULT_MAX_MALFORMED_SHARE = 0.01
 LOGGED_LINES = 10  # malformed lines logged one by one; the rest are counted
+FIRST_LINES = 5  # line numbers of malformed lines an error names
 _INT64_MAX = int(np.iinfo(np.int64).max)
 _MAX_DIGITS = 18  # up to 18 decimal digits always fit in int64
 # Bytes the fast path splits at; with \v, \f, \x1c-\x1f or a lone \r (which str.split() and
@@ -58,8 +60,9 @@ def parse_ava_text(text: str, source: str, first_line: int = 1) -> pd.DataFrame:
         indices, ids, values, flagged = fast
         lines = text.splitlines() if len(flagged) else []
         rows = [_parse_line(i, lines[i]) for i in flagged.tolist()]
-    return _frame(indices, ids, values, [row for row in rows if row is not None], source,
-                  first_line)
+    return _frame(
+        indices, ids, values, [row for row in rows if row is not None], source, first_line
+    )
 
 
 def _frame(
@@ -84,8 +87,12 @@ def _frame(
     columns.update(zip((*VOTE_COLUMNS, *TAG_COLUMNS), block.T, strict=True))
     columns["line"] = all_indices[order] + first_line
     columns["problem"] = pd.Series(
-        [None if problems[i] is None else f"{source}:{first_line + int(all_indices[i])}: "
-         f"{problems[i]}" for i in order.tolist()],
+        [
+            None
+            if problems[i] is None
+            else f"{source}:{first_line + int(all_indices[i])}: {problems[i]}"
+            for i in order.tolist()
+        ],
         dtype=object,
     )
     return pd.DataFrame(columns)
@@ -215,20 +222,70 @@ def drop_malformed(
     """
     bad = frame["problem"].notna().to_numpy()
     problems = frame.loc[bad, "problem"].tolist()
-    if not problems:
-        return frame, []
-    if len(problems) > max_share * len(frame) or len(problems) == len(frame):
-        first = ", ".join(str(line) for line in frame.loc[bad, "line"].head(5).tolist())
+    lines = frame.loc[bad, "line"].head(FIRST_LINES).tolist()
+    check_malformed(
+        MalformedLines(len(problems), lines, problems), len(frame), source, max_share, flag
+    )
+    return (frame.loc[~bad], problems) if problems else (frame, [])
+
+
+@dataclass
+class MalformedLines:
+    """What a file's malformed lines need for the share check and the warnings.
+
+    Attributes:
+        count: malformed lines in all.
+        lines: line numbers of the first FIRST_LINES of them.
+        problems: messages of the first LOGGED_LINES or more of them, in line order.
+    """
+
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, count: int, lines: list[int], problems: list[str]) -> None:
+        """Count a later block's malformed lines (keeping only the first few of each list)."""
+        self.count += count
+        self.lines = [*self.lines, *lines][:FIRST_LINES]
+        self.problems = [*self.problems, *problems][:LOGGED_LINES]
+
+
+def check_malformed(
+    malformed: MalformedLines,
+    rows: int,
+    source: str,
+    max_share: float = DEFAULT_MAX_MALFORMED_SHARE,
+    flag: str | None = "--max-malformed-share",
+) -> None:
+    """Stop on too many malformed lines, else log each (up to LOGGED_LINES) as a WARNING.
+
+    Args:
+        malformed: the file's malformed lines.
+        rows: the file's non-blank lines (malformed ones included).
+        source: file name used in the error.
+        max_share: largest tolerated share of malformed lines among non-blank lines.
+        flag: the CLI flag that sets max_share, named in the error (None = none).
+
+    Raises:
+        LabelError: more than max_share of the lines (or every line) are malformed: probably
+            not an AVA.txt, so the run stops (one line naming the count and first line numbers).
+    """
+    count, problems = malformed.count, malformed.problems
+    if not count:
+        return
+    if count > max_share * rows or count == rows:
+        first = ", ".join(str(line) for line in malformed.lines[:FIRST_LINES])
         limit = f"{flag} {max_share:g}" if flag else f"the tolerated share {max_share:g}"
         raise LabelError(
-            f"{source}: {len(problems)} of {len(frame)} lines are malformed (over {limit}; "
+            f"{source}: {count} of {rows} lines are malformed (over {limit}; "
             f"is it an AVA.txt?), first at line(s) {first}; {problems[0]}"
         )
     for problem in problems[:LOGGED_LINES]:
         LOGGER.warning("malformed line dropped: %s", problem)
-    if len(problems) > LOGGED_LINES:
+    if count > LOGGED_LINES:
         LOGGER.warning(
             "%s: %d malformed lines dropped in all (%d more not shown)",
-            source, len(problems), len(problems) - LOGGED_LINES,
+            source,
+            count,
+            count - LOGGED_LINES,
         )
-    return frame.loc[~bad], problems

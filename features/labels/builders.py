@@ -12,7 +12,9 @@ import pyarrow as pa
 
 from features import files
 from features.labels import scut
-from features.labels.ava_text import DEFAULT_MAX_MALFORMED_SHARE
+from features.labels.ava_blocks import AvaRows
+from features.labels.ava_labels import AvaLabels, SplitLists, ava_labels, split_list_ids
+from features.labels.ava_text import DEFAULT_MAX_MALFORMED_SHARE, check_malformed
 from features.labels.engines import LABEL_ENGINES, EngineOptions, choose_engine
 from features.labels.parsing import (
     LabelReport,
@@ -21,9 +23,7 @@ from features.labels.parsing import (
     drop_by_manifest,
     drop_duplicates,
     finalize_labels,
-    finish_ava,
     folder_frame,
-    parse_split_list,
     sha256_bytes,
     sha256_file,
     version_for,
@@ -72,40 +72,73 @@ def _is_file(url: str) -> bool:
     return bool(fs.isfile(inner))
 
 
-def _ava_lists(raw: str, digests: dict[str, str]) -> dict[str, frozenset[str]]:
+def _ava_lists(raw: str, digests: dict[str, str]) -> SplitLists:
     """Official split lists found under raw (their digests are added to digests)."""
-    lists: dict[str, frozenset[str]] = {}
+    lists: dict[str, pa.Array] = {}
     for name in (AVA_TEST_LIST, AVA_TRAIN_LIST):
         url = locate(raw, name)
         if url is not None and _is_file(url):
             data = files.read_bytes(url)
             digests[name] = sha256_bytes(data)
-            lists[name] = parse_split_list(data.decode("utf-8"))
-    return lists
+            lists[name] = split_list_ids(data)
+    return SplitLists(lists.get(AVA_TEST_LIST), lists.get(AVA_TRAIN_LIST))
 
 
 def _read_ava(
     raw: str, options: EngineOptions, report: LabelReport, max_malformed_share: float
-) -> tuple[str, pd.DataFrame]:
-    """(URL of AVA.txt under raw, its label columns) read with the chosen engine."""
+) -> tuple[str, AvaRows]:
+    """(URL of AVA.txt under raw, its well-formed rows) read with the chosen engine.
+
+    Raises:
+        LabelError: no AVA.txt, or too many malformed lines (see check_malformed).
+    """
     ava_url = locate(raw, AVA_FILE)
     if ava_url is None or not _is_file(ava_url):
         raise LabelError(f"--raw {raw}: no {AVA_FILE} found")
     engine = choose_engine(ava_url, options)
     LOGGER.info("%s: %s engine", ava_url, engine)
-    scored = LABEL_ENGINES[engine](ava_url, ava_url, options.blocksize)
-    return ava_url, finish_ava(scored, report, ava_url, max_malformed_share)
+    rows = AvaRows.join(LABEL_ENGINES[engine](ava_url, ava_url, options.blocksize))
+    check_malformed(rows.malformed, rows.rows, ava_url, max_malformed_share)
+    malformed = rows.malformed
+    report.drop_count(DropReason.MALFORMED_LINE, malformed.count, malformed.problems)
+    return ava_url, rows
 
 
-def _drop_unlisted(
-    frame: pd.DataFrame, lists: dict[str, frozenset[str]], report: LabelReport
-) -> pd.DataFrame:
-    """Drop ids in neither official split list (only when both lists are given)."""
-    if AVA_TEST_LIST not in lists or AVA_TRAIN_LIST not in lists:
-        return frame
-    outside = ~frame["image_id"].isin(lists[AVA_TEST_LIST] | lists[AVA_TRAIN_LIST])
-    report.drop(DropReason.NOT_IN_SPLIT_LISTS, frame.loc[outside, "image_id"])
-    return frame.loc[~outside]
+def read_ava_labels(
+    raw_dir: Path | str,
+    manifest: pa.Table | None,
+    config: SplitConfig,
+    options: EngineOptions | None = None,
+    max_malformed_share: float = DEFAULT_MAX_MALFORMED_SHARE,
+) -> AvaLabels:
+    """AVA labels as build_ava builds them, kept compact for writing batch by batch.
+
+    Args:
+        raw_dir: folder (local path or fsspec URL) holding AVA.txt and the optional split lists.
+        manifest: image_id and width of the images; ids missing from it are dropped (None =
+            no check).
+        config: seed and fractions of the hash splits.
+        options: pandas or dask engine and block size for AVA.txt (None = auto); the rows are
+            the same.
+        max_malformed_share: largest tolerated share of malformed lines, in [0, 1).
+
+    Returns:
+        The kept rows in image_id order, with their splits, label_version and report.
+
+    Raises:
+        LabelError: AVA.txt missing, or more than max_malformed_share of its lines malformed.
+    """
+    report, raw = LabelReport(), str(raw_dir)
+    ava_url, rows = _read_ava(raw, options or EngineOptions(), report, max_malformed_share)
+    digests = {AVA_FILE: sha256_file(ava_url)}
+    lists = _ava_lists(raw, digests)
+    if lists.test is None:
+        report.notes.append(
+            f"no {AVA_TEST_LIST}: test split drawn by hash "
+            f"(seed {config.seed}, fraction {config.test_fraction})"
+        )
+    version = label_version(digests, {"dataset": "ava", **config.to_dict()})
+    return ava_labels(rows, lists, manifest, config, version, report)
 
 
 def build_ava(
@@ -119,7 +152,8 @@ def build_ava(
 
     Malformed lines of AVA.txt are dropped (reason malformed_line, logged as warnings) while
     they are at most max_malformed_share of its non-blank lines; beyond that the file is
-    probably not an AVA.txt and nothing is written.
+    probably not an AVA.txt and nothing is written. The whole table is built in memory; the
+    CLI writes read_ava_labels' batches instead.
 
     Args:
         raw_dir: folder (local path or fsspec URL) holding AVA.txt and the optional split lists.
@@ -134,20 +168,8 @@ def build_ava(
     Raises:
         LabelError: AVA.txt missing, or more than max_malformed_share of its lines malformed.
     """
-    report, raw = LabelReport(), str(raw_dir)
-    ava_url, frame = _read_ava(raw, options or EngineOptions(), report, max_malformed_share)
-    digests = {AVA_FILE: sha256_file(ava_url)}
-    lists = _ava_lists(raw, digests)
-    frame = drop_by_manifest(_drop_unlisted(frame, lists, report), manifest, report)
-    splits = assign_splits(frame["image_id"], config, lists.get(AVA_TEST_LIST))
-    if AVA_TEST_LIST not in lists:
-        report.notes.append(
-            f"no {AVA_TEST_LIST}: test split drawn by hash "
-            f"(seed {config.seed}, fraction {config.test_fraction})"
-        )
-    version = label_version(digests, {"dataset": "ava", **config.to_dict()})
-    report.kept = len(frame)
-    return LabelResult(finalize_labels(frame, "ava", splits, version), report)
+    labels = read_ava_labels(raw_dir, manifest, config, options, max_malformed_share)
+    return LabelResult(labels.table(), labels.report)
 
 
 def build_folder(raw_dir: Path, manifest: pa.Table | None, config: SplitConfig) -> LabelResult:

@@ -1,25 +1,32 @@
-"""AVA label engines: pandas for small local files, dask for remote or larger-than-budget ones."""
+"""AVA label engines: pandas (in process) for small local files, dask for remote or larger ones.
+
+Both read AVA.txt in blocks of whole lines and yield each block's compact rows in file order,
+so memory holds a few blocks at a time, never the whole file or one frame of it.
+"""
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import pandas as pd
-
 from features import files
-from features.labels.parsing import parse_ava_text, score_ava
+from features.labels.ava_blocks import (
+    DEFAULT_BLOCKSIZE,
+    ParsedBlock,
+    line_count,
+    parse_block,
+    read_blocks,
+)
 from schemas.errors import ConfigError
 
 LOGGER = logging.getLogger(__name__)
 AUTO = "auto"
 DEFAULT_MEMORY_BUDGET = 1 << 30
-DEFAULT_BLOCKSIZE = 16 << 20
 
-# (url, source name for errors, blocksize) -> scored rows of the whole file, in file order.
-AvaEngine = Callable[[str, str, int], pd.DataFrame]
+# (url, source name for errors, blocksize) -> the file's blocks of compact rows, in file order.
+AvaEngine = Callable[[str, str, int], Iterator[ParsedBlock]]
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,7 @@ class EngineOptions:
     Attributes:
         engine: 'auto', 'pandas' or 'dask'; auto = dask for remote or larger-than-budget input.
         memory_budget: input size in bytes above which auto picks dask.
-        blocksize: bytes of AVA.txt per dask partition (cut at line ends).
+        blocksize: bytes of AVA.txt parsed at a time (a dask partition; cut at line ends).
     """
 
     engine: str = AUTO
@@ -37,59 +44,55 @@ class EngineOptions:
     blocksize: int = DEFAULT_BLOCKSIZE
 
 
-def read_ava_pandas(url: str, source: str, blocksize: int = DEFAULT_BLOCKSIZE) -> pd.DataFrame:
-    """Scored AVA rows read whole into memory with pandas (blocksize is unused).
+def read_ava_pandas(
+    url: str, source: str, blocksize: int = DEFAULT_BLOCKSIZE
+) -> Iterator[ParsedBlock]:
+    """AVA.txt read sequentially in this process, one block of lines at a time.
 
-    Malformed lines are rows with a `problem` message (see parse_ava_text).
+    Args:
+        url: local path or fsspec URL of AVA.txt.
+        source: file name used in the malformed lines' messages.
+        blocksize: bytes read and parsed at a time.
+
+    Returns:
+        The blocks' compact rows, in file order (malformed lines named as in the whole file).
     """
-    return score_ava(parse_ava_text(_decode(files.read_bytes(url)), source))
+    for block, first_line in read_blocks(url, blocksize):
+        yield parse_block(block, source, first_line)
 
 
-def _decode(data: bytes) -> str:
-    """UTF-8 text; bytes that are not UTF-8 are kept as escapes and make their line malformed."""
-    return data.decode("utf-8", errors="surrogateescape")
-
-
-def _line_count(block: bytes) -> int:
-    return len(_decode(block).splitlines())
-
-
-def _parse_block(block: bytes, source: str, first_line: int) -> pd.DataFrame:
-    return parse_ava_text(_decode(block), source, first_line)
-
-
-def read_ava_dask(url: str, source: str, blocksize: int = DEFAULT_BLOCKSIZE) -> pd.DataFrame:
-    """Scored AVA rows parsed and scored per partition with a dask dataframe.
+def read_ava_dask(
+    url: str, source: str, blocksize: int = DEFAULT_BLOCKSIZE
+) -> Iterator[ParsedBlock]:
+    """AVA.txt parsed per partition by dask, a few partitions (one per worker) at a time.
 
     A first pass counts the lines of each block (blocks end at a newline), so every partition
     knows the number of its first line and malformed lines name the same line as with pandas.
 
     Args:
         url: local path or fsspec URL of AVA.txt.
-        source: file name used in error messages.
+        source: file name used in the malformed lines' messages.
         blocksize: bytes per partition.
 
     Returns:
-        The same frame as read_ava_pandas (index 0..n-1).
+        The same blocks' rows as read_ava_pandas gives (possibly cut elsewhere), in file order.
     """
     import dask
-    import dask.dataframe as dd
     from dask.bytes import read_bytes
+    from dask.system import CPU_COUNT
 
     _, per_file = read_bytes(url, delimiter=b"\n", blocksize=blocksize, sample=False)
     blocks = [block for file_blocks in per_file for block in file_blocks]
-    if not blocks:  # an empty file
-        return score_ava(parse_ava_text("", source))
-    counts = dask.compute(*[dask.delayed(_line_count)(block) for block in blocks])
+    counts = dask.compute(*[dask.delayed(line_count)(block) for block in blocks])
     starts = itertools.accumulate(counts, initial=1)
     parts = [
-        dask.delayed(_parse_block)(block, source, start)
+        dask.delayed(parse_block)(block, source, start)
         for block, start in zip(blocks, starts, strict=False)
     ]
-    raw = dd.from_delayed(parts, meta=parse_ava_text("", source), verify_meta=False)
-    scored = raw.map_partitions(score_ava, meta=score_ava(parse_ava_text("", source)))
+    window = max(1, int(dask.config.get("num_workers", None) or CPU_COUNT))
     LOGGER.debug("%s: %d dask partitions of <= %d bytes", source, len(parts), blocksize)
-    return scored.compute().reset_index(drop=True)
+    for offset in range(0, len(parts), window):
+        yield from dask.compute(*parts[offset : offset + window])
 
 
 LABEL_ENGINES: dict[str, AvaEngine] = {

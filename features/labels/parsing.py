@@ -83,9 +83,19 @@ class LabelReport:
             image_ids: the dropped ids; for malformed lines, 'file:line: what is wrong'.
         """
         image_ids = list(image_ids)
-        if image_ids:
-            self.dropped[reason.value] += len(image_ids)
-            self.examples.setdefault(reason.value, []).extend(image_ids[:5])
+        self.drop_count(reason, len(image_ids), image_ids[:5])
+
+    def drop_count(self, reason: DropReason, count: int, examples: list[str]) -> None:
+        """Count `count` dropped rows under a reason, keeping up to five examples.
+
+        Args:
+            reason: why they were dropped.
+            count: how many were dropped (nothing is recorded when 0).
+            examples: the first few of them (as drop's image_ids).
+        """
+        if count:
+            self.dropped[reason.value] += count
+            self.examples.setdefault(reason.value, []).extend(examples[:5])
             self.examples[reason.value] = self.examples[reason.value][:5]
 
 
