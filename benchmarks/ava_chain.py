@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -380,7 +381,8 @@ def query_probe(store: str, out: str) -> None:
 def bookkeeping(dataset: AvaDataset, folder: Path, sample: int = 2048) -> dict[str, float]:
     """Extraction bookkeeping per image on this dataset's images: the shard path with
     benchmarks.gpu_feed's free stand-in model minus the read+sha256+decode it contains, in
-    CPU ms per image (1 decode thread, shards of 64, median of 3)."""
+    CPU ms per image (1 decode thread, shards of 64, median of 5: a difference of two rates
+    swings by 0.1 ms between runs)."""
     from benchmarks import gpu_feed
     from features.download.manifest import build_manifest, entries_from_folder
 
@@ -391,7 +393,7 @@ def bookkeeping(dataset: AvaDataset, folder: Path, sample: int = 2048) -> dict[s
     manifest = build_manifest(entries_from_folder(images), "bookkeeping")
     paths = sorted(str(path) for path in images.glob("*.jpg"))
     differences, pipeline_ms, load_ms = [], [], []
-    for _ in range(3):
+    for _ in range(5):
         _, pipeline_rate = gpu_feed.pipeline_rate(manifest, folder, 1, 64, 3_000_000, VIEW)
         _, load_rate = gpu_feed.load_rate(paths, 1, VIEW)
         pipeline_ms.append(1000 / pipeline_rate)
@@ -400,7 +402,7 @@ def bookkeeping(dataset: AvaDataset, folder: Path, sample: int = 2048) -> dict[s
     shutil.rmtree(folder, ignore_errors=True)
     return {
         "images": len(paths),
-        "shard_path_cpu_ms_per_image": round(sorted(pipeline_ms)[1], 3),
-        "read_decode_cpu_ms_per_image": round(sorted(load_ms)[1], 3),
-        "bookkeeping_ms_per_image": round(sorted(differences)[1], 3),
+        "shard_path_cpu_ms_per_image": round(statistics.median(pipeline_ms), 3),
+        "read_decode_cpu_ms_per_image": round(statistics.median(load_ms), 3),
+        "bookkeeping_ms_per_image": round(statistics.median(differences), 3),
     }

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging
+from features.memory import fix_mmap_threshold
 from features.store.fanout import iterate_in_order
 from features.store.query import FeatureStore
 from features.store.snapshot_reader import read_piece
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.verbose)
+    fix_mmap_threshold()  # verify decodes every shard: freed buffers go back to the OS
     preflight.check_input_folder(args.store, "--store")
     store = FeatureStore(args.store)
     names = args.view or store.views()
