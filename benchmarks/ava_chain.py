@@ -8,9 +8,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -19,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 from benchmarks import object_store_servers as servers
+from benchmarks import stage_probe
 from benchmarks.ava_dataset import AvaDataset
 
 VIEW = "mnv3s_mlsp_narrow"  # the cheapest real backbone: the chain's costs, not the model's
@@ -93,62 +90,6 @@ class ChainContext:
         ]
 
 
-class StageProbe:
-    """Runs one stage's process and measures it: wall, CPU, peak RSS of its process tree."""
-
-    def __init__(self, command: list[str], environment: dict[str, str], log: Path) -> None:
-        self.command, self.environment, self.log = command, environment, log
-        self.peak_tree_bytes = 0
-
-    def run(self, kill_when: Callable[[], bool] | None = None) -> dict[str, Any]:
-        """Run to the end (or SIGKILL its process group once kill_when() holds)."""
-        started = time.perf_counter()
-        with self.log.open("ab") as output:
-            process = subprocess.Popen(
-                [sys.executable, *self.command],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **self.environment},
-                start_new_session=True,
-            )
-            stop = threading.Event()
-            sampler = threading.Thread(target=self._sample, args=(process.pid, stop), daemon=True)
-            sampler.start()
-            killed = False
-            while process.poll() is None:
-                if kill_when is not None and not killed and kill_when():
-                    os.killpg(process.pid, signal.SIGKILL)
-                    killed = True
-                time.sleep(0.05)
-            stop.set()
-            sampler.join()
-        wall = time.perf_counter() - started
-        # The process was reaped by poll(); its rusage came with it into the children totals.
-        return {"wall_s": round(wall, 2), "exit": process.returncode, "killed": killed}
-
-    def _sample(self, pid: int, stop: threading.Event) -> None:
-        try:
-            root = psutil.Process(pid)
-        except psutil.NoSuchProcess:
-            return
-        while not stop.wait(0.2):
-            try:
-                tree = [root, *root.children(recursive=True)]
-                self.peak_tree_bytes = max(
-                    self.peak_tree_bytes, sum(p.memory_info().rss for p in tree)
-                )
-            except psutil.Error:
-                continue
-
-
-def _children_usage() -> tuple[float, float]:
-    """(CPU seconds, maxrss MB) of every reaped child so far (maxrss: the largest one)."""
-    import resource
-
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
-
-
 def run_stage(
     context: ChainContext,
     name: str,
@@ -157,15 +98,15 @@ def run_stage(
 ) -> dict[str, Any]:
     """One stage as a fresh process: its measurements, files written and requests."""
     before_files = _file_count(context.folder)
-    cpu_before, _ = _children_usage()
-    probe = StageProbe(command, context.site.environment, context.folder / "stages.log")
+    cpu_before, _ = stage_probe.children_usage()
+    probe = stage_probe.StageProbe(command, context.site.environment, context.folder / "stages.log")
     log = context.site.log
     measuring: contextlib.AbstractContextManager[list[tuple[str, str, str]]] = (
         log.measure() if log is not None else contextlib.nullcontext([])
     )
     with measuring as requests:
         record = probe.run(kill_when)
-    cpu_after, _ = _children_usage()
+    cpu_after, _ = stage_probe.children_usage()
     record["cpu_s"] = round(cpu_after - cpu_before, 2)
     record["peak_rss_mb"] = round(probe.peak_tree_bytes / 2**20, 1)
     record["files_written"] = _file_count(context.folder) - before_files

@@ -3,7 +3,7 @@
 Each stage is its CLI run as a user runs it (`python -m ...` in a fresh process, cold start
 included): manifest, labels, extract (shards of 64, then of 1024 killed by SIGKILL at about half
 and re-run), snapshot, verify, verify --deep, query, one training epoch, evaluate. Per stage:
-wall and CPU seconds, peak RSS (the stage's process tree, sampled, and its own maxrss), files
+wall and CPU seconds, peak RSS (the stage's process tree: each process's VmHWM, and its own maxrss), files
 written, and with --store s3 the requests moto's S3 server on 127.0.0.1 received by method.
 Ratios compare each stage at the largest N with the smallest; budgets are checked in the table.
 """

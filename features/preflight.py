@@ -13,6 +13,8 @@ from schemas.errors import PreflightError, StoreError, StoreUnavailableError
 # A check should answer in seconds: an unreachable endpoint must not wait out the run's policy.
 PREFLIGHT_POLICY = retries.RetryPolicy(max_retries=2, timeout_seconds=10, max_backoff=2)
 PROBE_PREFIX = ".mlsp-write-probe-"
+# Concurrent checks of one new folder each remove what they created; a few tries settle it.
+_RACE_ATTEMPTS = 8
 # Errors of the cloud libraries, by class name (no import of botocore or google.auth here).
 _MISSING_CREDENTIALS = {
     "NoCredentialsError": "no AWS credentials found: set AWS_ACCESS_KEY_ID and "
@@ -124,7 +126,7 @@ def _probe_local(local: str, flag: str, shown: str) -> None:
         raise PreflightError(f"{flag} {shown}: {existing} is a file, not a folder")
     try:
         try:
-            os.makedirs(local, exist_ok=True)
+            _make_folders(local)
         except OSError as error:
             folder = "" if local == files.native(shown) else f" {local}"
             raise PreflightError(
@@ -145,6 +147,19 @@ def _probe_local(local: str, flag: str, shown: str) -> None:
             except OSError:
                 break
             created = os.path.dirname(created)
+
+
+def _make_folders(local: str) -> None:
+    """os.makedirs, retried while a concurrent run's check removes the folders it had just
+    created: makedirs then sees EEXIST for a folder that is gone by the time it looks again."""
+    for attempt in range(_RACE_ATTEMPTS):
+        try:
+            os.makedirs(local, exist_ok=True)
+            return
+        except (FileExistsError, FileNotFoundError):
+            racing = os.path.isdir(_nearest_existing(local))  # a file in the way is no race
+            if not racing or attempt + 1 == _RACE_ATTEMPTS:
+                raise
 
 
 def _write_probe(local: str) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.labels import id_sets
 from features.labels.ava_blocks import AvaRows
 from features.labels.parsing import (
     LabelReport,
@@ -153,11 +154,10 @@ def _drop(
 
 def _drop_duplicates(rows: AvaRows, keep: np.ndarray, report: LabelReport) -> None:
     """Every row of an id that occurs more than once (counted once per id, as drop_duplicates)."""
-    counted = pc.value_counts(rows.ids)
-    repeated = counted.field("values").filter(pc.greater(counted.field("counts"), 1))
-    ordered = sorted(repeated.to_pylist())
+    ordered = id_sets.repeated(rows.ids)
     report.drop_count(DropReason.DUPLICATE_ID, len(ordered), ordered[:_EXAMPLES])
-    keep &= ~_mask(pc.is_in(rows.ids, value_set=repeated))
+    if ordered:
+        keep &= ~id_sets.is_in(rows.ids, pa.array(ordered, pa.string()))
 
 
 def drop_rows(
@@ -180,14 +180,14 @@ def drop_rows(
     _drop(report, DropReason.ZERO_VOTES, rows.ids, keep, zero)
     listed = lists.listed
     if listed is not None:
-        outside = ~_mask(pc.is_in(rows.ids, value_set=listed))
+        outside = ~id_sets.is_in(rows.ids, listed)
         _drop(report, DropReason.NOT_IN_SPLIT_LISTS, rows.ids, keep, outside)
     if manifest is not None:
         present = manifest.column("image_id").combine_chunks()
-        missing = ~_mask(pc.is_in(rows.ids, value_set=present))
+        missing = ~id_sets.is_in(rows.ids, present)
         _drop(report, DropReason.MISSING_IMAGE, rows.ids, keep, missing)
         broken = present.filter(_mask(manifest.column("width").is_null()))
-        undecodable = _mask(pc.is_in(rows.ids, value_set=broken))
+        undecodable = id_sets.is_in(rows.ids, broken)
         _drop(report, DropReason.UNDECODABLE_IMAGE, rows.ids, keep, undecodable)
     return keep
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import files
+from features.labels import id_sets
 from schemas.errors import ManifestError
 from schemas.tables import MANIFEST_SCHEMA
 
@@ -70,10 +70,9 @@ def _check(parquet: pq.ParquetFile, source: str) -> None:
                     f"{source}: cannot cast to the schema: {cast_error}"
                 ) from cast_error
     ids = parquet.read(columns=["image_id"]).column(0).cast(pa.string())
-    counted = pc.value_counts(ids)
-    repeated = counted.field("values").filter(pc.greater(counted.field("counts"), 1))
-    if len(repeated):
-        duplicates = sorted(repeated.to_pylist())[:DUPLICATES_NAMED]
+    repeated = id_sets.repeated(ids)
+    if repeated:
+        duplicates = repeated[:DUPLICATES_NAMED]
         raise ManifestError(f"{source}: duplicate image_id(s): {', '.join(duplicates)}")
 
 
