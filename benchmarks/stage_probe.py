@@ -15,14 +15,35 @@ from typing import Any
 
 import psutil
 
+# Runs the stage as its child and reports the child's maxrss from wait4. The stage's own
+# maxrss is not taken by the benchmark's process: Linux starts an exec'd child's maxrss at its
+# parent's high-water mark (exec records the old, forked memory map's peak), so a stage
+# spawned by a 300 MB driver would report at least 300 MB. This launcher, started with -S and
+# importing only os and sys, is a few MB: below any stage's own peak.
+LAUNCHER = """
+import os, sys
+report, argv = sys.argv[1], sys.argv[2:]
+child = os.fork()
+if child == 0:
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(child, 0)
+with open(report, "w") as out:
+    out.write(str(usage.ru_maxrss * 1024))
+code = os.waitstatus_to_exitcode(status)
+if code < 0:
+    os.kill(os.getpid(), -code)
+sys.exit(code)
+"""
+
 
 class StageProbe:
     """Runs one stage's process and measures it: wall, CPU, peak RSS of its process tree.
 
-    The peak is exact, not sampled: each process's own high-water mark (VmHWM, which the kernel
-    keeps), summed over the processes alive at each 0.2 s sample, and at least the stage
-    process's maxrss that wait4 reports when it ends. (A sampled RSS misses the short peaks of
-    a short stage, which biased small runs low and their ratios high.)
+    The peak is exact, not sampled: the stage's maxrss from wait4 in a small launcher process,
+    and at least each process's own high-water mark (VmHWM, which the kernel keeps), summed
+    over the stage's processes alive at each 0.1 s sample (a killed stage reports no maxrss).
+    A sampled current RSS would miss the short peaks of a short stage, which biased small runs
+    low and their ratios high.
     """
 
     def __init__(self, command: list[str], environment: dict[str, str], log: Path) -> None:
@@ -32,9 +53,11 @@ class StageProbe:
     def run(self, kill_when: Callable[[], bool] | None = None) -> dict[str, Any]:
         """Run to the end (or SIGKILL its process group once kill_when() holds)."""
         started = time.perf_counter()
+        report = self.log.with_name(f".maxrss-{os.getpid()}-{time.monotonic_ns()}")
+        launcher = [sys.executable, "-S", "-c", LAUNCHER, str(report)]
         with self.log.open("ab") as output:
             process = subprocess.Popen(
-                [sys.executable, *self.command],
+                [*launcher, sys.executable, *self.command],
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.environment},
@@ -44,35 +67,30 @@ class StageProbe:
             sampler = threading.Thread(target=self._sample, args=(process.pid, stop), daemon=True)
             sampler.start()
             killed = False
-            status: int | None = None
-            usage: Any = None
-            while status is None:
+            while process.poll() is None:
                 if kill_when is not None and not killed and kill_when():
                     os.killpg(process.pid, signal.SIGKILL)
                     killed = True
                 time.sleep(0.05)
-                pid, wait_status, wait_usage = os.wait4(process.pid, os.WNOHANG)
-                if pid:
-                    status, usage = wait_status, wait_usage
-            process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
             stop.set()
             sampler.join()
         wall = time.perf_counter() - started
-        # ru_maxrss is in KiB on Linux: the stage process's (or a reaped descendant's) peak.
-        self.peak_tree_bytes = max(self.peak_tree_bytes, usage.ru_maxrss * 1024)
+        if report.exists():
+            self.peak_tree_bytes = max(self.peak_tree_bytes, int(report.read_text()))
+            report.unlink()
         return {"wall_s": round(wall, 2), "exit": process.returncode, "killed": killed}
 
     def _sample(self, pid: int, stop: threading.Event) -> None:
         try:
-            root = psutil.Process(pid)
+            launcher = psutil.Process(pid)
         except psutil.NoSuchProcess:
             return
-        while not stop.wait(0.2):
+        while not stop.wait(0.1):
             try:
-                tree = [root, *root.children(recursive=True)]
+                stage = launcher.children(recursive=True)  # not the launcher itself
             except psutil.Error:
                 continue
-            total = sum(high_water_mark(process) for process in tree)
+            total = sum(high_water_mark(process) for process in stage)
             self.peak_tree_bytes = max(self.peak_tree_bytes, total)
 
 
@@ -85,7 +103,7 @@ def high_water_mark(process: psutil.Process) -> int:
                     return int(line.split()[1]) * 1024
         return int(process.memory_info().rss)
     except (OSError, ValueError, psutil.Error):
-        return 0  # ended between listing and reading: wait4 (root) or a later sample has it
+        return 0  # ended between listing and reading: the launcher's wait4 has the stage's
 
 
 def children_usage() -> tuple[float, float]:
