@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import signal
@@ -25,6 +26,7 @@ import os, sys
 report, argv = sys.argv[1], sys.argv[2:]
 child = os.fork()
 if child == 0:
+    os.setpgid(0, 0)  # its own group: a SIGKILL of the stage leaves this launcher to reap it
     os.execv(argv[0], argv)
 _, status, usage = os.wait4(child, 0)
 with open(report, "w") as out:
@@ -69,7 +71,7 @@ class StageProbe:
             killed = False
             while process.poll() is None:
                 if kill_when is not None and not killed and kill_when():
-                    os.killpg(process.pid, signal.SIGKILL)
+                    _kill_stage(process.pid)
                     killed = True
                 time.sleep(0.05)
             stop.set()
@@ -92,6 +94,23 @@ class StageProbe:
                 continue
             total = sum(high_water_mark(process) for process in stage)
             self.peak_tree_bytes = max(self.peak_tree_bytes, total)
+
+
+def _kill_stage(launcher_pid: int) -> None:
+    """SIGKILL the stage's process group, not the launcher's: the launcher reaps the stage and
+    exits by the same signal. (Killed together, the stage would outlive its parent as a zombie
+    that a container's init may never reap, and its pid would look alive to the next run's
+    lease check.)"""
+    try:
+        stages = psutil.Process(launcher_pid).children()
+    except psutil.Error:
+        stages = []
+    for stage in stages:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(stage.pid, signal.SIGKILL)
+    if not stages:  # not forked yet (or gone): the launcher's group holds everything
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launcher_pid, signal.SIGKILL)
 
 
 def high_water_mark(process: psutil.Process) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import psutil
+
 from benchmarks.stage_probe import StageProbe
 
 MIB = 2**20
@@ -28,11 +30,14 @@ def test_the_peak_is_the_stages_own_even_under_a_large_driver(tmp_path: Path) ->
 
 def test_a_killed_stage_reports_its_sampled_high_water_mark(tmp_path: Path) -> None:
     marker = tmp_path / "started"
-    stage = STAGE.format(sleep=30).replace("del block;", f"del block; open({str(marker)!r}, 'w');")
+    write_pid = f"import os; open({str(marker)!r}, 'w').write(str(os.getpid()));"
+    stage = STAGE.format(sleep=30).replace("del block;", f"del block; {write_pid}")
     probe = StageProbe(["-c", stage], {}, tmp_path / "log")
     record = probe.run(kill_when=lambda: marker.exists() and _after_a_sample(marker))
     assert record["killed"] and record["exit"] == -signal.SIGKILL
     assert 96 * MIB <= probe.peak_tree_bytes < 200 * MIB, probe.peak_tree_bytes / MIB
+    # Reaped, not left a zombie that looks alive to a lease check (os.kill(pid, 0) succeeds).
+    assert not psutil.pid_exists(int(marker.read_text()))
 
 
 def _after_a_sample(marker: Path) -> bool:
