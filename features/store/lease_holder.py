@@ -9,6 +9,8 @@ import socket
 from dataclasses import dataclass
 
 LEASE_FILE = "lease.json"
+# proc(5) states of a process that has exited: zombie, dead.
+ZOMBIE_STATES = frozenset({"Z", "X"})
 
 
 def now() -> datetime.datetime:
@@ -49,14 +51,26 @@ def pid_namespace() -> str | None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
+    """Whether a process with this pid runs on this host (a zombie does not: it has exited,
+    and in a container whose init does not reap orphans it may stay a zombie for good)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # exists, owned by another user
-    return True
+        pass  # exists, owned by another user
+    return process_state(pid) not in ZOMBIE_STATES
+
+
+def process_state(pid: int) -> str | None:
+    """A process's state letter from /proc/PID/stat (R, S, D, Z, ...), else None (not Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name in () may hold spaces
+    return fields[0] if fields else None
 
 
 @dataclass(frozen=True)

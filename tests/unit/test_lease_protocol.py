@@ -45,6 +45,17 @@ def _dead_pid() -> int:
     return process.pid
 
 
+def _zombie_pid() -> subprocess.Popen[bytes]:
+    """A child that has exited and is not reaped yet: /proc shows it, state Z."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    for _ in range(500):
+        with open(f"/proc/{process.pid}/stat") as handle:
+            if handle.read().rsplit(")", 1)[-1].split()[0] == "Z":
+                return process
+        threading.Event().wait(0.01)
+    raise AssertionError("the child did not exit within 5 s")
+
+
 def _write_lease(view: Path, **fields: object) -> bytes:
     record = {
         "owner": "run-old",
@@ -126,15 +137,20 @@ def test_a_live_holder_is_named_in_one_line_with_the_view(tmp_path) -> None:
     ("fields", "reason"),
     [
         ({"pid": None}, "is gone"),
+        ({"pid": "zombie"}, "is gone"),
         ({"pid_start": "1"}, "belongs to another process"),
         ({"boot_id": "another-boot"}, "rebooted"),
         ({"host": "elsewhere", "expires_at": "2020-01-01T00:00:00+00:00"}, "expired"),
     ],
-    ids=["dead-pid", "reused-pid", "rebooted", "other-host-expired"],
+    ids=["dead-pid", "zombie-pid", "reused-pid", "rebooted", "other-host-expired"],
 )
 def test_a_dead_or_expired_holder_is_taken_over_at_once(tmp_path, caplog, fields, reason) -> None:
     if fields.get("pid", 0) is None:
         fields = {**fields, "pid": _dead_pid()}
+    zombie = None
+    if fields.get("pid") == "zombie":  # exited, never reaped (an orphan under a lax init)
+        zombie = _zombie_pid()
+        fields = {**fields, "pid": zombie.pid, "pid_start": process_start_time(zombie.pid)}
     if "boot_id" in fields and not Path("/proc/sys/kernel/random/boot_id").exists():
         pytest.fail("this test needs Linux /proc")
     _write_lease(tmp_path, **fields)
@@ -147,6 +163,8 @@ def test_a_dead_or_expired_holder_is_taken_over_at_once(tmp_path, caplog, fields
         assert reason in lease.taken_over["reason"] and "from run run-old" in caplog.text
     finally:
         lease.release()
+        if zombie is not None:
+            zombie.wait()
 
 
 def test_a_holder_in_another_pid_namespace_is_judged_by_expiry_only(tmp_path) -> None:
