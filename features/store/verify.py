@@ -5,18 +5,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pyarrow as pa
 
 from features import files, preflight
 from features.cli import add_common_arguments, cli_entry_points, configure_logging
 from features.memory import fix_mmap_threshold
 from features.store.fanout import iterate_in_order
 from features.store.query import FeatureStore
-from features.store.snapshot_reader import read_piece
+from features.store.verify_snapshot import check_snapshot_index, check_snapshot_markers
 from features.store.verify_sources import ShardSources
 from features.store.view import CommitMarker, FeatureView, ShardSpec
 from schemas.errors import StoreError
@@ -64,15 +63,16 @@ def _check_committed_shard(
     view = sources.view
     where = f"shard {shard.index} (rows {shard.row_start}:{shard.row_stop})"
     try:
-        index = sources.index_rows(shard, marker, deep)
+        found = sources.index_rows(shard, marker, deep)
     except StoreError as error:
         report.problems.append(f"{where}: {error}")
         return
-    if index is None:
+    if found is None:
         path = view.index_part_path(shard)
         report.problems.append(f"{where}: committed but its index part {path} is missing")
         return
-    if index.schema.remove_metadata() != FEATURE_INDEX_SCHEMA:
+    index, schema = found
+    if schema.remove_metadata() != FEATURE_INDEX_SCHEMA:
         report.problems.append(f"{where}: index part schema differs from FEATURE_INDEX_SCHEMA")
     if index.column("image_id").to_pylist() != view.shard_image_ids(shard):
         report.problems.append(f"{where}: index image ids differ from the row allocation")
@@ -154,75 +154,6 @@ def _check_checksum(
         )
 
 
-def _check_arrow_copy(
-    view: FeatureView, number: int, relative: str, indexed: pa.Table, report: VerificationReport
-) -> None:
-    """Format-2 snapshots keep an Arrow IPC copy of the index for large lookups: it must exist
-    and hold exactly the Parquet index's rows (readers trust either)."""
-    if not relative:
-        return
-    path = files.join(view.path, relative)
-    try:
-        copy = pa.ipc.open_file(pa.BufferReader(files.read_bytes(path))).read_all()
-    except FileNotFoundError:
-        report.problems.append(f"{path}: Arrow index copy of snapshot {number} is missing")
-        return
-    except pa.ArrowInvalid as error:
-        report.problems.append(f"{path}: unreadable Arrow index copy ({error})")
-        return
-    if not copy.equals(indexed.cast(copy.schema) if copy.schema != indexed.schema else indexed):
-        report.problems.append(
-            f"{path}: Arrow index copy of snapshot {number} differs from its Parquet index"
-        )
-
-
-def _check_snapshot(
-    sources: ShardSources, marker_digests: Mapping[int, str], report: VerificationReport
-) -> None:
-    """The latest snapshot: readable, its pieces present, its shards' markers unchanged."""
-    view = sources.view
-    try:
-        read = view.snapshot_read()
-    except StoreError as error:
-        report.problems.append(str(error))
-        return
-    if read is None:
-        report.notes.append("no snapshot yet: run python -m features.compact to speed up reads")
-        return
-    snapshot = read.snapshot
-    try:
-        shards = read_piece(files.join(view.path, snapshot.shards), "shards piece of snapshot")
-        read_piece(files.join(view.path, snapshot.plan), "plan piece of snapshot")
-        indexed = sources.index_piece(snapshot.index)
-    except StoreError as error:
-        report.problems.append(str(error))
-        return
-    if indexed.num_rows != snapshot.index_rows:
-        report.problems.append(f"snapshot {snapshot.snapshot}: index piece row count differs")
-    _check_arrow_copy(view, snapshot.snapshot, snapshot.index_arrow, indexed, report)
-    recorded = dict(
-        zip(
-            shards.column("shard").to_pylist(),
-            shards.column("marker_sha256").to_pylist(),
-            strict=True,
-        )
-    )
-    for shard in view.shards():
-        if not snapshot.is_committed(shard.index):
-            continue
-        if shard.index not in marker_digests:
-            report.problems.append(
-                f"snapshot {snapshot.snapshot} commits shard {shard.index} but "
-                f"{view.marker_path(shard)} is missing or invalid"
-            )
-            continue
-        if marker_digests[shard.index] != recorded.get(shard.index):
-            report.problems.append(
-                f"{view.marker_path(shard)}: differs from the digest snapshot "
-                f"{snapshot.snapshot} recorded"
-            )
-
-
 def _check_listed_shard(
     sources: ShardSources, shard: ShardSpec, deep: bool
 ) -> tuple[VerificationReport, str | None]:
@@ -276,6 +207,7 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
     view.allocation_keys, view.spec  # noqa: B018 (loaded once here, not by each reading thread)
     sources = ShardSources(view)
     sources.prepare()
+    snapshot = check_snapshot_index(sources, report)
     listed = view.listed_shards()
     checks = iterate_in_order(lambda shard: _check_listed_shard(sources, shard, deep), listed)
     digests: dict[int, str] = {}
@@ -289,7 +221,8 @@ def verify_view(view: FeatureView, deep: bool = False) -> VerificationReport:
             report.shards_checked += 1
     uncommitted = [shard for shard in view.shards() if shard.index not in digests]
     _check_uncommitted_shards(sources, uncommitted, report)
-    _check_snapshot(sources, digests, report)
+    if snapshot is not None:
+        check_snapshot_markers(sources, snapshot, digests, report)
     sources.release()  # the snapshot's rows; the readers' own copy is read next
     if len(digests) == len(listed):  # an invalid marker would fail the readers' read too
         committed = [shard for shard in view.shards() if shard.index in digests]

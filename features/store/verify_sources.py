@@ -7,14 +7,16 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from features import files
 from features.store.snapshot import Snapshot, read_pointer
-from features.store.snapshot_reader import read_piece
 from features.store.view import CommitMarker, FeatureView, ShardSpec
 from schemas.errors import StoreError
 
 ZARR_METADATA = "zarr.json"
+# The snapshot index's columns each shard's check reads (the schema is checked from the footer).
+SNAPSHOT_COLUMNS = ["image_id", "row", "status"]
 
 
 class ShardSources:
@@ -33,7 +35,9 @@ class ShardSources:
         self.snapshot: Snapshot | None = read_pointer(view.path)
         self._snapshot_index: pa.Table | None = None
         self._snapshot_row_numbers: np.ndarray | None = None
-        self._pieces: dict[str, pa.Table] = {}  # index pieces read, by path in the view
+        # Index pieces' bytes, read once, decoded by column as needed; by path in the view.
+        self._pieces: dict[str, pq.ParquetFile] = {}
+        self._snapshot_schema: pa.Schema | None = None  # the piece's, less `removed`
         self._zarr_metadata: bytes | None = None
         self._listed_objects: set[str] | None = None
 
@@ -51,33 +55,45 @@ class ShardSources:
         self.array.shard_key(0)  # caches the feature rank (reads the array's metadata once)
 
     # ---- index rows ----------------------------------------------------------------------
-    def index_rows(self, shard: ShardSpec, marker: CommitMarker, deep: bool) -> pa.Table | None:
-        """The shard's index rows, ordered by row: unless deep, from the snapshot when it
-        commits the shard, else from the marker when it carries them; from the shard's index
-        part otherwise (and always when deep); None when that part is missing.
+    def index_rows(
+        self, shard: ShardSpec, marker: CommitMarker, deep: bool
+    ) -> tuple[pa.Table, pa.Schema] | None:
+        """The shard's index rows, ordered by row, and the schema of where they came from:
+        unless deep, from the snapshot when it commits the shard (its SNAPSHOT_COLUMNS only;
+        the schema is the piece's), else from the marker when it carries them; from the
+        shard's index part otherwise (and always when deep); None when that part is missing.
 
         Raises:
             StoreError: the marker's rows do not fit the index schema.
         """
         if not deep and self.snapshot is not None and self.snapshot.is_committed(shard.index):
             index = self._snapshot_rows()
-            assert self._snapshot_row_numbers is not None
+            assert self._snapshot_row_numbers is not None and self._snapshot_schema is not None
             start, stop = np.searchsorted(
                 self._snapshot_row_numbers, [shard.row_start, shard.row_stop]
             )
-            return index.slice(int(start), int(stop - start))
+            return index.slice(int(start), int(stop - start)), self._snapshot_schema
         carried = None if deep else marker.index_table()
-        if carried is not None:
-            return carried
-        try:
-            return files.read_parquet(self.view.index_part_path(shard))
-        except FileNotFoundError:
-            return None
+        if carried is None:
+            try:
+                carried = files.read_parquet(self.view.index_part_path(shard))
+            except FileNotFoundError:
+                return None
+        return carried, carried.schema
 
     def _snapshot_rows(self) -> pa.Table:
         if self._snapshot_index is None:
             assert self.snapshot is not None
-            index = self.index_piece(self.snapshot.index).drop_columns(["removed"])
+            piece = self.index_piece(self.snapshot.index)
+            try:
+                index = piece.read(columns=SNAPSHOT_COLUMNS)
+            except (pa.ArrowInvalid, OSError, KeyError) as error:
+                raise StoreError(
+                    f"index piece of snapshot {self.snapshot.snapshot}: {error}"
+                ) from None
+            schema = piece.schema_arrow
+            removed = schema.get_field_index("removed")
+            self._snapshot_schema = schema.remove(removed) if removed >= 0 else schema
             rows = index.column("row").to_numpy()
             if len(rows) > 1 and bool((np.diff(rows) < 0).any()):
                 # Pieces are written in row order; a copy sorted by row only when one is not.
@@ -85,6 +101,11 @@ class ShardSources:
                 index, rows = index.take(pa.array(order)), rows[order]
             self._snapshot_index, self._snapshot_row_numbers = index, rows
         return self._snapshot_index
+
+    def drop_pieces(self) -> None:
+        """Drop the index pieces' bytes (their columns in use are decoded by now)."""
+        self._pieces.clear()
+        pa.default_memory_pool().release_unused()
 
     def release(self) -> None:
         """Drop the snapshot's index rows (the checks that share them are done)."""
@@ -94,16 +115,24 @@ class ShardSources:
         # otherwise come on top of them.
         pa.default_memory_pool().release_unused()
 
-    def index_piece(self, relative: str) -> pa.Table:
-        """A snapshot's index piece as stored, read once per verification (the shards' rows
-        and the snapshot check both need it).
+    def index_piece(self, relative: str) -> pq.ParquetFile:
+        """A snapshot's index piece, its bytes read once per verification (the shards' rows
+        and the snapshot check both need it) and decoded by column where it is used: the
+        whole piece decoded would hold every column of every row (18 MB at AVA's 255k).
 
         Raises:
             StoreError: the piece is missing or unreadable (the message names it).
         """
         if relative not in self._pieces:
             path = files.join(self.view.path, relative)
-            self._pieces[relative] = read_piece(path, "index piece of snapshot")
+            try:
+                data = files.read_bytes(path)
+            except FileNotFoundError:
+                raise StoreError(f"{path}: index piece of snapshot is missing") from None
+            try:
+                self._pieces[relative] = pq.ParquetFile(pa.BufferReader(data))
+            except (pa.ArrowInvalid, OSError) as error:
+                raise StoreError(f"{path}: unreadable index piece of snapshot ({error})") from None
         return self._pieces[relative]
 
     # ---- features ------------------------------------------------------------------------
