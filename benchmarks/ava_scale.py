@@ -96,6 +96,9 @@ def measure_size(
     folder = work / f"{'s3-' if site.base else ''}n{count}"
     started = time.perf_counter()
     dataset = write_ava_dataset(folder / "dataset", count, seed=seed, malformed=malformed)
+    # A user's dataset is on disk already: without this, the kernel's write-back of the
+    # images just generated (500 MB at 255,530) competes with the manifest stage's reads.
+    os.sync()
     generated = time.perf_counter() - started
     context = ChainContext(folder, dataset, site)
     stages = ava_chain.run_chain(context)
