@@ -6,7 +6,6 @@ import argparse
 import hashlib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -15,27 +14,12 @@ from features.cli import add_common_arguments, cli_entry_points, configure_loggi
 from features.memory import fix_mmap_threshold
 from features.store.fanout import iterate_in_order
 from features.store.query import FeatureStore
+from features.store.verify_report import VerificationReport
 from features.store.verify_snapshot import check_snapshot_index, check_snapshot_markers
 from features.store.verify_sources import ShardSources
 from features.store.view import CommitMarker, FeatureView, ShardSpec
 from schemas.errors import StoreError
 from schemas.tables import FEATURE_INDEX_SCHEMA
-
-
-@dataclass
-class VerificationReport:
-    """Problems (make verification fail) and notes (worth knowing, not wrong)."""
-
-    view: str
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    shards_checked: int = 0
-    rows_checked: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """True when no problem was found."""
-        return not self.problems
 
 
 def _check_layout(view: FeatureView, report: VerificationReport) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,12 +11,10 @@ import pyarrow.parquet as pq
 from features import files
 from features.store.snapshot import Snapshot
 from features.store.snapshot_reader import read_piece
+from features.store.verify_report import VerificationReport
 from features.store.verify_sources import ShardSources
 from features.store.view import FeatureView
 from schemas.errors import StoreError
-
-if TYPE_CHECKING:  # verify imports this module: the report's class only for the types
-    from features.store.verify import VerificationReport
 
 # Rows compared at a time: a copy's batches and the Parquet piece's are read one at a time,
 # so the check holds a few thousand rows of each, not both whole indexes (AVA: 2 x 18 MB).
