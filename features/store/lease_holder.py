@@ -24,12 +24,7 @@ def process_start_time(pid: int) -> str | None:
     Together with the pid and the boot id it identifies a process: a pid reused after a crash
     has another start time.
     """
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # the command name in () may hold spaces
+    fields = _stat_fields(pid)
     return fields[19] if len(fields) > 19 else None  # field 22 of proc(5): starttime
 
 
@@ -64,13 +59,18 @@ def pid_alive(pid: int) -> bool:
 
 def process_state(pid: int) -> str | None:
     """A process's state letter from /proc/PID/stat (R, S, D, Z, ...), else None (not Linux)."""
+    fields = _stat_fields(pid)
+    return fields[0] if fields else None
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name (field 3 of proc(5) on); [] if none."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:
             stat = handle.read().decode("ascii", "replace")
     except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[-1].split()  # the command name in () may hold spaces
-    return fields[0] if fields else None
+        return []
+    return stat.rsplit(")", 1)[-1].split()  # the command name in () may hold spaces
 
 
 @dataclass(frozen=True)

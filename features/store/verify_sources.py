@@ -110,10 +110,9 @@ class ShardSources:
     def release(self) -> None:
         """Drop the snapshot's index rows (the checks that share them are done)."""
         self._snapshot_index = self._snapshot_row_numbers = None
-        self._pieces.clear()
         # Arrow's allocator keeps freed pages for reuse; the readers' copy read next would
         # otherwise come on top of them.
-        pa.default_memory_pool().release_unused()
+        self.drop_pieces()
 
     def index_piece(self, relative: str) -> pq.ParquetFile:
         """A snapshot's index piece, its bytes read once per verification (the shards' rows

@@ -17,6 +17,7 @@ import pytest
 
 from features import files
 from features.store.lease import LEASE_FILE, ViewLease, process_start_time
+from features.store.lease_holder import process_state
 from schemas.errors import StoreError
 
 ROUNDS = 20
@@ -49,9 +50,8 @@ def _zombie_pid() -> subprocess.Popen[bytes]:
     """A child that has exited and is not reaped yet: /proc shows it, state Z."""
     process = subprocess.Popen([sys.executable, "-c", "pass"])
     for _ in range(500):
-        with open(f"/proc/{process.pid}/stat") as handle:
-            if handle.read().rsplit(")", 1)[-1].split()[0] == "Z":
-                return process
+        if process_state(process.pid) == "Z":
+            return process
         threading.Event().wait(0.01)
     raise AssertionError("the child did not exit within 5 s")
 
