@@ -98,7 +98,7 @@ def run_stage(
 ) -> dict[str, Any]:
     """One stage as a fresh process: its measurements, files written and requests."""
     before_files = _file_count(context.folder)
-    cpu_before, _ = stage_probe.children_usage()
+    cpu_before = stage_probe.children_cpu_seconds()
     probe = stage_probe.StageProbe(command, context.site.environment, context.folder / "stages.log")
     log = context.site.log
     measuring: contextlib.AbstractContextManager[list[tuple[str, str, str]]] = (
@@ -106,7 +106,7 @@ def run_stage(
     )
     with measuring as requests:
         record = probe.run(kill_when)
-    cpu_after, _ = stage_probe.children_usage()
+    cpu_after = stage_probe.children_cpu_seconds()
     record["cpu_s"] = round(cpu_after - cpu_before, 2)
     record["peak_rss_mb"] = round(probe.peak_tree_bytes / 2**20, 1)
     record["files_written"] = _file_count(context.folder) - before_files

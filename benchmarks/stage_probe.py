@@ -125,7 +125,8 @@ def high_water_mark(process: psutil.Process) -> int:
         return 0  # ended between listing and reading: the launcher's wait4 has the stage's
 
 
-def children_usage() -> tuple[float, float]:
-    """(CPU seconds, maxrss MB) of every reaped child so far (maxrss: the largest one)."""
+def children_cpu_seconds() -> float:
+    """CPU seconds of every reaped child so far (RUSAGE_CHILDREN's maxrss is not a stage's
+    peak: it starts at this process's own, see LAUNCHER)."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    return usage.ru_utime + usage.ru_stime

@@ -189,12 +189,21 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def read_piece(path: str, what: str, size: int | None = None) -> pa.Table:
     """A whole Parquet piece (one read of all its bytes, decoded from memory)."""
+    del size  # one whole read needs no size
+    return open_piece(path, what).read()
+
+
+def open_piece(path: str, what: str) -> pq.ParquetFile:
+    """A Parquet piece's bytes, read whole in one request, to decode by column from memory.
+
+    Raises:
+        StoreError: the piece is missing (the message names it and what it is).
+    """
     try:
         data = files.read_bytes(path)
     except FileNotFoundError:
         raise StoreError(f"{path}: {what} is missing") from None
-    del size  # one whole read needs no size
-    return pq.ParquetFile(pa.BufferReader(data)).read()
+    return pq.ParquetFile(pa.BufferReader(data))
 
 
 def read_arrow_piece(path: str, what: str) -> pa.Table:

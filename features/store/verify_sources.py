@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from features import files
 from features.store.snapshot import Snapshot, read_pointer
+from features.store.snapshot_reader import open_piece
 from features.store.view import CommitMarker, FeatureView, ShardSpec
 from schemas.errors import StoreError
 
@@ -125,11 +126,7 @@ class ShardSources:
         if relative not in self._pieces:
             path = files.join(self.view.path, relative)
             try:
-                data = files.read_bytes(path)
-            except FileNotFoundError:
-                raise StoreError(f"{path}: index piece of snapshot is missing") from None
-            try:
-                self._pieces[relative] = pq.ParquetFile(pa.BufferReader(data))
+                self._pieces[relative] = open_piece(path, "index piece of snapshot")
             except (pa.ArrowInvalid, OSError) as error:
                 raise StoreError(f"{path}: unreadable index piece of snapshot ({error})") from None
         return self._pieces[relative]
